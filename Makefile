@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh machine: `make test` and `make demo`.
+# Both create .venv first. Override TORCH_SPEC for a CUDA build, e.g. make TORCH_SPEC="torch==2.11.0" test
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+MEDIAPIPE_SPEC ?= mediapipe==0.10.21
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.stylestream-installed
+
+.PHONY: venv test test-all lint demo serve clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e ".[dev]"
+	# MediaPipe pins protobuf<5 and numpy<2; its runtime works with ours, so install it without deps.
+	$(PIP) install --no-deps "$(MEDIAPIPE_SPEC)"
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+demo: $(STAMP)
+	$(VENV)/bin/stylestream demo
+
+serve: $(STAMP)
+	$(VENV)/bin/stylestream serve
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,0 +1,119 @@
+"""Per-model latency: generator synthesis (W+ → image), FrEN and ViEN, random weights at given configs.
+
+    python -m benchmarks.bench_models --device cpu --generator tiny-128 small-128 --encoder tiny small
+    stylestream bench models --json docs/bench/models-cpu.json
+
+Random weights cost the same time as trained ones, so production-scale configs (ffhq-config-f, vit-b16) can be
+measured without the real weights. Writes JSON with provenance (machine, device, versions, commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.provenance import provenance
+from benchmarks.timing import summarise, time_calls
+
+DEFAULT_GENERATORS = ["tiny-128", "small-128", "tiny-256", "small-256"]
+DEFAULT_ENCODERS = ["tiny", "small"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from models.stylegan2 import GENERATOR_PRESETS
+    from models.vit_encoder import ENCODER_PRESETS
+
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--generator", nargs="*", default=DEFAULT_GENERATORS, choices=list(GENERATOR_PRESETS),
+                   help="generator presets to time")
+    p.add_argument("--encoder", nargs="*", default=DEFAULT_ENCODERS, choices=list(ENCODER_PRESETS),
+                   help="encoder presets to time (FrEN and ViEN each)")
+    p.add_argument("--batch", type=int, nargs="*", default=[1], help="batch sizes")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    p.add_argument("--impl", choices=["export", "reference"], default="export", help="modulated-conv form")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--json", type=Path, default=None, help="write results here")
+
+
+def _dtype(precision: str) -> torch.dtype:
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from models.errors import UserError
+    from models.stylegan2 import GENERATOR_PRESETS, Generator, count_parameters
+    from models.vit_encoder import ENCODER_PRESETS, FrameEncoder, VideoEncoder
+
+    dev = args.device
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {dev}: no CUDA device is available (torch {torch.__version__})")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = _dtype(args.precision)
+    if dtype != torch.float32 and not dev.startswith("cuda"):
+        raise UserError(f"--precision {args.precision} is only supported on CUDA here")
+    rows = []
+    console = Console(stderr=True)
+    torch.manual_seed(0)
+    for name in args.generator:
+        cfg = GENERATOR_PRESETS[name]
+        g = Generator(cfg).eval().requires_grad_(False).to(dev)
+        if dtype != torch.float32:
+            g.synthesis.to(dtype)
+        for b in args.batch:
+            ws = g.mapping(torch.randn(b, cfg.z_dim, device=dev)).to(dtype)
+            with console.status(f"generator {name} batch {b}"), torch.inference_mode():
+                ms = time_calls(lambda g=g, ws=ws: g.synthesis(ws, impl=args.impl), dev, args.warmup, args.iters)
+            rows.append({"model": "generator", "config": name, "resolution": cfg.img_resolution,
+                         "params": count_parameters(g), "batch": b, **summarise(ms)})
+        del g
+    for name in args.encoder:
+        cfg = ENCODER_PRESETS[name]
+        layout = GENERATOR_PRESETS["ffhq-config-f"].layout() if cfg.img_size >= 256 else \
+            GENERATOR_PRESETS["tiny-128"].layout()
+        for cls in (FrameEncoder, VideoEncoder):
+            enc = cls(cfg, layout).eval().requires_grad_(False).to(dev, dtype)
+            for b in args.batch:
+                x = torch.rand(b, 3, cfg.img_size, cfg.img_size, device=dev, dtype=dtype) * 2 - 1
+                prev = torch.randn(b, layout.num_ws, layout.w_dim, device=dev, dtype=dtype)
+                fn = (lambda enc=enc, x=x: enc(x)) if cls is FrameEncoder else (lambda enc=enc, x=x, p=prev: enc(x, p))
+                label = "FrEN" if cls is FrameEncoder else "ViEN"
+                with console.status(f"{label} {name} batch {b}"), torch.inference_mode():
+                    ms = time_calls(fn, dev, args.warmup, args.iters)
+                rows.append({"model": label, "config": name, "resolution": cfg.img_size,
+                             "params": count_parameters(enc), "batch": b, **summarise(ms)})
+    result = {"benchmark": "models", "command": "stylestream bench models " + " ".join(sys.argv[3:]),
+              "precision": args.precision, "impl": args.impl, "backend": "torch-eager",
+              "provenance": provenance(dev), "results": rows}
+    t = Table(title=f"model latency on {result['provenance'].get('gpu', result['provenance']['cpu'])} "
+                    f"({dev}, {args.precision}, torch eager)")
+    for col in ("model", "config", "res", "params", "batch", "median ms", "p90 ms"):
+        t.add_column(col, justify="right" if col not in ("model", "config") else "left")
+    for r in rows:
+        t.add_row(r["model"], r["config"], str(r["resolution"]), f"{r['params']:,}", str(r["batch"]),
+                  f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}")
+    Console().print(t)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,263 @@
+"""Bundles: stylestream's own checkpoint format.
+
+A bundle is a folder::
+
+    bundle.json            format name + version, every model config, the preprocessing contract,
+                           which parts are trained, edits, provenance
+    generator.safetensors  Generator state (NVlabs parameter names)
+    fren.safetensors       FrameEncoder state (absent when the bundle has no FrEN)
+    vien.safetensors       VideoEncoder state (absent when the bundle has no ViEN)
+    extra.safetensors      named tensors used by edits etc. (absent when empty)
+
+No pickles: JSON + safetensors only. Loading checks the format, the version, that every listed file exists,
+and that every tensor matches the shapes the configs imply; each failure is a :class:`BundleError` with one
+clear line. Saving writes a temporary sibling folder and renames it into place, so a crash never leaves a
+half-written bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import BundleError
+from .stylegan2 import GENERATOR_PRESETS, Generator, GeneratorConfig
+from .vit_encoder import ENCODER_PRESETS, FrameEncoder, VideoEncoder, ViTConfig
+
+FORMAT_NAME = "stylestream-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "bundle.json"
+
+
+@dataclass
+class Bundle:
+    """Generator + encoders + edits + the preprocessing contract they were trained with."""
+
+    generator: Generator
+    fren: FrameEncoder | None = None
+    vien: VideoEncoder | None = None
+    trained: dict[str, bool] = field(default_factory=dict)  # {"generator": bool, "fren": bool, "vien": bool}
+    edits: list[dict[str, Any]] = field(default_factory=list)  # edit specs (models/editing.py); tensors in extra
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # named tensors (edit directions, …)
+    provenance: dict[str, Any] = field(default_factory=dict)  # how it was made: command, source file, date
+    name: str = "bundle"  # human-readable name
+
+    @property
+    def crop_size(self) -> int:
+        """Side of the aligned face crop the encoders expect (the generator's resolution without encoders)."""
+        enc = self.fren or self.vien
+        return enc.cfg.img_size if enc is not None else self.generator.img_resolution
+
+    def preprocess(self) -> dict[str, Any]:
+        """The preprocessing contract every consumer of this bundle must follow."""
+        layout = self.generator.layout
+        return {
+            "crop_size": self.crop_size,  # encoder input side, pixels
+            "alignment": "ffhq",  # FFHQ quad from eye centres and mouth corners (realtime/align.py)
+            "normalisation": "rgb, [-1, 1]",  # (pixel / 127.5) − 1, channels R, G, B
+            "output_resolution": self.generator.img_resolution,
+            "num_ws": layout.num_ws,
+            "w_dim": layout.w_dim,
+            "coarse_resolution": layout.coarse_resolution,
+            "num_coarse": layout.num_coarse,
+        }
+
+    def to(self, device: torch.device | str) -> Bundle:
+        for m in self.modules().values():
+            m.to(device)
+        self.extra = {k: v.to(device) for k, v in self.extra.items()}
+        return self
+
+    def modules(self) -> dict[str, nn.Module]:
+        out: dict[str, nn.Module] = {"generator": self.generator}
+        if self.fren is not None:
+            out["fren"] = self.fren
+        if self.vien is not None:
+            out["vien"] = self.vien
+        return out
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "generator": self.generator.cfg.to_dict(),
+            "encoders": {
+                "fren": self.fren.cfg.to_dict() if self.fren is not None else None,
+                "vien": self.vien.cfg.to_dict() if self.vien is not None else None,
+            },
+            "preprocess": self.preprocess(),
+            "trained": {k: bool(self.trained.get(k, False)) for k in ("generator", "fren", "vien")},
+            "edits": self.edits,
+            "provenance": self.provenance,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the bundle folder atomically. An existing *bundle* at ``path`` is replaced; anything else there
+        is refused (we never delete a folder that is not ours)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / MANIFEST).exists())):
+            raise BundleError(f"refusing to overwrite {path}: it exists and is not a bundle folder")
+        parent = path.parent if str(path.parent) else Path(".")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BundleError(f"cannot create {parent}: {exc.strerror}") from None
+        tmp = parent / f".{path.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            tmp.mkdir()
+            for name, module in self.modules().items():
+                state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+                save_file(state, str(tmp / f"{name}.safetensors"), metadata={"format": FORMAT_NAME})
+            if self.extra:
+                save_file({k: v.detach().to("cpu").contiguous() for k, v in self.extra.items()},
+                          str(tmp / "extra.safetensors"), metadata={"format": FORMAT_NAME})
+            (tmp / MANIFEST).write_text(json.dumps(self.manifest(), indent=2) + "\n")
+            if path.exists():
+                old = parent / f".{path.name}.old-{os.getpid()}"
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise BundleError(f"cannot write bundle {path}: {exc.strerror or exc}") from None
+        return path
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise BundleError(f"bundle not found: {path}")
+    if not path.is_dir():
+        raise BundleError(f"{path} is not a bundle folder (a bundle is a directory with {MANIFEST}; "
+                          "convert .pkl/.pt files with `stylestream import-weights`)")
+    mf = path / MANIFEST
+    if not mf.exists():
+        raise BundleError(f"{path} is not a bundle: it has no {MANIFEST}")
+    try:
+        manifest = json.loads(mf.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{mf} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise BundleError(f"{mf} is not a stylestream bundle manifest")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
+        raise BundleError(f"{path}: bundle format version {version!r} is not supported by this stylestream "
+                          f"(supports 1…{FORMAT_VERSION}); upgrade stylestream")
+    return manifest
+
+
+def _load_state(module: nn.Module, file: Path, what: str) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not file.exists():
+        raise BundleError(f"bundle is missing {file.name} ({what} weights)")
+    try:
+        state = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundleError(f"{file} is corrupt or not a safetensors file ({exc})") from None
+    load_state_checked(module, state, f"{what} ({file.name})")
+
+
+def load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """load_state_dict with one clear message for missing/unexpected keys and shape mismatches."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise BundleError(f"{what}: weights do not match the config: " + ", ".join(parts))
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise BundleError(f"{what}: shape mismatch for {k}: file {tuple(state[k].shape)}, "
+                              f"config expects {tuple(v.shape)}")
+    module.load_state_dict(state)
+
+
+def load_bundle(path: str | os.PathLike, device: torch.device | str = "cpu") -> Bundle:
+    """Read a bundle folder. Modules come back in eval mode on ``device``."""
+    path = Path(path)
+    m = _read_manifest(path)
+    try:
+        gcfg = GeneratorConfig.from_dict(m["generator"])
+        encs = m.get("encoders") or {}
+        fcfg = ViTConfig.from_dict(encs["fren"]) if encs.get("fren") else None
+        vcfg = ViTConfig.from_dict(encs["vien"]) if encs.get("vien") else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path / MANIFEST}: invalid model config ({exc})") from None
+    g = Generator(gcfg)
+    _load_state(g, path / "generator.safetensors", "generator")
+    fren = vien = None
+    if fcfg is not None:
+        fren = FrameEncoder(fcfg, gcfg.layout())
+        _load_state(fren, path / "fren.safetensors", "FrEN")
+    if vcfg is not None:
+        vien = VideoEncoder(vcfg, gcfg.layout())
+        _load_state(vien, path / "vien.safetensors", "ViEN")
+    extra: dict[str, torch.Tensor] = {}
+    if (path / "extra.safetensors").exists():
+        from safetensors.torch import load_file
+
+        try:
+            extra = load_file(str(path / "extra.safetensors"))
+        except Exception as exc:  # safetensors raises several types for corrupt files
+            raise BundleError(f"{path / 'extra.safetensors'} is corrupt ({exc})") from None
+    pre = m.get("preprocess", {})
+    b = Bundle(generator=g, fren=fren, vien=vien, trained=dict(m.get("trained", {})), edits=list(m.get("edits", [])),
+               extra=extra, provenance=dict(m.get("provenance", {})), name=str(m.get("name", path.name)))
+    if pre and pre.get("crop_size") not in (None, b.crop_size):
+        raise BundleError(f"{path}: preprocess.crop_size {pre.get('crop_size')} disagrees with the encoder "
+                          f"input size {b.crop_size}")
+    for mod in b.modules().values():
+        mod.eval().requires_grad_(False)
+    return b.to(device)
+
+
+@torch.no_grad()
+def estimate_w_avg(g: Generator, n: int = 2048, seed: int = 0) -> torch.Tensor:
+    """Mean of mapping(z) over ``n`` fixed-seed samples, [w_dim]. Used where a checkpoint lacks w_avg."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, g.z_dim, generator=gen)
+    c = torch.zeros(n, g.c_dim) if g.c_dim else None
+    return g.mapping(z, c)[:, 0].mean(0)
+
+
+def new_bundle(generator: str | GeneratorConfig = "tiny-64", encoder: str | ViTConfig | None = "tiny",
+               seed: int = 0, name: str = "random") -> Bundle:
+    """A bundle with randomly initialised (untrained) weights, marked as such — for tests, benchmarks and as
+    the starting point of training. The encoders output w_avg until trained."""
+    gcfg = GENERATOR_PRESETS[generator] if isinstance(generator, str) else generator
+    torch.manual_seed(seed)
+    g = Generator(gcfg)
+    g.mapping.w_avg.copy_(estimate_w_avg(g, seed=seed))
+    fren = vien = None
+    if encoder is not None:
+        ecfg = ENCODER_PRESETS[encoder] if isinstance(encoder, str) else encoder
+        fren = FrameEncoder(ecfg, gcfg.layout())
+        vien = VideoEncoder(ecfg, gcfg.layout())
+        fren.w_avg.copy_(g.mapping.w_avg)
+        vien.init_from_frame_encoder(fren)
+    b = Bundle(generator=g, fren=fren, vien=vien, trained={"generator": False, "fren": False, "vien": False},
+               provenance={"made_by": "models.bundle.new_bundle", "seed": seed,
+                           "generator_preset": generator if isinstance(generator, str) else "custom",
+                           "encoder_preset": encoder if isinstance(encoder, str) or encoder is None else "custom"},
+               name=name)
+    for mod in b.modules().values():
+        mod.eval().requires_grad_(False)
+    return b

@@ -1,0 +1,466 @@
+"""The only reader of foreign checkpoints.
+
+Supported:
+
+* **stylegan2-ada-pytorch ``.pkl``** (NVlabs; also the TF-converted official FFHQ/config-f files): a plain pickle
+  of a dict with ``G``, ``D``, ``G_ema``, ``augment_pipe``, ``training_set_kwargs``. Each network is pickled by
+  ``torch_utils.persistence`` as ``_reconstruct_persistent_obj(meta)`` with ``meta = {type, version, module_src,
+  class_name, state}``. The original loader *executes* ``module_src``; we never do. :class:`SafeUnpickler` maps the
+  reconstruct function to :class:`PersistedModule` (which keeps ``meta["state"]`` only), rebuilds tensors
+  through torch's own rebuild helpers with nested storage blobs loaded by ``torch.load(weights_only=True)``,
+  and refuses every global outside a short allow-list — before anything is called.
+* **rosinality ``.pt``** (stylegan2-pytorch): ``torch.load(weights_only=True)`` (``argparse.Namespace`` allowed
+  for its ``args`` entry), then ``g_ema`` is renamed through :func:`rosinality_to_nvlabs`.
+
+``stylestream import-weights`` wraps :func:`import_generator` and writes a bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import hashlib
+import io
+import math
+import pickle
+import re
+import warnings
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError, UnsafePickleError
+from .stylegan2 import Generator, GeneratorConfig
+
+# ----------------------------------------------------------------------------------------------------------------
+# Restricted unpickling
+
+
+class PersistedModule:
+    """What ``torch_utils.persistence._reconstruct_persistent_obj(meta)`` becomes here: the class name and the
+    module's pickled ``__dict__`` (``_parameters``, ``_buffers``, ``_modules``, ``_init_kwargs``, attributes).
+    ``module_src`` is dropped unread."""
+
+    def __init__(self, meta: Any):
+        if not isinstance(meta, dict) or meta.get("type") not in ("class", "object"):
+            raise UnsafePickleError("persistent object metadata is not a dict of the expected form")
+        self.class_name = str(meta.get("class_name", "?"))
+        self.version = meta.get("version")
+        state = meta.get("state")
+        self.state: dict = state if isinstance(state, dict) else {}
+
+    def __repr__(self) -> str:
+        return f"PersistedModule({self.class_name})"
+
+    @property
+    def parameters(self) -> dict:
+        return self.state.get("_parameters") or {}
+
+    @property
+    def buffers(self) -> dict:
+        return self.state.get("_buffers") or {}
+
+    @property
+    def children(self) -> dict:
+        return self.state.get("_modules") or {}
+
+    def child(self, path: str) -> PersistedModule:
+        node = self
+        for part in path.split("."):
+            nxt = node.children.get(part)
+            if not isinstance(nxt, PersistedModule):
+                raise CheckpointError(f"network has no sub-module {path!r}")
+            node = nxt
+        return node
+
+    def flat_state(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """The module tree's state_dict (parameters and persistent buffers) with dotted names."""
+        out: dict[str, torch.Tensor] = {}
+        non_persistent = self.state.get("_non_persistent_buffers_set") or set()
+        for k, v in self.parameters.items():
+            if v is not None:
+                out[prefix + k] = _as_tensor(v, prefix + k)
+        for k, v in self.buffers.items():
+            if v is not None and k not in non_persistent:
+                out[prefix + k] = _as_tensor(v, prefix + k)
+        for k, child in self.children.items():
+            if isinstance(child, PersistedModule):
+                out.update(child.flat_state(prefix + k + "."))
+        return out
+
+
+def _as_tensor(v: Any, name: str) -> torch.Tensor:
+    if not isinstance(v, torch.Tensor):
+        raise CheckpointError(f"{name} is not a tensor ({type(v).__name__})")
+    return v.detach()
+
+
+class EasyDict(dict):
+    """Stand-in for ``dnnlib.util.EasyDict`` (a dict with attribute access)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _load_storage_blob(b: bytes) -> Any:
+    """``torch.storage._load_from_bytes``, but with ``weights_only=True``."""
+    if not isinstance(b, bytes | bytearray):
+        raise UnsafePickleError("storage blob is not bytes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # TypedStorage deprecation noise
+        try:
+            return torch.load(io.BytesIO(bytes(b)), weights_only=True, map_location="cpu")
+        except pickle.UnpicklingError as exc:
+            raise UnsafePickleError(f"nested tensor blob refused: {str(exc).splitlines()[0]}") from None
+
+
+def _rebuild_parameter(data: torch.Tensor, requires_grad: bool, backward_hooks: Any, *_: Any) -> torch.Tensor:
+    if not isinstance(data, torch.Tensor):
+        raise UnsafePickleError("parameter data is not a tensor")
+    return data  # plain tensor: we only need the values
+
+
+_NUMERIC_KINDS = set("biufc")
+
+
+def _np_dtype(obj: Any, align: Any = False, copy: Any = False) -> np.dtype:
+    dt = np.dtype(obj) if isinstance(obj, str) and len(obj) <= 8 else None
+    if dt is None or dt.kind not in _NUMERIC_KINDS:
+        raise UnsafePickleError(f"numpy dtype {obj!r} is not a plain numeric type")
+    return dt
+
+
+def _np_scalar(dtype: Any, data: Any = None) -> Any:
+    if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMERIC_KINDS:
+        raise UnsafePickleError("numpy scalar of a non-numeric dtype")
+    if isinstance(data, str):
+        data = data.encode("latin1")
+    if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise UnsafePickleError("malformed numpy scalar")
+    return np.frombuffer(data, dtype=dtype)[0]
+
+
+def _np_reconstruct(cls: Any, shape: Any, dtype: Any) -> np.ndarray:
+    if cls is not np.ndarray:
+        raise UnsafePickleError("numpy _reconstruct of something other than ndarray")
+    return np.ndarray.__new__(np.ndarray, shape, _np_dtype(dtype) if not isinstance(dtype, np.dtype) else dtype)
+
+
+def _codecs_encode(s: Any, encoding: str = "utf-8") -> bytes:
+    if not isinstance(s, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError("_codecs.encode is allowed only for latin1 byte strings")
+    return codecs.encode(s, "latin1")
+
+
+def _torch_dtypes() -> dict[tuple[str, str], Any]:
+    return {("torch", n): getattr(torch, n) for n in dir(torch) if isinstance(getattr(torch, n, None), torch.dtype)}
+
+
+ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): PersistedModule,
+    ("dnnlib.util", "EasyDict"): EasyDict,
+    ("dnnlib", "EasyDict"): EasyDict,
+    ("collections", "OrderedDict"): OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch.storage", "_load_from_bytes"): _load_storage_blob,
+    ("numpy", "dtype"): _np_dtype,
+    ("numpy.core.multiarray", "scalar"): _np_scalar,
+    ("numpy._core.multiarray", "scalar"): _np_scalar,
+    ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("_codecs", "encode"): _codecs_encode,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("__builtin__", "set"): set,
+    ("__builtin__", "frozenset"): frozenset,
+    ("torch", "device"): torch.device,
+    **_torch_dtypes(),
+}
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only :data:`ALLOWED_GLOBALS`; anything else raises before it is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"refusing to load: the pickle references {module}.{name}, which a weights file never needs "
+                "(nothing from the file was executed)") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError("refusing to load: the pickle uses persistent ids (not a stylegan2-ada .pkl)")
+
+
+def safe_unpickle(data: bytes | io.BufferedIOBase) -> Any:
+    f = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+    return SafeUnpickler(f).load()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# stylegan2-ada-pytorch .pkl
+
+
+def _f(x: Any) -> float:
+    return float(x.item() if hasattr(x, "item") else x)
+
+
+def nvlabs_config(g: PersistedModule, state: dict[str, torch.Tensor]) -> GeneratorConfig:
+    """Derive our GeneratorConfig from a persisted NVlabs Generator (its attributes, kwargs and shapes)."""
+    st = g.state
+    kw = dict(st.get("_init_kwargs") or {})
+    args = list(st.get("_init_args") or ())
+    for i, name in enumerate(["z_dim", "c_dim", "w_dim", "img_resolution", "img_channels",
+                              "mapping_kwargs", "synthesis_kwargs"]):
+        if i < len(args):
+            kw.setdefault(name, args[i])
+    mk = dict(kw.get("mapping_kwargs") or {})
+    sk = dict(kw.get("synthesis_kwargs") or {})
+    try:
+        res = int(st.get("img_resolution", kw.get("img_resolution")))
+        cfg_kw: dict[str, Any] = dict(
+            z_dim=int(st.get("z_dim", kw.get("z_dim"))),
+            c_dim=int(st.get("c_dim", kw.get("c_dim", 0))),
+            w_dim=int(st.get("w_dim", kw.get("w_dim"))),
+            img_resolution=res,
+            img_channels=int(st.get("img_channels", kw.get("img_channels", 3))),
+        )
+    except (TypeError, ValueError):
+        raise CheckpointError("G_ema lacks z_dim/w_dim/img_resolution: not a stylegan2-ada-pytorch Generator") from None
+    mapping = g.child("mapping")
+    cfg_kw["mapping_layers"] = len([k for k in mapping.children if re.fullmatch(r"fc\d+", k)])
+    fc0 = mapping.child("fc0").state
+    if "bias_gain" in fc0:
+        cfg_kw["mapping_lr_multiplier"] = _f(fc0["bias_gain"])
+    elif "lr_multiplier" in mk:
+        cfg_kw["mapping_lr_multiplier"] = float(mk["lr_multiplier"])
+    for key in ("embed_features", "layer_features", "w_avg_beta"):
+        if mk.get(key) is not None:
+            cfg_kw[key] = mk[key]
+    arch = sk.get("architecture", g.child(f"synthesis.b{res}").state.get("architecture", "skip"))
+    if arch != "skip":
+        raise CheckpointError(f"synthesis architecture {arch!r} is not supported (only config-e/f 'skip')")
+    clamp = sk.get("conv_clamp", g.child("synthesis.b4.conv1").state.get("conv_clamp"))
+    cfg_kw["conv_clamp"] = None if clamp is None else _f(clamp)
+    cfg_kw["num_fp16_res"] = int(sk.get("num_fp16_res", 0))
+    if "resample_filter" in sk and sk["resample_filter"] is not None:
+        cfg_kw["resample_filter"] = tuple(int(v) for v in sk["resample_filter"])
+    channels = {}
+    r = 4
+    while r <= res:
+        key = f"synthesis.b{r}.conv1.weight"
+        if key not in state:
+            raise CheckpointError(f"G_ema has no {key}: not a skip StyleGAN2 generator of resolution {res}")
+        channels[r] = int(state[key].shape[0])
+        r *= 2
+    cfg_kw["channel_max"], cfg_kw["channel_base"] = _channel_params(channels, sk)
+    return GeneratorConfig(**cfg_kw)
+
+
+def _channel_params(channels: dict[int, int], sk: dict | None = None) -> tuple[int, int]:
+    """(channel_max, channel_base) reproducing ``channels`` as min(base // r, max)."""
+    cmax = max(channels.values())
+    base = int(sk["channel_base"]) if sk and sk.get("channel_base") else None
+    if base is None or any(min(base // r, cmax) != c for r, c in channels.items()):
+        below = [c * r for r, c in channels.items() if c < cmax]
+        base = min(below) if below else cmax * max(channels)
+    if any(min(base // r, cmax) != c for r, c in channels.items()):
+        raise CheckpointError(f"channel counts {channels} do not follow min(base // res, max)")
+    return cmax, base
+
+
+def read_nvlabs_pkl(data: bytes, source: str = "checkpoint") -> tuple[GeneratorConfig, dict[str, torch.Tensor]]:
+    """Parse a stylegan2-ada-pytorch pickle without executing it → (config, G_ema state dict)."""
+    try:
+        obj = safe_unpickle(data)
+    except UnsafePickleError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, RuntimeError, UnicodeDecodeError, MemoryError) as exc:
+        raise CheckpointError(f"{source} is truncated or not a StyleGAN2 pickle ({type(exc).__name__})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{source}: expected a dict with 'G_ema', found {type(obj).__name__}")
+    g = obj.get("G_ema", obj.get("G"))
+    if not isinstance(g, PersistedModule):
+        raise CheckpointError(f"{source}: no 'G_ema' network inside (keys: {sorted(map(str, obj))[:8]})")
+    state = g.flat_state()
+    cfg = nvlabs_config(g, state)
+    return cfg, state
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# rosinality stylegan2-pytorch .pt
+
+
+def rosinality_to_nvlabs(sd: dict[str, torch.Tensor]) -> tuple[GeneratorConfig, dict[str, torch.Tensor]]:
+    """Rename a rosinality ``g_ema`` state dict to NVlabs names and derive the config.
+
+    Mapping (r = 8·2^j):
+      style.{i+1}.weight/bias            → mapping.fc{i}.weight/bias        (same equalised-lr convention)
+      input.input [1, C, 4, 4]           → synthesis.b4.const [C, 4, 4]
+      conv1.*                            → synthesis.b4.conv1.*
+      to_rgb1.*                          → synthesis.b4.torgb.*
+      convs.{2j}.*, convs.{2j+1}.*       → synthesis.b{r}.conv0.*, synthesis.b{r}.conv1.*
+      to_rgbs.{j}.*                      → synthesis.b{r}.torgb.*
+      *.conv.weight [1, O, I, k, k]      → *.weight [O, I, k, k]
+      *.conv.modulation.weight/bias      → *.affine.weight/bias
+      *.noise.weight [1]                 → *.noise_strength []
+      *.activate.bias [O]                → *.bias
+      to_rgb*.bias [1, 3, 1, 1]          → *.torgb.bias [3]
+      noises.noise_{n} [1, 1, r, r]      → the n-th conv's noise_const [r, r] (b4.conv1, b8.conv0, b8.conv1, …)
+    The rosinality conv weight scale 1/sqrt(fan_in) is cancelled by demodulation (to ~1e-8 relative).
+    """
+    if "input.input" not in sd or "conv1.conv.weight" not in sd:
+        raise CheckpointError("g_ema is not a rosinality stylegan2 Generator state (no input.input / conv1)")
+    n_rgbs = len([k for k in sd if re.fullmatch(r"to_rgbs\.\d+\.conv\.weight", k)])
+    res = 4 * 2**n_rgbs
+    style_keys = sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(r"style\.(\d+)\.weight", k)))
+    if not style_keys:
+        raise CheckpointError("g_ema has no mapping layers (style.N.weight)")
+    out: dict[str, torch.Tensor] = {}
+    for i, n in enumerate(style_keys):
+        out[f"mapping.fc{i}.weight"] = sd[f"style.{n}.weight"]
+        out[f"mapping.fc{i}.bias"] = sd[f"style.{n}.bias"]
+    w_dim = int(sd[f"style.{style_keys[-1]}.weight"].shape[0])
+    z_dim = int(sd[f"style.{style_keys[0]}.weight"].shape[1])
+
+    def conv(src: str, dst: str) -> None:
+        out[f"{dst}.weight"] = sd[f"{src}.conv.weight"][0]
+        out[f"{dst}.affine.weight"] = sd[f"{src}.conv.modulation.weight"]
+        out[f"{dst}.affine.bias"] = sd[f"{src}.conv.modulation.bias"]
+        out[f"{dst}.noise_strength"] = sd[f"{src}.noise.weight"].reshape([])
+        out[f"{dst}.bias"] = sd[f"{src}.activate.bias"]
+
+    def rgb(src: str, dst: str) -> None:
+        out[f"{dst}.weight"] = sd[f"{src}.conv.weight"][0]
+        out[f"{dst}.affine.weight"] = sd[f"{src}.conv.modulation.weight"]
+        out[f"{dst}.affine.bias"] = sd[f"{src}.conv.modulation.bias"]
+        out[f"{dst}.bias"] = sd[f"{src}.bias"].reshape(-1)
+
+    try:
+        out["synthesis.b4.const"] = sd["input.input"][0]
+        conv("conv1", "synthesis.b4.conv1")
+        rgb("to_rgb1", "synthesis.b4.torgb")
+        conv_names = ["synthesis.b4.conv1"]
+        for j in range(n_rgbs):
+            r = 8 * 2**j
+            conv(f"convs.{2 * j}", f"synthesis.b{r}.conv0")
+            conv(f"convs.{2 * j + 1}", f"synthesis.b{r}.conv1")
+            rgb(f"to_rgbs.{j}", f"synthesis.b{r}.torgb")
+            conv_names += [f"synthesis.b{r}.conv0", f"synthesis.b{r}.conv1"]
+        for n, name in enumerate(conv_names):
+            key = f"noises.noise_{n}"
+            if key in sd:
+                out[f"{name}.noise_const"] = sd[key].reshape(sd[key].shape[-2:])
+    except KeyError as exc:
+        raise CheckpointError(f"rosinality g_ema is missing {exc.args[0]}") from None
+    channels = {4: int(out["synthesis.b4.conv1.weight"].shape[0])}
+    for j in range(n_rgbs):
+        r = 8 * 2**j
+        channels[r] = int(out[f"synthesis.b{r}.conv1.weight"].shape[0])
+    cmax, base = _channel_params(channels)
+    cfg = GeneratorConfig(z_dim=z_dim, w_dim=w_dim, img_resolution=res, mapping_layers=len(style_keys),
+                          channel_base=base, channel_max=cmax)
+    return cfg, out
+
+
+def read_rosinality_pt(path: Path) -> tuple[GeneratorConfig, dict[str, torch.Tensor], torch.Tensor | None]:
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "refused"
+        raise UnsafePickleError(f"refusing to load {path.name}: {first}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"{path.name} is truncated or not a torch checkpoint ({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict) or "g_ema" not in ckpt:
+        keys = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path.name}: no 'g_ema' entry (found {keys}); not a rosinality checkpoint")
+    cfg, state = rosinality_to_nvlabs(ckpt["g_ema"])
+    latent_avg = ckpt.get("latent_avg")
+    if isinstance(latent_avg, torch.Tensor):
+        latent_avg = latent_avg.reshape(-1)[: cfg.w_dim] if latent_avg.numel() >= cfg.w_dim else None
+    else:
+        latent_avg = None
+    return cfg, state, latent_avg
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Front door
+
+TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def sniff_format(path: Path) -> str:
+    """'nvlabs-pkl', 'torch' (zip or legacy torch.save) or 'tflite', from the file's bytes."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise CheckpointError(f"{path} is empty (0 bytes)")
+    if head[:4] == b"PK\x03\x04":
+        return "torch"
+    if head[4:8] == b"TFL3":
+        return "tflite"
+    if head[:1] == b"\x80":
+        # A legacy torch.save file starts with a pickled magic number; a stylegan2-ada .pkl with a dict.
+        try:
+            with open(path, "rb") as f:
+                first = SafeUnpickler(f).load() if head[2:3] == b"\x8a" else None
+        except Exception:
+            first = None
+        return "torch" if first == TORCH_LEGACY_MAGIC else "nvlabs-pkl"
+    raise CheckpointError(f"{path} is not a StyleGAN2 checkpoint (.pkl or .pt): unrecognised file header")
+
+
+def import_generator(path: str | Path) -> tuple[Generator, dict[str, Any]]:
+    """Read a foreign generator checkpoint → (our Generator in eval mode, provenance dict)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; expected a .pkl or .pt file")
+    fmt = sniff_format(path)
+    latent_avg = None
+    if fmt == "tflite":
+        raise CheckpointError(f"{path.name} is a TFLite model, not a StyleGAN2 generator")
+    if fmt == "nvlabs-pkl":
+        cfg, state = read_nvlabs_pkl(path.read_bytes(), path.name)
+    else:
+        cfg, state, latent_avg = read_rosinality_pt(path)
+    g = Generator(cfg)
+    own = g.state_dict()
+    # Buffers that are pure functions of the config may be absent (e.g. rosinality has no resample filters).
+    for k, v in own.items():
+        if k not in state and (k.endswith("resample_filter") or (k.endswith("noise_const") and fmt == "torch")):
+            state[k] = v
+    if fmt == "torch" and "mapping.w_avg" not in state:
+        state["mapping.w_avg"] = torch.zeros(cfg.w_dim)
+    from .bundle import estimate_w_avg, load_state_checked
+
+    load_state_checked(g, {k: v.to(torch.float32) for k, v in state.items()}, f"{path.name} generator")
+    w_avg_source = "checkpoint"
+    if fmt == "torch":
+        if latent_avg is not None:
+            g.mapping.w_avg.copy_(latent_avg)
+        else:
+            g.mapping.w_avg.copy_(estimate_w_avg(g, n=4096))
+            w_avg_source = "estimated from 4096 samples (checkpoint has no latent_avg)"
+    g.eval().requires_grad_(False)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    prov = {"source_file": path.name, "source_sha256": digest,
+            "source_format": "stylegan2-ada-pytorch pkl" if fmt == "nvlabs-pkl" else "rosinality pt",
+            "w_avg": w_avg_source}
+    if not math.isfinite(float(g.mapping.w_avg.sum())):
+        raise CheckpointError(f"{path.name}: w_avg is not finite")
+    return g, prov

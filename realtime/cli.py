@@ -1,0 +1,75 @@
+"""`stylestream` console script.
+
+Every subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args) -> int``; this file
+only lists them, so ``stylestream --help`` stays fast (modules import lazily) and one error policy applies:
+a :class:`models.errors.UserError` ends in one clear line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (name, module, one-line help). Order is the order shown in --help.
+SUBCOMMANDS: list[tuple[str, str, str]] = [
+    ("import-weights", "realtime.cmd_weights", "convert an official StyleGAN2 .pkl / rosinality .pt into a bundle"),
+    ("info", "realtime.cmd_info", "describe a bundle (configs, parameter counts, what is trained)"),
+    ("bench", "realtime.cmd_bench", "measure speed: `bench models`"),
+]
+
+
+def build_parser(load_all: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stylestream",
+        description="Real-time StyleGAN face-video filter: track, encode into W+, edit, regenerate, stream.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module, help_text in SUBCOMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        if load_all:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("stylestream")
+    except Exception:  # not installed (running from a checkout)
+        return "0+checkout"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Only import the chosen subcommand's module (keeps --help and startup fast).
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    names = {n for n, _, _ in SUBCOMMANDS}
+    if chosen in names:
+        parser = build_parser(load_all=False)
+        sub_parser = parser._subparsers._group_actions[0].choices[chosen]  # type: ignore[union-attr]
+        importlib.import_module(sub_parser.get_default("_module")).add_arguments(sub_parser)
+    else:
+        parser = build_parser(load_all=False)
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    from models.errors import UserError
+
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.main(args) or 0)
+    except UserError as exc:
+        print(f"stylestream {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"stylestream {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Shared test setup: tests import helpers from this folder; torch stays on few threads (2-core CI)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip gpu/trt/browser tests with a reason where the hardware or library is missing."""
+    import shutil
+
+    has_cuda = torch.cuda.is_available()
+    try:
+        import tensorrt  # noqa: F401
+
+        has_trt = has_cuda
+    except Exception:
+        has_trt = False
+    has_chromium = any(shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome"))
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device (none here)"))
+        if "trt" in item.keywords and not has_trt:
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT and a CUDA device (not installable here)"))
+        if "browser" in item.keywords and not has_chromium:
+            item.add_marker(pytest.mark.skip(reason="needs Chromium (apt install chromium)"))
