@@ -1,5 +1,5 @@
-# Two commands do all the set-up on a fresh machine: `make test` and `make demo`.
-# Both create .venv first. Override TORCH_SPEC for a CUDA build, e.g. make TORCH_SPEC="torch==2.11.0" test
+# `make test` does all the set-up on a fresh machine: it creates .venv, installs, then runs the tests.
+# Override TORCH_SPEC for a CUDA build, e.g.  make TORCH_SPEC="torch==2.11.0" test
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.stylestream-installed
 
-.PHONY: venv test test-all lint demo serve clean
+.PHONY: venv test lint clean
 
 venv: $(STAMP)
 
@@ -25,12 +25,6 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-
-demo: $(STAMP)
-	$(VENV)/bin/stylestream demo
-
-serve: $(STAMP)
-	$(VENV)/bin/stylestream serve
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
