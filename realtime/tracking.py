@@ -1,0 +1,530 @@
+"""Face landmarks per frame, stabilised (DESIGN §2, StylePortraitVideo §3.1).
+
+Pipeline for one frame::
+
+    MediaPipe (full-range detector only when tracking is lost → 468-point face mesh in video mode on a
+    square ROI around the face) → pick the largest/most central face → blend each landmark with its
+    pyramidal Lucas-Kanade prediction from the previous frame → FFHQ quad → causal One-Euro filter (live)
+
+File jobs track with ``smoothing="none"`` and then run :func:`smooth_tracks` — the paper's non-causal 1-D
+Gaussian over the whole sequence (:func:`track_sequence` does both).
+
+All per-stream state lives in a :class:`FaceTracker` instance. The landmark source is pluggable
+(:class:`LandmarkSource`); :class:`MediaPipeLandmarks` is the real one, tests inject noisy oracles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import cv2
+import numpy as np
+
+from models.errors import UserError
+from realtime.align import EYE_LEFT_IDX, EYE_RIGHT_IDX, quad_from_landmarks, quad_size
+from realtime.frames import Frame, Track
+
+log = logging.getLogger(__name__)
+
+NUM_LANDMARKS = 468
+
+
+@dataclass
+class TrackerConfig:
+    """Face tracking and stabilisation parameters (defaults tuned for 30 fps webcams)."""
+
+    max_faces: int = 1  # faces tracked at once; track() returns the largest/most central, track_all() all
+    detector: Literal["full", "short"] = "full"  # MediaPipe detector: full range (small faces) or short range
+    detection_confidence: float = 0.5  # detector score needed to start tracking a face
+    tracking_confidence: float = 0.5  # face-mesh presence score below which the face counts as lost
+    redetect_every: int = 0  # also run the detector every n frames while tracking (0: only when lost)
+    roi_scale: float = 2.0  # side of the square fed to the face mesh, in landmark-box sizes
+    roi_px: int = 256  # resolution of that square
+    min_face_px: float = 64.0  # faces whose FFHQ quad side is smaller than this are skipped (no Track)
+    center_weight: float = 0.5  # choice: size × (1 − w · distance from centre / half-diagonal)
+    switch_margin: float = 1.3  # another face must score this many times better to take over
+    lk: bool = True  # blend each landmark with its Lucas-Kanade flow prediction (StylePortraitVideo §3.1)
+    lk_window: int = 15  # LK window side in pixels (at the LK working resolution)
+    lk_levels: int = 2  # LK pyramid levels above the base
+    lk_face_px: float = 160.0  # LK runs on the face region downscaled so the eye-to-eye distance ≤ this/4
+    lk_weight: float = 0.85  # weight of the flow prediction when it agrees with the detection
+    lk_tolerance: float = 0.04  # disagreement (fraction of quad side) where the flow weight falls by 1/e
+    smoothing: Literal["one_euro", "none"] = "one_euro"  # causal quad filter (live); file jobs: "none"
+    one_euro_min_cutoff: float = 1.0  # Hz; cutoff when the face is still (lower = steadier, laggier)
+    one_euro_beta: float = 15.0  # cutoff increase in Hz per quad-side/second of speed
+    one_euro_d_cutoff: float = 2.0  # Hz; cutoff of the speed estimate
+    fps: float = 30.0  # frame rate assumed when frames carry no timestamps
+    reset_jump: float = 0.35  # a raw quad jump larger than this (quad sides) restarts the filters
+    gaussian_sigma: float = 2.0  # smooth_tracks(): temporal Gaussian sigma in frames
+
+
+@dataclass
+class FaceObservation:
+    """One face as a landmark source sees it in one frame."""
+
+    landmarks: np.ndarray  # [468, 3] float32, image pixels (x, y, z·scale)
+    score: float  # detector confidence of the detection that started (or last refreshed) this track
+    face_id: int  # stable for as long as the source keeps tracking this face
+    detected: bool = False  # the full detector ran on this frame to find it
+
+
+class LandmarkSource(Protocol):
+    """Anything that finds face-mesh landmarks in RGB frames, in order (stateful, video mode)."""
+
+    def process(self, image: np.ndarray) -> list[FaceObservation]:
+        """image [H, W, 3] uint8 RGB → the faces in it."""
+        ...
+
+    def reset(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# ------------------------------------------------------------------------------------------- MediaPipe
+
+
+def _import_mediapipe():  # noqa: ANN202 - returns modules
+    try:
+        import mediapipe  # noqa: F401
+        from mediapipe.python.solution_base import SolutionBase
+        from mediapipe.python.solutions import face_detection, face_mesh
+    except Exception as exc:  # ImportError, or a broken protobuf/numpy combination
+        raise UserError(
+            f"face tracking needs MediaPipe 0.10.21 ({type(exc).__name__}: {exc}); "
+            "install it with: pip install --no-deps mediapipe==0.10.21"
+        ) from exc
+    return SolutionBase, face_detection, face_mesh
+
+
+@dataclass
+class _RoiFace:
+    face_id: int
+    graph: object  # mediapipe SolutionBase running the face-mesh graph in video mode
+    cx: float
+    cy: float
+    side: float
+    score: float
+    fresh: bool = True  # the ROI came from the detector this frame
+
+
+class MediaPipeLandmarks:
+    """MediaPipe 0.10.21 face detection + face mesh, with the models inside its wheel (works offline).
+
+    The full-range detector runs on the whole frame only when no face is tracked (or every
+    ``redetect_every`` frames); each tracked face then runs the face-mesh graph in video mode on a square
+    ROI that follows it, so cost does not grow with the frame size and small faces in 1080p are found.
+    """
+
+    def __init__(self, config: TrackerConfig | None = None) -> None:
+        self.cfg = config or TrackerConfig()
+        solution_base, face_detection, face_mesh = _import_mediapipe()
+        self._SolutionBase = solution_base
+        self._mesh_graph_path = face_mesh._BINARYPB_FILE_PATH
+        self._detector = face_detection.FaceDetection(
+            model_selection=1 if self.cfg.detector == "full" else 0,
+            min_detection_confidence=self.cfg.detection_confidence,
+        )
+        self._pool: list[object] = []  # idle face-mesh graphs (reset before reuse)
+        self._faces: list[_RoiFace] = []
+        self._next_id = 0
+        self._frame = 0
+
+    # mesh graphs --------------------------------------------------------------------------------------
+    def _new_graph(self) -> object:
+        if self._pool:
+            g = self._pool.pop()
+            g.reset()
+            return g
+        return self._SolutionBase(
+            binary_graph_path=self._mesh_graph_path,
+            side_inputs={"num_faces": 1, "with_attention": False, "use_prev_landmarks": True},
+            calculator_params={
+                "facedetectionshortrangecpu__facedetectionshortrange__facedetection__"
+                "TensorsToDetectionsCalculator.min_score_thresh": 0.5,
+                "facelandmarkcpu__ThresholdingCalculator.threshold": self.cfg.tracking_confidence,
+            },
+            outputs=["multi_face_landmarks", "face_detections"],
+        )
+
+    def _drop(self, face: _RoiFace) -> None:
+        self._faces.remove(face)
+        self._pool.append(face.graph)
+
+    # detection ----------------------------------------------------------------------------------------
+    def _detect(self, image: np.ndarray) -> None:
+        h, w = image.shape[:2]
+        res = self._detector.process(image)
+        for det in res.detections or []:
+            bb = det.location_data.relative_bounding_box
+            side = max(bb.width * w, bb.height * h)
+            cx = (bb.xmin + bb.width * 0.5) * w
+            cy = (bb.ymin + bb.height * 0.5) * h
+            if side * 1.8 < self.cfg.min_face_px * 0.5:  # far too small even to track
+                continue
+            if any(abs(cx - f.cx) < f.side * 0.3 and abs(cy - f.cy) < f.side * 0.3 for f in self._faces):
+                continue  # already tracked
+            if len(self._faces) >= self.cfg.max_faces:
+                break
+            self._faces.append(
+                _RoiFace(self._next_id, self._new_graph(), cx, cy, side * self.cfg.roi_scale,
+                         float(det.score[0]))
+            )
+            self._next_id += 1
+
+    # per frame ----------------------------------------------------------------------------------------
+    def process(self, image: np.ndarray) -> list[FaceObservation]:
+        assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8, image.shape
+        cfg = self.cfg
+        ran_detector = False
+        periodic = cfg.redetect_every > 0 and self._frame % cfg.redetect_every == 0
+        if not self._faces or (periodic and len(self._faces) < cfg.max_faces):
+            self._detect(image)
+            ran_detector = True
+        self._frame += 1
+        out: list[FaceObservation] = []
+        for face in list(self._faces):
+            lm, mesh_detected = self._mesh(face, image)
+            if lm is None:
+                self._drop(face)
+                continue
+            # follow the face: next ROI centred on these landmarks
+            lo, hi = lm[:, :2].min(axis=0), lm[:, :2].max(axis=0)
+            face.cx, face.cy = float((lo[0] + hi[0]) * 0.5), float((lo[1] + hi[1]) * 0.5)
+            face.side = float(max(hi - lo)) * cfg.roi_scale
+            out.append(FaceObservation(lm, face.score, face.face_id, ran_detector and face.fresh or mesh_detected))
+            face.fresh = False
+        return out
+
+    def _mesh(self, face: _RoiFace, image: np.ndarray) -> tuple[np.ndarray | None, bool]:
+        """Run the mesh graph on the face's ROI. Returns (landmarks [468, 3] in frame px or None, detected)."""
+        s = self.cfg.roi_px
+        scale = face.side / s  # frame px per ROI px
+        # ROI px → frame px: frame = scale·roi + origin (pixel-centre convention)
+        m = np.array(
+            [[scale, 0.0, face.cx - face.side * 0.5 + 0.5 * scale - 0.5],
+             [0.0, scale, face.cy - face.side * 0.5 + 0.5 * scale - 0.5]]
+        )
+        from realtime.align import warp_to_crop
+
+        roi = warp_to_crop(image, m, s, antialias=True, border=cv2.BORDER_CONSTANT)
+        res = face.graph.process({"image": roi})
+        if not res.multi_face_landmarks:
+            return None, False
+        pts = res.multi_face_landmarks[0].landmark
+        arr = np.fromiter((v for p in pts for v in (p.x, p.y, p.z)), np.float64, count=3 * len(pts))
+        arr = arr.reshape(-1, 3)[:NUM_LANDMARKS] * s
+        lm = np.empty((NUM_LANDMARKS, 3), np.float32)
+        lm[:, 0] = arr[:, 0] * scale + (m[0, 2] - 0.5 * scale)  # normalised edge coords → pixel centres
+        lm[:, 1] = arr[:, 1] * scale + (m[1, 2] - 0.5 * scale)
+        lm[:, 2] = arr[:, 2] * scale
+        return lm, bool(res.face_detections)
+
+    def reset(self) -> None:
+        for f in list(self._faces):
+            self._drop(f)
+        self._frame = 0
+
+    def close(self) -> None:
+        self.reset()
+        for g in self._pool:
+            g.close()
+        self._pool.clear()
+        self._detector.close()
+
+
+# ------------------------------------------------------------------------------------------- filters
+
+
+class OneEuroFilter:
+    """Causal One-Euro filter (Casiez et al. 2012) on a fixed-shape array, shared cutoff for all values.
+
+    The speed that raises the cutoff is the largest per-point speed divided by ``scale`` (here: the quad
+    side), so parameters do not depend on the face's size in pixels.
+    """
+
+    def __init__(self, min_cutoff: float, beta: float, d_cutoff: float) -> None:
+        self.min_cutoff, self.beta, self.d_cutoff = min_cutoff, beta, d_cutoff
+        self.x: np.ndarray | None = None
+        self.dx: np.ndarray | None = None
+
+    @staticmethod
+    def _alpha(cutoff: float, dt: float) -> float:
+        tau = 1.0 / (2.0 * math.pi * cutoff)
+        return 1.0 / (1.0 + tau / dt)
+
+    def reset(self) -> None:
+        self.x = None
+        self.dx = None
+
+    def __call__(self, x: np.ndarray, dt: float, scale: float) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        if self.x is None or self.dx is None:
+            self.x, self.dx = x.copy(), np.zeros_like(x)
+            return x
+        dx = (x - self.x) / dt
+        self.dx = self.dx + self._alpha(self.d_cutoff, dt) * (dx - self.dx)
+        speed = float(np.max(np.linalg.norm(self.dx.reshape(-1, 2), axis=1))) / max(scale, 1e-6)
+        cutoff = self.min_cutoff + self.beta * speed
+        self.x = self.x + self._alpha(cutoff, dt) * (x - self.x)
+        return self.x.copy()
+
+
+def _odd_reflect_gaussian(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian along axis 0 with odd-reflect ends (keeps linear motion unbiased at the clip's ends)."""
+    n = x.shape[0]
+    if sigma <= 0 or n < 2:
+        return x.copy()
+    r = max(1, int(math.ceil(3.0 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    flat = x.reshape(n, -1).astype(np.float64)
+    padded = np.pad(flat, ((r, r), (0, 0)), mode="reflect", reflect_type="odd")
+    out = np.empty_like(flat)
+    for j in range(flat.shape[1]):
+        out[:, j] = np.convolve(padded[:, j], k, mode="valid")
+    return out.reshape(x.shape)
+
+
+def smooth_quads(quads: Sequence[np.ndarray | None], sigma: float = 2.0, jump: float = 0.35) -> list[np.ndarray | None]:
+    """Non-causal temporal Gaussian over a whole sequence of quads (file jobs).
+
+    Each run of consecutive frames with a face is smoothed on its own; a run is also split where the quad
+    jumps by more than ``jump`` quad sides (a cut or a different face). quads: T × ([4, 2] or None).
+    """
+    out: list[np.ndarray | None] = [None if q is None else np.asarray(q, np.float32).copy() for q in quads]
+    runs: list[list[int]] = []
+    prev: np.ndarray | None = None
+    for i, q in enumerate(quads):
+        if q is None:
+            prev = None
+            continue
+        q = np.asarray(q, np.float64)
+        if prev is None or np.abs(q - prev).max() > jump * quad_size(q):
+            runs.append([])
+        runs[-1].append(i)
+        prev = q
+    for run in runs:
+        arr = np.stack([np.asarray(quads[i], np.float64) for i in run])
+        sm = _odd_reflect_gaussian(arr, sigma)
+        for j, i in enumerate(run):
+            out[i] = sm[j].astype(np.float32)
+    return out
+
+
+def smooth_tracks(tracks: Sequence[Track], sigma: float = 2.0, jump: float = 0.35,
+                  landmarks: bool = True) -> list[Track]:
+    """:func:`smooth_quads` applied to tracks; also smooths landmarks over the same runs if asked.
+
+    Returns new Track objects; the input list is not modified.
+    """
+    quads = [t.quad if t.has_face else None for t in tracks]
+    sq = smooth_quads(quads, sigma, jump)
+    out = [dataclasses.replace(t, quad=q if t.has_face else t.quad) for t, q in zip(tracks, sq)]
+    if landmarks:
+        # same runs as the quads: recompute boundaries from the smoothed result's None pattern and jumps
+        i = 0
+        n = len(tracks)
+        while i < n:
+            if not tracks[i].has_face:
+                i += 1
+                continue
+            j = i + 1
+            while j < n and tracks[j].has_face and np.abs(
+                np.asarray(tracks[j].quad) - np.asarray(tracks[j - 1].quad)
+            ).max() <= jump * quad_size(tracks[j].quad):
+                j += 1
+            arr = np.stack([np.asarray(tracks[k].landmarks, np.float64) for k in range(i, j)])
+            sm = _odd_reflect_gaussian(arr, sigma).astype(np.float32)
+            for k in range(i, j):
+                out[k].landmarks = sm[k - i]
+            i = j
+    return out
+
+
+# ------------------------------------------------------------------------------------------- tracker
+
+
+@dataclass
+class _Stabiliser:
+    """Per-face stabilisation state."""
+
+    prev_lm: np.ndarray | None = None  # [468, 3] stabilised landmarks of the previous frame
+    prev_gray: np.ndarray | None = None  # LK region of the previous frame (grey, working resolution)
+    region: tuple[int, int, int, int, float] | None = None  # x0, y0, x1, y1, downscale of prev_gray
+    prev_raw_quad: np.ndarray | None = None  # [4, 2] quad of the previous blended landmarks
+    euro: OneEuroFilter | None = None
+    last_t: float | None = None
+    missed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class FaceTracker:
+    """Landmarks + stabilised FFHQ quad for each frame of one stream.
+
+    ``track(frame)`` returns the primary face (largest/most central, kept while it stays); frames without a
+    usable face give ``Track(landmarks=None)``. Never keeps references to frame images.
+    """
+
+    def __init__(self, config: TrackerConfig | None = None, source: LandmarkSource | None = None) -> None:
+        self.cfg = config or TrackerConfig()
+        self.source: LandmarkSource = source if source is not None else MediaPipeLandmarks(self.cfg)
+        self._stab: dict[int, _Stabiliser] = {}
+        self._primary: int | None = None
+        self._index = 0
+        self.last_tracks: list[Track] = []  # every face of the last frame (track_all)
+
+    # public -------------------------------------------------------------------------------------------
+    def track(self, frame: Frame) -> Track:
+        """Track one frame; returns the primary face's Track (landmarks None when there is none)."""
+        tracks = self.track_all(frame)
+        return tracks[0] if tracks else Track(landmarks=None)
+
+    def track_all(self, frame: Frame) -> list[Track]:
+        """Track one frame; returns every usable face, primary first (empty list: no face)."""
+        image = frame.image
+        t = frame.time_s if frame.time_s is not None else frame.index / self.cfg.fps
+        obs = self.source.process(image)
+        rgb = image if self.cfg.lk else None  # LK converts only its face regions to grey
+        seen: set[int] = set()
+        results: list[tuple[float, int, Track]] = []
+        h, w = image.shape[:2]
+        for o in obs:
+            seen.add(o.face_id)
+            st = self._stab.setdefault(o.face_id, _Stabiliser())
+            track = self._stabilise(st, o, rgb, t)
+            if track is None:
+                continue
+            results.append((self._choice_score(track, w, h), o.face_id, track))
+        for fid in list(self._stab):
+            if fid not in seen:
+                del self._stab[fid]
+        self._index += 1
+        if not results:
+            self._primary = None
+            self.last_tracks = []
+            return []
+        best = max(results, key=lambda r: r[0])
+        cur = next((r for r in results if r[1] == self._primary), None)
+        if cur is not None and best[0] < cur[0] * self.cfg.switch_margin:
+            best = cur
+        self._primary = best[1]
+        ordered = [best[2]] + [r[2] for r in sorted(results, key=lambda r: -r[0]) if r[1] != best[1]]
+        self.last_tracks = ordered
+        return ordered
+
+    def reset(self) -> None:
+        """Forget everything (new stream or a seek)."""
+        self.source.reset()
+        self._stab.clear()
+        self._primary = None
+        self._index = 0
+        self.last_tracks = []
+
+    def close(self) -> None:
+        self.source.close()
+
+    def __enter__(self) -> FaceTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # internals ----------------------------------------------------------------------------------------
+    def _choice_score(self, track: Track, w: int, h: int) -> float:
+        q = np.asarray(track.quad, np.float64)
+        c = q.mean(axis=0)
+        d = math.hypot(c[0] - w * 0.5, c[1] - h * 0.5) / max(1.0, math.hypot(w, h) * 0.5)
+        return quad_size(q) ** 2 * max(0.05, 1.0 - self.cfg.center_weight * d)
+
+    def _lk_region(self, lm: np.ndarray, w: int, h: int) -> tuple[int, int, int, int, float]:
+        lo, hi = lm[:, :2].min(axis=0), lm[:, :2].max(axis=0)
+        size = float(max(hi - lo))
+        margin = 0.35 * size + self.cfg.lk_window * 2 ** self.cfg.lk_levels
+        x0, y0 = max(0, int(lo[0] - margin)), max(0, int(lo[1] - margin))
+        x1, y1 = min(w, int(hi[0] + margin) + 1), min(h, int(hi[1] + margin) + 1)
+        eye = float(np.linalg.norm(lm[list(EYE_LEFT_IDX), :2].mean(0) - lm[list(EYE_RIGHT_IDX), :2].mean(0)))
+        down = max(1.0, eye * 4.0 / self.cfg.lk_face_px)
+        return x0, y0, x1, y1, down
+
+    @staticmethod
+    def _cut(image: np.ndarray, region: tuple[int, int, int, int, float]) -> np.ndarray:
+        """Grey LK working image of a frame region. image [H, W, 3] uint8 RGB → [h, w] uint8."""
+        x0, y0, x1, y1, down = region
+        g = cv2.cvtColor(image[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY)
+        if down > 1.0:
+            g = cv2.resize(g, (max(1, round((x1 - x0) / down)), max(1, round((y1 - y0) / down))),
+                           interpolation=cv2.INTER_AREA)
+        return g
+
+    def _flow(self, st: _Stabiliser, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """LK prediction of the previous landmarks in this frame: (points [468, 2], ok [468] bool)."""
+        if st.prev_gray is None or st.region is None or st.prev_lm is None:
+            return None
+        x0, y0, x1, y1, down = st.region
+        cur = self._cut(rgb, st.region)
+        if cur.shape != st.prev_gray.shape:
+            return None
+        sx = (x1 - x0) / cur.shape[1]
+        sy = (y1 - y0) / cur.shape[0]
+        p0 = np.empty((NUM_LANDMARKS, 1, 2), np.float32)
+        p0[:, 0, 0] = (st.prev_lm[:, 0] - x0 + 0.5) / sx - 0.5
+        p0[:, 0, 1] = (st.prev_lm[:, 1] - y0 + 0.5) / sy - 0.5
+        win = self.cfg.lk_window
+        p1, status, _err = cv2.calcOpticalFlowPyrLK(
+            st.prev_gray, cur, p0, None, winSize=(win, win), maxLevel=self.cfg.lk_levels,
+            criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03),
+        )
+        pts = np.empty((NUM_LANDMARKS, 2), np.float64)
+        pts[:, 0] = (p1[:, 0, 0] + 0.5) * sx - 0.5 + x0
+        pts[:, 1] = (p1[:, 0, 1] + 0.5) * sy - 0.5 + y0
+        return pts, status.reshape(-1).astype(bool)
+
+    def _stabilise(self, st: _Stabiliser, o: FaceObservation, rgb: np.ndarray | None, t: float) -> Track | None:
+        cfg = self.cfg
+        det = np.asarray(o.landmarks, np.float32)
+        assert det.shape == (NUM_LANDMARKS, 3), det.shape
+        det_quad = quad_from_landmarks(det)
+        qs = quad_size(det_quad)
+        # a cut or a different face: start over
+        if st.prev_raw_quad is not None and np.abs(det_quad - st.prev_raw_quad).max() > cfg.reset_jump * qs:
+            st.prev_lm, st.prev_gray, st.region, st.euro, st.last_t = None, None, None, None, None
+        lm = det.copy()
+        if rgb is not None:
+            flow = self._flow(st, rgb)
+            if flow is not None:
+                pred, ok = flow
+                d = np.linalg.norm(pred - det[:, :2], axis=1)
+                wgt = cfg.lk_weight * np.exp(-((d / (cfg.lk_tolerance * qs)) ** 2)) * ok
+                lm[:, :2] = (wgt[:, None] * pred + (1.0 - wgt[:, None]) * det[:, :2]).astype(np.float32)
+            h, w = rgb.shape[:2]
+            st.region = self._lk_region(lm, w, h)
+            st.prev_gray = self._cut(rgb, st.region)
+        st.prev_lm = lm
+        quad = quad_from_landmarks(lm).astype(np.float64)
+        st.prev_raw_quad = quad.astype(np.float32)
+        if cfg.smoothing == "one_euro":
+            if st.euro is None:
+                st.euro = OneEuroFilter(cfg.one_euro_min_cutoff, cfg.one_euro_beta, cfg.one_euro_d_cutoff)
+            dt = t - st.last_t if st.last_t is not None and t > st.last_t else 1.0 / cfg.fps
+            quad = st.euro(quad, dt, qs)
+        st.last_t = t
+        if quad_size(quad) < cfg.min_face_px:
+            return None
+        return Track(landmarks=lm, score=float(o.score), quad=quad.astype(np.float32), detected=o.detected)
+
+
+def track_sequence(frames: Iterable[Frame], config: TrackerConfig | None = None,
+                   source: LandmarkSource | None = None) -> list[Track]:
+    """File jobs: track every frame causally (LK blend, no One-Euro), then the non-causal Gaussian.
+
+    Returns one Track per frame, in order.
+    """
+    cfg = dataclasses.replace(config or TrackerConfig(), smoothing="none")
+    with FaceTracker(cfg, source) as tracker:
+        tracks = [tracker.track(f) for f in frames]
+    return smooth_tracks(tracks, cfg.gaussian_sigma, cfg.reset_jump)
