@@ -70,7 +70,7 @@ def test_crop_affine_maps_crop_edges_to_the_quad(size: int) -> None:
     frame = clips.render(clips.static_motion(1, scale=1.3))[0]
     crop = align_crop(frame, q, size)
     assert crop.image.shape == (size, size, 3) and crop.image.dtype == np.float32 and crop.size == size
-    assert -1.0 <= crop.image.min() and crop.image.max() <= 1.0
+    assert crop.image.min() >= -1.0 and crop.image.max() <= 1.0
     np.testing.assert_allclose(crop.to_frame, m)
 
 
