@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-from benchmarks.provenance import provenance
+from benchmarks.provenance import command_line, provenance
 from benchmarks.timing import summarise, time_calls
 
 DEFAULT_GENERATORS = ["tiny-128", "small-128", "tiny-256", "small-256"]
@@ -39,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--json", type=Path, default=None, help="write results here")
+    p.add_argument("--markdown", type=Path, default=None, help="write a markdown table (with provenance) here")
 
 
 def _dtype(precision: str) -> torch.dtype:
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                     ms = time_calls(fn, dev, args.warmup, args.iters)
                 rows.append({"model": label, "config": name, "resolution": cfg.img_size,
                              "params": count_parameters(enc), "batch": b, **summarise(ms)})
-    result = {"benchmark": "models", "command": "stylestream bench models " + " ".join(sys.argv[3:]),
+    result = {"benchmark": "models", "command": command_line(),
               "precision": args.precision, "impl": args.impl, "backend": "torch-eager",
               "provenance": provenance(dev), "results": rows}
     t = Table(title=f"model latency on {result['provenance'].get('gpu', result['provenance']['cpu'])} "
@@ -106,7 +106,31 @@ def run(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {args.json}")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown_table(result))
+        console.print(f"wrote {args.markdown}")
     return 0
+
+
+def markdown_table(result: dict) -> str:
+    """A markdown table of a bench-models result, headed by its provenance and command."""
+    p = result["provenance"]
+    where = p.get("gpu") or p["cpu"]
+    lines = [
+        f"Measured {p['date']} on {where} ({p['cpu_count']} cores, {p['torch_threads']} torch threads), "
+        f"device {p['device']}, torch {p['torch']}, {result['backend']}, {result['precision']}, "
+        f"commit {p['git_commit']}.",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        "| model | config | input/output res | parameters | batch | median ms | p90 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["results"]:
+        lines.append(f"| {r['model']} | {r['config']} | {r['resolution']} | {r['params']:,} | {r['batch']} | "
+                     f"{r['median_ms']:.2f} | {r['p90_ms']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

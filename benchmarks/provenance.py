@@ -31,6 +31,19 @@ def git_commit() -> str:
         return "unknown"
 
 
+def command_line() -> str:
+    """The command that is running, written so that it can be pasted to reproduce the figures."""
+    import shlex
+    import sys
+
+    prog = os.path.basename(sys.argv[0])
+    if prog == "stylestream":
+        return "stylestream " + shlex.join(sys.argv[1:])
+    if prog.endswith(".py") and "benchmarks" in os.path.abspath(sys.argv[0]):
+        return f"python -m benchmarks.{prog[:-3]} " + shlex.join(sys.argv[1:])
+    return shlex.join(sys.argv)
+
+
 def provenance(device: str = "cpu") -> dict:
     import numpy
     import torch
