@@ -37,25 +37,16 @@ def setup_filter(f: list[float] | torch.Tensor = (1, 3, 3, 1), normalize: bool =
     return f
 
 
-def _separable_1d(f: torch.Tensor) -> torch.Tensor | None:
-    """Return g with outer(g, g) == f for a symmetric rank-1 filter (always true for setup_filter output)."""
-    if f.shape[0] != f.shape[1]:
-        return None
-    d = torch.diagonal(f)
-    if (d < 0).any():
-        return None
-    g = d.sqrt()
-    if torch.allclose(torch.outer(g, g), f, rtol=1e-5, atol=1e-7):
-        return g
-    return None
-
-
 def upfirdn2d(
     x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padding: tuple[int, int, int, int] = (0, 0, 0, 0),
-    gain: float = 1.0,
+    gain: float = 1.0, separable: bool = True,
 ) -> torch.Tensor:
     """Upsample (zero insertion), pad, FIR filter, downsample. x: [B, C, H, W]; f: [fh, fw];
-    padding (x0, x1, y0, y1), negative values crop. Matches NVlabs ``_upfirdn2d_ref`` (flip_filter=False)."""
+    padding (x0, x1, y0, y1), negative values crop. Matches NVlabs ``_upfirdn2d_ref`` (flip_filter=False).
+
+    ``separable=True`` assumes f is rank-1 (every ``setup_filter`` output is) and runs two 1-D passes:
+    f = outer(f.sum(1), f.sum(0)) / f.sum() holds exactly for rank-1 f, with no data-dependent branching
+    (so it traces and exports)."""
     b, c, h, w = x.shape
     px0, px1, py0, py1 = padding
     if up > 1:
@@ -66,10 +57,11 @@ def upfirdn2d(
     x = x[:, :, max(-py0, 0) : x.shape[2] - max(-py1, 0), max(-px0, 0) : x.shape[3] - max(-px1, 0)]
     f = f.to(x.dtype) * (gain ** (f.ndim / 2))
     f = f.flip([0, 1])  # conv2d is correlation; the NVlabs op is a true convolution
-    g = _separable_1d(f)
-    if g is not None:
-        x = F.conv2d(x, g.reshape(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-        x = F.conv2d(x, g.reshape(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    if separable:
+        rows = f.sum(dim=1) / f.sum()  # vertical taps
+        cols = f.sum(dim=0)  # horizontal taps
+        x = F.conv2d(x, cols.reshape(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+        x = F.conv2d(x, rows.reshape(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
     else:
         x = F.conv2d(x, f[None, None].repeat(c, 1, 1, 1), groups=c)
     if down > 1:

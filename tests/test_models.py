@@ -67,13 +67,18 @@ def test_upfirdn2d_separable_equals_full_filter_and_preserves_constants():
     x = torch.randn(2, 3, 9, 7)
     f = ops.setup_filter()
     sep = ops.upfirdn2d(x, f, up=2, padding=(2, 1, 2, 1), gain=4)
-    # Force the non-separable branch with a filter that is not rank-1 but equal up to a negligible term.
-    full = torch.nn.functional.conv2d(
+    full = ops.upfirdn2d(x, f, up=2, padding=(2, 1, 2, 1), gain=4, separable=False)
+    # An independent construction: zero-insert, pad, 2-D correlation with the flipped filter.
+    manual = torch.nn.functional.conv2d(
         torch.nn.functional.pad(
             torch.nn.functional.pad(x.reshape(2, 3, 9, 1, 7, 1), [0, 1, 0, 0, 0, 1]).reshape(2, 3, 18, 14),
             [2, 1, 2, 1]),
         (f * 4).flip([0, 1])[None, None].repeat(3, 1, 1, 1), groups=3)
-    assert torch.allclose(sep, full, atol=1e-6)
+    assert sep.shape == (2, 3, 18, 14)
+    assert torch.allclose(sep, full, atol=1e-6) and torch.allclose(full, manual, atol=1e-6)
+    asym = ops.setup_filter(torch.outer(torch.tensor([1.0, 2.0, 5.0]), torch.tensor([1.0, 3.0, 3.0, 1.0])))
+    assert torch.allclose(ops.upfirdn2d(x, asym, padding=(1, 2, 1, 1)),
+                          ops.upfirdn2d(x, asym, padding=(1, 2, 1, 1), separable=False), atol=1e-6)
     const = ops.upsample2d(torch.ones(1, 1, 8, 8), f)
     assert torch.allclose(const[..., 2:-2, 2:-2], torch.ones(1, 1, 12, 12), atol=1e-6)
 
