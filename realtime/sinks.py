@@ -412,11 +412,11 @@ class AVSink(Sink):
                 encoder = REENCODE_AUDIO.get(fmt_name, ("aac", 48000))
                 origin = time_origin if time_origin is not None else 0.0
                 try:
-                    self._audio = _AudioFromFile(self._out, audio_path, audio_stream, origin, copy_audio,
-                                                 encoder)
-                    self.audio_mode = "copy" if self._audio.copy else "encode"  # type: ignore[attr-defined]
-                except UserError:
-                    self._audio = None
+                    audio = _AudioFromFile(self._out, audio_path, audio_stream, origin, copy_audio, encoder)
+                    self._audio, self.audio_mode = audio, ("copy" if audio.copy else "encode")
+                except (UserError, av.error.FFmpegError, OSError) as e:  # keep going without sound
+                    log.warning("%s: cannot take audio from %s (%s); writing video only",
+                                spec, audio_path, _one_line(e))
             if self._audio is None and silent_audio:
                 self._audio = _Silence(self._out)
                 self.audio_mode = "silent"

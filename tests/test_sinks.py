@@ -84,6 +84,11 @@ def test_audio_from_a_path_and_a_video_only_source(tmp_path: Path) -> None:
     with open_sink(str(tmp_path / "silent.mp4"), width=96, height=64, fps=30) as sink:
         sink.write(Output(np.zeros((64, 96, 3), np.uint8), 0, 0, Fraction(1, 30), 0))
     assert sink.audio_mode == "none" and probe(tmp_path / "silent.mp4").audio_codec is None
+    # unreadable audio input: a warning, and the video is still written
+    (tmp_path / "noise.mp4").write_bytes(b"\x00garbage" * 100)
+    with open_sink(str(tmp_path / "v.mp4"), width=96, height=64, fps=30, audio_from=tmp_path / "noise.mp4") as sink:
+        sink.write(Output(np.zeros((64, 96, 3), np.uint8), 0, 0, Fraction(1, 30), 0))
+    assert sink.audio_mode == "none" and probe(tmp_path / "v.mp4").frames == 1
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])

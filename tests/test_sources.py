@@ -61,6 +61,8 @@ def test_start_and_duration_seek_and_trim(tmp_path: Path) -> None:
     assert frames[-1].time_s == pytest.approx(0.5 + 8 / 30, abs=1e-3)
     # the picture is the one at 0.5 s, not the first key frame before it
     assert np.abs(frames[0].image.astype(int) - pattern_frame(15, 320, 240).astype(int)).mean() < 4.0
+    with open_source(str(clip.path), start=0.5, realtime=True) as paced:
+        assert paced.is_live and paced.time_origin == 0.5  # a sink still shifts audio and video alike
     with pytest.raises(UserError, match="past the end"):
         open_source(str(clip.path), start=5.0)
 
