@@ -464,3 +464,10 @@ def import_generator(path: str | Path) -> tuple[Generator, dict[str, Any]]:
     if not math.isfinite(float(g.mapping.w_avg.sum())):
         raise CheckpointError(f"{path.name}: w_avg is not finite")
     return g, prov
+
+
+def read_tflite(path: str | Path) -> Any:
+    """Read a ``.tflite`` flatbuffer safely (parsed by hand, nothing executed) → ``models.tflite.TfliteGraph``."""
+    from .tflite import read_tflite_file
+
+    return read_tflite_file(path)
