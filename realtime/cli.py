@@ -13,9 +13,12 @@ import sys
 
 # (name, module, one-line help). Order is the order shown in --help.
 SUBCOMMANDS: list[tuple[str, str, str]] = [
+    ("run", "realtime.cmd_run", "filter a video file or stream into a file/URL (progress bar, summary)"),
+    ("camera", "realtime.cmd_camera", "filter a live source (webcam, stream) into a virtual camera or URL"),
     ("import-weights", "realtime.cmd_weights", "convert an official StyleGAN2 .pkl / rosinality .pt into a bundle"),
     ("info", "realtime.cmd_info", "describe a bundle (configs, parameter counts, what is trained)"),
     ("bench", "realtime.cmd_bench", "measure speed: `bench models`"),
+    ("train", "realtime.cmd_train", "train a generator and encoders: `train autoencode|generator|encoder`"),
 ]
 
 

@@ -1,0 +1,332 @@
+"""The frame pipeline and the `run` / `camera` commands: ordering, audio, overload, Ctrl-C, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from media import probe, write_clip, write_empty, write_garbage, write_resolution_change, write_truncated_mp4
+from models.bundle import new_bundle
+from models.editing import EditSpec, EditStack, tensor_key
+from realtime import cli
+from realtime.engines import TorchEngine
+from realtime.frames import Frame, Track
+from realtime.pipeline import (
+    CLOSED,
+    FrameProcessor,
+    LookaheadSmoother,
+    Pipeline,
+    PipelineConfig,
+    StageQueue,
+    StreamState,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    b = new_bundle("tiny-64", "tiny", seed=0)
+    torch.nn.init.normal_(b.fren.head[2].weight, std=0.02)
+    torch.nn.init.normal_(b.vien.head[2].weight, std=0.02)
+    d = torch.randn(b.generator.w_dim)
+    b.extra[tensor_key("brighter")] = d
+    b.edits.append(EditSpec("brighter", "w_direction", "test direction", layers=[8, 9]).to_dict())
+    path = tmp_path_factory.mktemp("bundle") / "tiny"
+    b.save(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- units
+
+
+def test_stage_queue_drop_oldest_and_lossless():
+    q = StageQueue(2, drop_oldest=True)
+    for i in range(5):
+        q.put(i)
+    assert q.dropped == 3 and [q.get(), q.get()] == [3, 4]
+    q.close()
+    assert q.get() is CLOSED
+    lossless = StageQueue(1, drop_oldest=False)
+    lossless.put(1)
+    t0 = time.monotonic()
+    import threading
+
+    threading.Timer(0.3, lossless.get).start()
+    lossless.put(2)  # blocks until the consumer takes item 1
+    assert time.monotonic() - t0 >= 0.25 and lossless.dropped == 0 and lossless.get() == 2
+
+
+def test_lookahead_smoother_releases_every_frame_in_order_and_smooths():
+    rng = np.random.default_rng(0)
+    base = np.array([[100, 100], [100, 300], [300, 300], [300, 100]], np.float32)
+    sm = LookaheadSmoother(sigma=2.0)
+    out = []
+    raw = []
+    for i in range(40):
+        q = base + rng.normal(0, 3, size=(4, 2)).astype(np.float32)
+        raw.append(q)
+        tr = Track(landmarks=np.zeros((468, 3), np.float32), score=1.0, quad=q) if i != 20 else Track(None)
+        out += sm.push(Frame(np.zeros((4, 4, 3), np.uint8), index=i), tr)
+    out += sm.flush()
+    assert [f.index for f, _ in out] == list(range(40))
+    assert not out[20][1].has_face
+    jit_raw = np.mean([np.abs(raw[i + 1] - raw[i]).mean() for i in range(5, 15)])
+    jit_sm = np.mean([np.abs(out[i + 1][1].quad - out[i][1].quad).mean() for i in range(5, 15)])
+    assert jit_sm < 0.5 * jit_raw
+
+
+class _CountingEngine(TorchEngine):
+    def __init__(self, *a, delay_s: float = 0.0, **k):
+        super().__init__(*a, **k)
+        self.keys = self.reuses = 0
+        self.delay_s = delay_s
+
+    def encode_key(self, crops):
+        self.keys += 1
+        return super().encode_key(crops)
+
+    def encode_reuse(self, crops, prev_ws):
+        self.reuses += 1
+        return super().encode_reuse(crops, prev_ws)
+
+    def synthesize(self, ws, style_deltas=None):
+        if self.delay_s:
+            time.sleep(self.delay_s)  # a deliberately slow engine (overload test)
+        return super().synthesize(ws, style_deltas)
+
+
+def test_key_frame_policy_interval_drift_and_fine_blend(tiny_bundle):
+    from models.bundle import load_bundle
+
+    eng = _CountingEngine(load_bundle(tiny_bundle), device="cpu")
+    proc = FrameProcessor(eng, PipelineConfig(key_interval=5, fine_blend_frames=3, drift_threshold=0.5))
+    st = StreamState()
+    crop = torch.rand(1, 3, 64, 64) * 2 - 1
+    sources = [proc.encode(crop, st)[1] for _ in range(13)]
+    assert [i for i, s in enumerate(sources) if s == "key"] == [0, 6, 12]  # first, then after 5 reuse frames
+    assert eng.keys == 3 and eng.reuses == 12  # a refresh runs both encoders
+    proc.encode(crop, st)
+    other = torch.full_like(crop, 0.8)  # a very different crop (lighting change): drift → refresh
+    ws, src = proc.encode(other, st)
+    assert src == "key" and st.blend_to is not None
+    assert not torch.equal(ws[:, eng.num_coarse:], st.blend_to)  # blended in, not switched at once
+    for _ in range(2):
+        proc.encode(other, st)
+    assert st.blend_to is None  # blend finished after fine_blend_frames
+
+
+def test_edit_stack_composition_identity_and_unknown_names(tiny_bundle):
+    from models.bundle import load_bundle
+    from models.errors import UserError
+
+    b = load_bundle(tiny_bundle)
+    stack = EditStack.from_bundle(b)
+    ws = torch.randn(2, 10, 64)
+    assert stack.apply(ws)[0] is ws and not stack.active()  # strength 0 = identity
+    stack.set_strength("brighter", 2.0)
+    out, deltas = stack.apply(ws)
+    d = b.extra[tensor_key("brighter")]
+    assert torch.allclose(out[:, 8:], ws[:, 8:] + 2 * d) and torch.equal(out[:, :8], ws[:, :8]) and deltas is None
+    with pytest.raises(UserError, match="unknown edit 'smile'"):
+        stack.set_strength("smile", 1.0)
+
+
+# ---------------------------------------------------------------------------------------------- CLI runs
+
+
+def _run_cli(argv, capsys):
+    rc = cli.main(argv)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_run_keeps_frames_audio_and_timestamps(tmp_path, tiny_bundle, capsys):
+    clip = write_clip(tmp_path / "in.mp4", width=320, height=240, fps=15, seconds=1.0, audio=True)
+    out = tmp_path / "out.mp4"
+    rc, _, err = _run_cli(["run", str(clip.path), "-o", str(out), "--bundle", str(tiny_bundle)], capsys)
+    assert rc == 0, err
+    src, dst = probe(clip.path), probe(out)
+    assert dst.frames == src.frames == 15
+    assert abs(dst.video_seconds - src.video_seconds) < 0.1
+    assert dst.audio_seconds > 0 and abs(dst.audio_seconds - src.audio_seconds) < 0.1
+    assert dst.pts_monotonic
+    report = json.loads((tmp_path / "out.mp4.stylestream.json").read_text())
+    assert report["stats"]["frames_out"] == 15 and report["stats"]["faces"] == 0  # a pattern clip has no face
+
+
+def test_run_with_a_face_edit_side_by_side(tmp_path, tiny_bundle, capsys):
+    out = tmp_path / "sbs.mp4"
+    rc, _, err = _run_cli(["run", "demo:?seconds=1&fps=10&size=480x360", "-o", str(out), "--bundle",
+                           str(tiny_bundle), "--edit", "brighter=1.5", "--side-by-side"], capsys)
+    assert rc == 0, err
+    info = probe(out)
+    assert info.frames == 10 and info.sizes[0] == (960, 360)
+    report = json.loads((tmp_path / "sbs.mp4.stylestream.json").read_text())
+    assert report["stats"]["faces"] >= 8 and report["edits"] == {"brighter": 1.5}
+    assert report["stats"]["key_frames"] >= 1
+
+
+def test_resolution_change_mid_stream_keeps_going(tmp_path, tiny_bundle, capsys):
+    path = write_resolution_change(tmp_path / "rc.mkv")
+    out = tmp_path / "rc_out.mp4"
+    rc, _, err = _run_cli(["run", str(path), "-o", str(out), "--bundle", str(tiny_bundle)], capsys)
+    assert rc == 0, err
+    assert probe(out).frames == probe(path).frames
+
+
+def test_overload_drops_frames_and_keeps_latency_bounded(tiny_bundle):
+    from models.bundle import load_bundle
+    from realtime.sinks import open_sink
+    from realtime.sources import open_source
+    from realtime.tracking import FaceTracker, TrackerConfig
+
+    eng = _CountingEngine(load_bundle(tiny_bundle), device="cpu", delay_s=0.15)
+    proc = FrameProcessor(eng, PipelineConfig(queue_size=1))
+    src = open_source("demo:?seconds=3&fps=30&size=480x360", realtime=True)
+    assert src.is_live
+    with src, open_sink("null:", width=480, height=360, fps=30) as sink, \
+            FaceTracker(TrackerConfig(fps=30)) as tracker:
+        stats = Pipeline(src, tracker, proc, sink, live=True).run()
+    assert stats.frames_in == 90
+    assert sum(stats.dropped.values()) > 30 and stats.frames_out < 60
+    # Without drops the 90th frame would wait ~90·0.15 − 3 ≈ 10 s; bounded queues keep it well under 1.5 s.
+    assert stats.latency_summary()["p99_ms"] < 1500
+
+
+def test_sigint_leaves_a_playable_file_with_every_processed_frame(tmp_path, tiny_bundle):
+    out = tmp_path / "int.mp4"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([sys.executable, "-m", "realtime.cli", "run", "demo:?seconds=60&fps=30&size=320x240",
+                          "-o", str(out), "--bundle", str(tiny_bundle)], cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 20_000):
+            time.sleep(0.3)
+        time.sleep(1.0)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    report = json.loads((tmp_path / "int.mp4.stylestream.json").read_text())
+    written = report["stats"]["frames_out"]
+    assert report["stats"]["interrupted"] and 0 < written < 1800
+    assert probe(out).frames == written
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("missing", "not found|No such file|does not exist"),
+        ("empty", "empty"),
+        ("garbage", "not a video|cannot read|Invalid|unrecognised|could not"),
+        ("truncated_index", "truncated|index|moov|cannot read|Invalid"),
+        ("audio_only", "no video stream"),
+        ("scheme", "unsupported|not supported"),
+        ("rtmp_down", "cannot connect|unreachable|refused|could not|failed"),
+        ("bad_output", "cannot write|cannot create|does not exist|not writable|Permission"),
+        ("bundle_missing", "bundle not found"),
+        ("bundle_broken", "not valid JSON"),
+        ("unknown_edit", "unknown edit 'smile'"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_nonzero_exit(tmp_path, tiny_bundle, kind, message, capsys):
+    from media import write_audio_only
+
+    inp = str(tmp_path / "in.mp4")
+    out = str(tmp_path / "out.mp4")
+    bundle = str(tiny_bundle)
+    extra: list[str] = []
+    if kind == "missing":
+        inp = str(tmp_path / "nope.mp4")
+    elif kind == "empty":
+        write_empty(inp)
+    elif kind == "garbage":
+        write_garbage(inp)
+    elif kind == "truncated_index":
+        write_truncated_mp4(inp, keep=0.5, index_first=False)  # index lost: nothing decodable
+    elif kind == "audio_only":
+        inp = str(write_audio_only(tmp_path / "a.m4a"))
+    elif kind == "scheme":
+        inp = "gopher://example/video"
+    elif kind == "rtmp_down":
+        write_clip(inp, width=160, height=120, fps=10, seconds=0.5)
+        out = "rtmp://127.0.0.1:9/live/x"
+    elif kind == "bad_output":
+        write_clip(inp, width=160, height=120, fps=10, seconds=0.5)
+        out = str(tmp_path / "no" / "such" / "dir" / "out.mp4")
+        Path(tmp_path / "no").write_text("a file where a folder should be")
+    elif kind == "bundle_missing":
+        write_clip(inp, width=160, height=120, fps=10, seconds=0.5)
+        bundle = str(tmp_path / "nobundle")
+    elif kind == "bundle_broken":
+        write_clip(inp, width=160, height=120, fps=10, seconds=0.5)
+        import shutil
+
+        shutil.copytree(tiny_bundle, tmp_path / "broken")
+        (tmp_path / "broken" / "bundle.json").write_text("{oops")
+        bundle = str(tmp_path / "broken")
+    elif kind == "unknown_edit":
+        write_clip(inp, width=160, height=120, fps=10, seconds=0.5)
+        extra = ["--edit", "smile=1"]
+    rc, _, err = _run_cli(["run", inp, "-o", out, "--bundle", bundle, *extra], capsys)
+    assert rc == 2
+    lines = [line for line in err.strip().splitlines() if line.startswith("stylestream")]
+    assert len(lines) == 1 and "Traceback" not in err
+    import re
+
+    assert re.search(message, lines[0], re.IGNORECASE), lines[0]
+
+
+def test_truncated_recording_with_index_first_is_filtered_up_to_the_cut(tmp_path, tiny_bundle, capsys):
+    inp = write_truncated_mp4(tmp_path / "cut.mp4", keep=0.5, index_first=True, seconds=2.0, fps=15)
+    rc, _, err = _run_cli(["run", str(inp), "-o", str(tmp_path / "o.mp4"), "--bundle", str(tiny_bundle)], capsys)
+    assert rc == 0, err
+    assert 5 < probe(tmp_path / "o.mp4").frames < 30
+
+
+def test_list_edits(tiny_bundle, capsys):
+    rc, out, _ = _run_cli(["run", "--list-edits", "--bundle", str(tiny_bundle)], capsys)
+    assert rc == 0 and "brighter" in out and "w_direction" in out
+
+
+def test_camera_into_a_registered_virtual_camera_backend(tiny_bundle, capsys):
+    import pyvirtualcam
+
+    received: list[np.ndarray] = []
+
+    class Backend:
+        def __init__(self, *, width, height, fps, fourcc, device, **kw):
+            self.width, self.height = width, height
+
+        def close(self):
+            pass
+
+        def send(self, frame):
+            received.append(np.array(frame).reshape(self.height, self.width, 3))
+
+        def device(self):
+            return "test-cam"
+
+        def native_fourcc(self):
+            return None
+
+    name = "stylestream-test-pipeline"
+    pyvirtualcam.register_backend(name, Backend)
+    rc, _, err = _run_cli(["camera", "--source", "demo:?seconds=1&fps=10&size=320x240", "-o",
+                           f"virtualcam:?backend={name}", "--bundle", str(tiny_bundle)], capsys)
+    assert rc == 0, err
+    assert 1 <= len(received) <= 10 and received[0].shape == (240, 320, 3)
