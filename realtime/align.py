@@ -233,12 +233,16 @@ def align_crop(image: np.ndarray, quad: np.ndarray, size: int = 256, *, pad: boo
         raise ValueError(f"crop size must be in 8…4096, got {size}")
     h, w = image.shape[:2]
     to_frame = crop_affine(quad, size)
-    crop = warp_to_crop(image, to_frame, size, antialias=antialias).astype(np.float32)
+    crop8 = warp_to_crop(image, to_frame, size, antialias=antialias)
     params = _pad_params(quad, w, h) if pad else None
     if params is not None:
-        _apply_ffhq_pad(crop, _pad_mask(to_frame, size, params[0], w, h))
-    crop *= 2.0 / 255.0
-    crop -= 1.0
+        crop = _apply_ffhq_pad(crop8.astype(np.float32), _pad_mask(to_frame, size, params[0], w, h))
+        crop *= 2.0 / 255.0
+        crop -= 1.0
+    else:  # one pass: uint8 → [-1, 1]
+        crop = np.empty(crop8.shape, np.float32)
+        np.multiply(crop8, np.float32(2.0 / 255.0), out=crop, casting="unsafe")
+        crop -= 1.0
     return Crop(image=crop, to_frame=to_frame, size=size)
 
 

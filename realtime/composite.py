@@ -168,7 +168,11 @@ class PersonSegmenter:
                 f"segmentation needs MediaPipe 0.10.21 ({type(exc).__name__}: {exc}); "
                 "install it with: pip install --no-deps mediapipe==0.10.21"
             ) from exc
-        self._seg = selfie_segmentation.SelfieSegmentation(model_selection=0)
+        import warnings
+
+        with warnings.catch_warnings():  # protobuf's "label() is deprecated" from inside MediaPipe
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._seg = selfie_segmentation.SelfieSegmentation(model_selection=0)
 
     def __call__(self, crop_rgb: np.ndarray) -> np.ndarray:
         """crop_rgb [N, N, 3] uint8 → [N, N] float32 in [0, 1]."""

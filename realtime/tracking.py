@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import cv2
@@ -49,7 +50,7 @@ class TrackerConfig:
     center_weight: float = 0.5  # choice: size × (1 − w · distance from centre / half-diagonal)
     switch_margin: float = 1.3  # another face must score this many times better to take over
     lk: bool = True  # blend each landmark with its Lucas-Kanade flow prediction (StylePortraitVideo §3.1)
-    lk_window: int = 15  # LK window side in pixels (at the LK working resolution)
+    lk_window: int = 11  # LK window side in pixels (at the LK working resolution)
     lk_levels: int = 2  # LK pyramid levels above the base
     lk_face_px: float = 160.0  # LK runs on the face region downscaled so the eye-to-eye distance ≤ this/4
     lk_weight: float = 0.85  # weight of the flow prediction when it agrees with the detection
@@ -125,10 +126,12 @@ class MediaPipeLandmarks:
         solution_base, face_detection, face_mesh = _import_mediapipe()
         self._SolutionBase = solution_base
         self._mesh_graph_path = face_mesh._BINARYPB_FILE_PATH
-        self._detector = face_detection.FaceDetection(
-            model_selection=1 if self.cfg.detector == "full" else 0,
-            min_detection_confidence=self.cfg.detection_confidence,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._detector = face_detection.FaceDetection(
+                model_selection=1 if self.cfg.detector == "full" else 0,
+                min_detection_confidence=self.cfg.detection_confidence,
+            )
         self._pool: list[object] = []  # idle face-mesh graphs (reset before reuse)
         self._faces: list[_RoiFace] = []
         self._next_id = 0
@@ -140,16 +143,18 @@ class MediaPipeLandmarks:
             g = self._pool.pop()
             g.reset()
             return g
-        return self._SolutionBase(
-            binary_graph_path=self._mesh_graph_path,
-            side_inputs={"num_faces": 1, "with_attention": False, "use_prev_landmarks": True},
-            calculator_params={
-                "facedetectionshortrangecpu__facedetectionshortrange__facedetection__"
-                "TensorsToDetectionsCalculator.min_score_thresh": 0.5,
-                "facelandmarkcpu__ThresholdingCalculator.threshold": self.cfg.tracking_confidence,
-            },
-            outputs=["multi_face_landmarks", "face_detections"],
-        )
+        with warnings.catch_warnings():  # protobuf's "label() is deprecated" from inside MediaPipe
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return self._SolutionBase(
+                binary_graph_path=self._mesh_graph_path,
+                side_inputs={"num_faces": 1, "with_attention": False, "use_prev_landmarks": True},
+                calculator_params={
+                    "facedetectionshortrangecpu__facedetectionshortrange__facedetection__"
+                    "TensorsToDetectionsCalculator.min_score_thresh": 0.5,
+                    "facelandmarkcpu__ThresholdingCalculator.threshold": self.cfg.tracking_confidence,
+                },
+                outputs=["multi_face_landmarks", "face_detections"],
+            )
 
     def _drop(self, face: _RoiFace) -> None:
         self._faces.remove(face)
@@ -359,8 +364,7 @@ class _Stabiliser:
     prev_raw_quad: np.ndarray | None = None  # [4, 2] quad of the previous blended landmarks
     euro: OneEuroFilter | None = None
     last_t: float | None = None
-    missed: int = 0
-    extra: dict = field(default_factory=dict)
+    cur_gray: np.ndarray | None = None  # this frame's cut of ``region`` (reused when the region stays)
 
 
 class FaceTracker:
@@ -445,10 +449,13 @@ class FaceTracker:
         lo, hi = lm[:, :2].min(axis=0), lm[:, :2].max(axis=0)
         size = float(max(hi - lo))
         margin = 0.35 * size + self.cfg.lk_window * 2 ** self.cfg.lk_levels
-        x0, y0 = max(0, int(lo[0] - margin)), max(0, int(lo[1] - margin))
-        x1, y1 = min(w, int(hi[0] + margin) + 1), min(h, int(hi[1] + margin) + 1)
+        # snapped to a 32 px grid (and the scale to quarters) so a steady face keeps the same region and
+        # the grey cut of this frame is reused as the next frame's "previous"
+        g = 32
+        x0, y0 = max(0, int(lo[0] - margin) // g * g), max(0, int(lo[1] - margin) // g * g)
+        x1, y1 = min(w, (int(hi[0] + margin) // g + 1) * g), min(h, (int(hi[1] + margin) // g + 1) * g)
         eye = float(np.linalg.norm(lm[list(EYE_LEFT_IDX), :2].mean(0) - lm[list(EYE_RIGHT_IDX), :2].mean(0)))
-        down = max(1.0, eye * 4.0 / self.cfg.lk_face_px)
+        down = max(1.0, math.ceil(eye * 4.0 / self.cfg.lk_face_px * 4.0) / 4.0)
         return x0, y0, x1, y1, down
 
     @staticmethod
@@ -467,6 +474,7 @@ class FaceTracker:
             return None
         x0, y0, x1, y1, down = st.region
         cur = self._cut(rgb, st.region)
+        st.cur_gray = cur
         if cur.shape != st.prev_gray.shape:
             return None
         sx = (x1 - x0) / cur.shape[1]
@@ -502,8 +510,10 @@ class FaceTracker:
                 wgt = cfg.lk_weight * np.exp(-((d / (cfg.lk_tolerance * qs)) ** 2)) * ok
                 lm[:, :2] = (wgt[:, None] * pred + (1.0 - wgt[:, None]) * det[:, :2]).astype(np.float32)
             h, w = rgb.shape[:2]
-            st.region = self._lk_region(lm, w, h)
-            st.prev_gray = self._cut(rgb, st.region)
+            region = self._lk_region(lm, w, h)
+            cur, st.cur_gray = st.cur_gray, None
+            st.prev_gray = cur if cur is not None and region == st.region else self._cut(rgb, region)
+            st.region = region
         st.prev_lm = lm
         quad = quad_from_landmarks(lm).astype(np.float64)
         st.prev_raw_quad = quad.astype(np.float32)
