@@ -34,8 +34,10 @@ Decisions (documented so the pipeline and the CLI can rely on them)
 - ``Frame.index`` counts the frames this source yielded (0, 1, 2, … after any ``start`` seek). ``Frame.pts``
   is the stream's own timestamp in ``Frame.time_base`` (unchanged for files, so the audio a sink copies
   from the same file stays in sync); synthetic frames get ``pts = index`` with ``time_base = 1/fps``.
-- A source is iterated once. ``close()`` may be called from another thread (Ctrl-C): iteration stops at
-  the next frame and the container is closed by whichever side holds it last.
+- A source is iterated once. ``close()`` may be called from another thread (Ctrl-C) and returns within
+  0.5 s: iteration stops at the next frame and the container is closed by whichever side holds it last.
+  A reader blocked inside FFmpeg (a stalled network read, a reconnection) notices within
+  ``read_timeout_s`` / ``open_timeout_s``; join the capture thread with a timeout of that order.
 """
 
 from __future__ import annotations
@@ -372,11 +374,21 @@ class AVSource(Source):
         raise UserError(f"cannot connect to {self.spec}: {reason} (gave up after {tries})")
 
     # -- reading ------------------------------------------------------------------------------------------
-    def _release(self) -> None:
-        with self._lock:
+    def _release(self, wait_s: float = -1) -> None:
+        # A reader blocked in a network read holds the lock (bounded by read_timeout_s); close() from another
+        # thread waits briefly and otherwise leaves the container to the reader, which sees the stop flag.
+        if not self._lock.acquire(timeout=wait_s):
+            return
+        try:
             if self._container is not None:
                 self._container.close()
                 self._container = None
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._release(wait_s=0.5)
 
     def _frames(self) -> Iterator[Frame]:
         pacer = _Pacer(self._stop) if self.realtime else None
@@ -450,7 +462,7 @@ class AVSource(Source):
                 fresh_connection = True
                 log.info("%s: reconnected (%d)", self.spec, self.reconnects)
         finally:
-            if self._stop.is_set() and not self.end_reason:
+            if self._stop.is_set():
                 self.end_reason = "closed"
             self._release()
 

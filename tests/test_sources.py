@@ -163,6 +163,44 @@ def test_live_url_reconnects_and_keeps_pts_increasing(tmp_path: Path) -> None:
     assert times[15] - times[14] == pytest.approx(1 / 30, abs=1e-3)  # continues one frame later
 
 
+def test_close_does_not_hang_on_a_stalled_live_stream(tmp_path: Path) -> None:
+    payload = write_resolution_change(tmp_path / "a.ts", sizes=((160, 120),), frames_each=15).read_bytes()
+    release = threading.Event()
+
+    class Stall(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(payload)
+            self.wfile.flush()
+            release.wait(10)  # keep the connection open, send nothing more
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stall)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    got: list[int] = []
+    try:
+        src = open_source(f"http://127.0.0.1:{server.server_address[1]}/s.ts", live=True, read_timeout_s=1.0,
+                          open_timeout_s=1.0, reconnect_tries=1)
+        thread = threading.Thread(target=lambda: [got.append(f.index) for f in src])
+        thread.start()
+        deadline = time.monotonic() + 10
+        while len(got) < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)  # the reader is now blocked waiting for more data
+        t0 = time.monotonic()
+        src.close()
+        assert time.monotonic() - t0 < 1.0  # Ctrl-C is not held up by the network read
+        thread.join(5.0)  # the reader itself stops within the read/open timeouts (FFmpeg calls block)
+        assert not thread.is_alive() and len(got) >= 10 and src.end_reason == "closed"
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
 def test_files_never_reconnect(tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "in.mp4", seconds=0.3, audio=False)
     with open_source(str(clip.path)) as src:
