@@ -42,6 +42,7 @@ Decisions (documented so the pipeline and the CLI can rely on them)
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -570,6 +571,20 @@ def _smooth_path(rng: np.random.Generator, n_terms: int = 3) -> Callable[[float]
     return lambda t: float(np.sum(amps * np.sin(2 * math.pi * freqs * t + phases)))
 
 
+@functools.lru_cache(maxsize=1)
+def _astronaut_canvas() -> tuple[np.ndarray, int]:
+    """The portrait [512, 512, 3] inside blurred edge colours: ([1024, 1024, 3] uint8, padding 256)."""
+    import cv2
+    from skimage import data as skdata
+
+    pad = 256  # the portrait is extended by blurred edge colours so moving it never shows a border
+    portrait = skdata.astronaut()  # [512, 512, 3] uint8; face centre ≈ (225, 118), mouth ≈ (225, 146)
+    src = cv2.GaussianBlur(cv2.copyMakeBorder(portrait, pad, pad, pad, pad, cv2.BORDER_REPLICATE), (0, 0), 24)
+    src[pad:-pad, pad:-pad] = portrait
+    src.flags.writeable = False
+    return src, pad
+
+
 def astronaut_clip(opt: DemoOptions) -> Iterator[np.ndarray]:
     """A talking-head clip from ``skimage.data.astronaut()``.
 
@@ -578,12 +593,8 @@ def astronaut_clip(opt: DemoOptions) -> Iterator[np.ndarray]:
     drifts and camera noise (σ=2) is added. Frame ``i`` depends only on (options, i). Yields [H, W, 3] uint8.
     """
     import cv2
-    from skimage import data as skdata
 
-    pad = 256  # the portrait is extended by blurred edge colours so moving it never shows a border
-    portrait = skdata.astronaut()  # [512, 512, 3] uint8; face centre ≈ (225, 118), mouth ≈ (225, 146)
-    src = cv2.GaussianBlur(cv2.copyMakeBorder(portrait, pad, pad, pad, pad, cv2.BORDER_REPLICATE), (0, 0), 24)
-    src[pad:-pad, pad:-pad] = portrait
+    src, pad = _astronaut_canvas()
     face_c = (225.0 + pad, 118.0 + pad)
     mouth = (225.0 + pad, 146.0 + pad)
     w, h = opt.width, opt.height
