@@ -164,11 +164,16 @@ class MediaPipeLandmarks:
     def _detect(self, image: np.ndarray) -> None:
         h, w = image.shape[:2]
         res = self._detector.process(image)
+        cands = []
         for det in res.detections or []:
             bb = det.location_data.relative_bounding_box
             side = max(bb.width * w, bb.height * h)
             cx = (bb.xmin + bb.width * 0.5) * w
             cy = (bb.ymin + bb.height * 0.5) * h
+            d = math.hypot(cx - w * 0.5, cy - h * 0.5) / max(1.0, math.hypot(w, h) * 0.5)
+            cands.append((side**2 * max(0.05, 1.0 - self.cfg.center_weight * d), side, cx, cy, det))
+        # largest / most central first, so max_faces=1 starts on the face track() would choose
+        for _, side, cx, cy, det in sorted(cands, key=lambda c: -c[0]):
             if side * 1.8 < self.cfg.min_face_px * 0.5:  # far too small even to track
                 continue
             if any(abs(cx - f.cx) < f.side * 0.3 and abs(cy - f.cy) < f.side * 0.3 for f in self._faces):

@@ -16,6 +16,7 @@ ground-truth mesh (MediaPipe's mesh of the still portrait moved by the clip's mo
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -173,7 +174,10 @@ def astronaut_landmarks() -> np.ndarray:
     import mediapipe as mp
 
     img = astronaut()
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1) as fm:
+    with warnings.catch_warnings():  # protobuf's "label() is deprecated" from inside MediaPipe
+        warnings.simplefilter("ignore", DeprecationWarning)
+        fm = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1)
+    with fm:
         res = fm.process(np.array(img))
     if not res.multi_face_landmarks:
         raise RuntimeError("MediaPipe found no face in the astronaut portrait")
