@@ -17,7 +17,8 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("camera", "realtime.cmd_camera", "filter a live source (webcam, stream) into a virtual camera or URL"),
     ("import-weights", "realtime.cmd_weights", "convert an official StyleGAN2 .pkl / rosinality .pt into a bundle"),
     ("info", "realtime.cmd_info", "describe a bundle (configs, parameter counts, what is trained)"),
-    ("bench", "realtime.cmd_bench", "measure speed: `bench models`"),
+    ("bench", "realtime.cmd_bench", "measure speed: `bench models`, `bench pipeline`"),
+    ("export", "realtime.cmd_export", "export the networks to ONNX / TensorRT / a Triton model repository"),
     ("train", "realtime.cmd_train", "train a generator and encoders: `train autoencode|generator|encoder`"),
 ]
 

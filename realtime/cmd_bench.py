@@ -1,4 +1,4 @@
-"""`stylestream bench models`: speed of the models (benchmarks/bench_models.py)."""
+"""`stylestream bench models|pipeline`: speed of the models and of the whole filter (benchmarks/)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
-    from benchmarks import bench_models
+    from benchmarks import bench_models, bench_pipeline
 
     bench_models.add_arguments(sub.add_parser("models", help="ms per call of generator and encoders"))
+    bench_pipeline.add_arguments(sub.add_parser("pipeline", help="end-to-end fps, per-stage ms, latency, drops"))
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.bench_kind == "models":
-        from benchmarks import bench_models
+    import importlib
 
-        return bench_models.run(args)
-    return 2
+    return importlib.import_module(f"benchmarks.bench_{args.bench_kind}").run(args)

@@ -49,7 +49,7 @@ class PipelineConfig:
     smoothing_sigma: float = 2.0  # file mode: Gaussian σ (frames) over alignment quads; 0 = off
     side_by_side: bool = False  # output original | filtered side by side (double width)
     color_match: bool = False  # match the generated face's colour statistics to the original skin
-    align_on_device: bool = True  # align with grid_sample on the engine's device (else OpenCV on the CPU)
+    align: str = "auto"  # "device": grid_sample on the engine's device; "cpu": OpenCV; "auto": device on CUDA
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -267,7 +267,8 @@ class FrameProcessor:
         elif track.has_face:
             state.faces += 1
             with self.times.measure("align", timings):
-                if self.cfg.align_on_device:
+                on_device = self.cfg.align == "device" or (self.cfg.align == "auto" and eng.device.type == "cuda")
+                if on_device:
                     img_t = torch.from_numpy(image).to(eng.device).permute(2, 0, 1).unsqueeze(0)
                     crop, to_frame = _align.align_crops_torch(img_t, track.quad[None], eng.crop_size)
                     to_frame = to_frame[0]

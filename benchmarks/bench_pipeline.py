@@ -1,0 +1,119 @@
+"""End-to-end speed of the real pipeline (source → tracking → device worker → null sink).
+
+    python -m benchmarks.bench_pipeline --input "demo:?seconds=10&fps=30&size=640x480" --mode file live
+    stylestream bench pipeline --json docs/bench/pipeline-cpu.json --markdown docs/bench/pipeline-cpu.md
+
+* ``file`` mode: lossless and ordered, as fast as possible → throughput (fps) and per-stage ms.
+* ``live`` mode: the same input released at its real frame rate (like a camera) with drop-oldest queues →
+  achieved fps, drops, and frame latency (capture → sink write, in-process) under overload when the filter is
+  slower than the source.
+
+Without ``--bundle`` the trained default bundle is used when present, else a random ``tiny-64``/``tiny`` bundle
+(speed does not depend on the weights; the JSON says which one ran).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from benchmarks.provenance import command_line, provenance
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", default="demo:?seconds=10&fps=30&size=640x480", help="any source spec")
+    p.add_argument("--mode", nargs="+", choices=["file", "live"], default=["file", "live"])
+    p.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: default bundle or tiny random)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="torch")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--key-interval", type=int, default=30)
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--markdown", type=Path, default=None)
+
+
+def _bundle(path: Path | None):
+    from models.bundle import load_bundle, new_bundle
+    from realtime.cmd_run import DEFAULT_BUNDLE
+
+    if path is not None:
+        return load_bundle(path), str(path)
+    if DEFAULT_BUNDLE.exists():
+        return load_bundle(DEFAULT_BUNDLE), str(DEFAULT_BUNDLE)
+    return new_bundle("tiny-64", "tiny"), "random tiny-64/tiny (no default bundle yet)"
+
+
+def run_once(args: argparse.Namespace, mode: str) -> dict:
+    from realtime.engines import make_engine
+    from realtime.pipeline import FrameProcessor, Pipeline, PipelineConfig
+    from realtime.sinks import open_sink
+    from realtime.sources import open_source
+    from realtime.tracking import FaceTracker, TrackerConfig
+
+    bundle, which = _bundle(args.bundle)
+    engine = make_engine(bundle, backend=args.backend, device=args.device, precision=args.precision)
+    live = mode == "live"
+    processor = FrameProcessor(engine, PipelineConfig(key_interval=args.key_interval))
+    source = open_source(args.input, live=live, realtime=live)
+    with source, open_sink("null:", width=source.width, height=source.height, fps=source.fps) as sink, \
+            FaceTracker(TrackerConfig(smoothing="one_euro" if live else "none", fps=source.fps)) as tracker:
+        stats = Pipeline(source, tracker, processor, sink, live=live).run()
+    engine.close()
+    return {"mode": mode, "input": args.input, "bundle": which, "source_fps": source.fps,
+            "size": [source.width, source.height], "engine": {"backend": engine.name, "device": str(engine.device),
+                                                             "precision": getattr(engine, "precision", "")},
+            **stats.to_dict()}
+
+
+def markdown(result: dict) -> str:
+    p = result["provenance"]
+    lines = [f"Measured {p['date']} on {p.get('gpu') or p['cpu']} ({p['cpu_count']} cores), torch {p['torch']}, "
+             f"commit {p['git_commit']}.", "", f"Command: `{result['command']}`", ""]
+    lines += ["| mode | input | bundle | engine | fps | frames in/out | drops | latency p50 / p99 ms |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        lat = r["latency"]
+        e = r["engine"]
+        lines.append(f"| {r['mode']} | {r['size'][0]}×{r['size'][1]} @ {r['source_fps']:g} fps | {r['bundle']} | "
+                     f"{e['backend']} {e['device']} {e['precision']} | {r['fps']:.1f} | "
+                     f"{r['frames_in']}/{r['frames_out']} | {sum(r['dropped'].values())} | "
+                     f"{lat.get('p50_ms', 0):.0f} / {lat.get('p99_ms', 0):.0f} |")
+    lines += ["", "Per-stage mean ms (each stage runs on its own thread; the slowest bounds the fps):", ""]
+    stages = sorted({s for r in result["runs"] for s in r["stages"]})
+    lines += ["| mode | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+    for r in result["runs"]:
+        lines.append(f"| {r['mode']} | " + " | ".join(
+            f"{r['stages'][s]['mean_ms']:.1f}" if s in r["stages"] else "-" for s in stages) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    runs = []
+    for mode in args.mode:
+        with console.status(f"pipeline, {mode} mode"):
+            runs.append(run_once(args, mode))
+    result = {"benchmark": "pipeline", "command": command_line(), "provenance": provenance(args.device),
+              "runs": runs}
+    md = markdown(result)
+    print(md)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(md)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
