@@ -483,8 +483,6 @@ class AVSource(Source):
                     packet = next(packets)
                 except StopIteration:
                     self.end_reason = "end of file" if self.kind == "file" else "end of stream"
-                    if self.kind == "file":
-                        self.end_reason = "end of file"
                     return
                 except (av.error.FFmpegError, OSError) as e:
                     # the container died mid-stream: a cut file, or a dropped connection
