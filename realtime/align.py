@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from realtime.frames import Crop
+from realtime.frames import Crop, Frame, Track
 
 if TYPE_CHECKING:
     import torch
@@ -244,6 +244,14 @@ def align_crop(image: np.ndarray, quad: np.ndarray, size: int = 256, *, pad: boo
         np.multiply(crop8, np.float32(2.0 / 255.0), out=crop, casting="unsafe")
         crop -= 1.0
     return Crop(image=crop, to_frame=to_frame, size=size)
+
+
+def align(frame: Frame, track: Track, config: AlignConfig | None = None) -> Crop | None:
+    """The pipeline's align stage (CPU): the crop for a tracked face, or None when there is no face."""
+    if not track.has_face:
+        return None
+    cfg = config or AlignConfig()
+    return align_crop(frame.image, np.asarray(track.quad), cfg.size, pad=cfg.pad, antialias=cfg.antialias)
 
 
 # ----------------------------------------------------------------------------------------------- torch

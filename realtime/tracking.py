@@ -196,6 +196,14 @@ class MediaPipeLandmarks:
             self._detect(image)
             ran_detector = True
         self._frame += 1
+        out = self._mesh_all(image, ran_detector)
+        if not out and not ran_detector:  # lost on this frame (cut, jump, resolution change): look again now
+            self._detect(image)
+            out = self._mesh_all(image, True)
+        return out
+
+    def _mesh_all(self, image: np.ndarray, ran_detector: bool) -> list[FaceObservation]:
+        cfg = self.cfg
         out: list[FaceObservation] = []
         for face in list(self._faces):
             lm, mesh_detected = self._mesh(face, image)
@@ -386,6 +394,7 @@ class FaceTracker:
         self._primary: int | None = None
         self._index = 0
         self.last_tracks: list[Track] = []  # every face of the last frame (track_all)
+        self._errors = 0
 
     # public -------------------------------------------------------------------------------------------
     def track(self, frame: Frame) -> Track:
@@ -397,7 +406,14 @@ class FaceTracker:
         """Track one frame; returns every usable face, primary first (empty list: no face)."""
         image = frame.image
         t = frame.time_s if frame.time_s is not None else frame.index / self.cfg.fps
-        obs = self.source.process(image)
+        try:
+            obs = self.source.process(image)
+        except Exception:  # a bad frame must not end the stream: no face here, start afresh next frame
+            self._errors += 1
+            if self._errors <= 3 or self._errors % 100 == 0:
+                log.exception("face tracking failed on frame %d; treating it as no face", frame.index)
+            self.reset()
+            return []
         rgb = image if self.cfg.lk else None  # LK converts only its face regions to grey
         seen: set[int] = set()
         results: list[tuple[float, int, Track]] = []
@@ -428,7 +444,10 @@ class FaceTracker:
 
     def reset(self) -> None:
         """Forget everything (new stream or a seek)."""
-        self.source.reset()
+        try:
+            self.source.reset()
+        except Exception:
+            log.exception("landmark source reset failed")
         self._stab.clear()
         self._primary = None
         self._index = 0

@@ -162,3 +162,15 @@ def test_alignment_recovers_known_motion(tmp_path, record_property) -> None:
     assert abs_off.mean() < 3.0, abs_off
     # the size of the crop follows the zoom
     assert abs(quad_size(offline[-1]) / quad_size(offline[0]) - quad_size(truth[-1]) / quad_size(truth[0])) < 0.02
+
+
+def test_align_stage_helper() -> None:
+    from realtime.align import AlignConfig, align
+    from realtime.frames import Frame, Track
+
+    m = clips.similarity(0.0, 1.2)
+    frame = Frame(clips.render(m[None])[0], 0)
+    assert align(frame, Track(landmarks=None)) is None
+    lm = clips.true_landmarks(m).astype(np.float32)
+    crop = align(frame, Track(landmarks=lm, quad=quad_from_landmarks(lm)), AlignConfig(size=128))
+    assert crop is not None and crop.image.shape == (128, 128, 3)

@@ -196,3 +196,31 @@ def test_reset_and_missing_mediapipe(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "mediapipe", None)
     with pytest.raises(UserError, match="MediaPipe"):
         FaceTracker()
+
+
+def test_resolution_change_and_failing_source() -> None:
+    small = clips.render(clips.static_motion(3))
+    big = clips.render(clips.static_motion(3, scale=2.0, size=(1280, 720)), size=(1280, 720))
+    with FaceTracker() as tracker:
+        out = [tracker.track(Frame(f, i)) for i, f in enumerate([*small, *big])]
+    assert all(t.has_face for t in out)
+    assert out[-1].quad[:, 0].mean() > 500  # follows the face into the new resolution
+
+    class Broken:
+        calls = 0
+
+        def process(self, image):
+            Broken.calls += 1
+            if Broken.calls == 2:
+                raise RuntimeError("graph error")
+            return clips.OracleLandmarks(clips.static_motion(1)).process(image)
+
+        def reset(self):
+            pass
+
+        def close(self):
+            pass
+
+    tracker = FaceTracker(source=Broken())
+    res = [tracker.track(Frame(small[0], i)) for i in range(3)]
+    assert [t.has_face for t in res] == [True, False, True]  # no exception, just no face for that frame
