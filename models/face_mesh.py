@@ -110,7 +110,8 @@ class _Conv(nn.Module):
             w = weight.transpose(3, 0, 1, 2)
         else:  # TFLite [O, kh, kw, I] -> torch [O, I, kh, kw]
             w = weight.transpose(0, 3, 1, 2)
-        self.weight = nn.Parameter(torch.from_numpy(np.ascontiguousarray(w, np.float32)))
+        wt = torch.from_numpy(np.ascontiguousarray(w, np.float32))
+        self.weight = nn.Parameter(wt.contiguous(memory_format=torch.channels_last))  # [O, I/groups, kh, kw]
         self.bias = nn.Parameter(torch.from_numpy(bias.astype(np.float32))) if bias is not None else None
         self.stride = (opts["stride_h"], opts["stride_w"])
         self.dilation = (opts.get("dilation_h", 1), opts.get("dilation_w", 1))
@@ -155,11 +156,10 @@ class _MaxPool(nn.Module):
 class _PReLU(nn.Module):
     def __init__(self, alpha: np.ndarray) -> None:
         super().__init__()
-        c = int(alpha.size)
-        self.weight = nn.Parameter(torch.from_numpy(alpha.reshape(1, c, 1, 1).astype(np.float32)))
+        self.weight = nn.Parameter(torch.from_numpy(alpha.reshape(-1).astype(np.float32)))  # [C]
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.where(x >= 0, x, x * self.weight)
+        return F.prelu(x, self.weight)
 
 
 @dataclass
@@ -179,9 +179,11 @@ class TfliteModule(nn.Module):
     UserError at build time, never silently at run time.
     """
 
-    def __init__(self, graph: TfliteGraph) -> None:
+    def __init__(self, graph: TfliteGraph, channels_last: bool = True) -> None:
         super().__init__()
         g = fold_dequantize(graph)
+        # Run activations in channels-last memory (still NCHW shapes): ~1.5x faster on CPU for these nets.
+        self.channels_last = channels_last
         self.input_shape = g.tensors[g.inputs[0]].shape  # NHWC, batch 1
         self.output_shapes = [g.tensors[i].shape for i in g.outputs]
         self.input_index = g.inputs[0]
@@ -248,6 +250,8 @@ class TfliteModule(nn.Module):
         """x: ``[B, C, H, W]`` (the model's NHWC input, transposed) → graph outputs in TFLite layout, batch B."""
         _, h, w, c = self.input_shape
         assert x.ndim == 4 and tuple(x.shape[1:]) == (c, h, w), f"expected [B, {c}, {h}, {w}], got {tuple(x.shape)}"
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         env: dict[int, Tensor] = {self.input_index: x}
         for st in self.steps:
             a = env[st.inputs[0]]
@@ -283,7 +287,7 @@ class TfliteModule(nn.Module):
         outs = []
         for i in self.output_indices:
             o = env[i]
-            outs.append(o.permute(0, 2, 3, 1) if o.ndim == 4 else o)
+            outs.append(o.permute(0, 2, 3, 1).contiguous() if o.ndim == 4 else o)
         return outs
 
 
