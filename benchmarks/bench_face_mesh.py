@@ -1,7 +1,7 @@
 """Face mesh: parity of models.face_mesh against MediaPipe's own runtime, and ms per call on this machine.
 
     python -m benchmarks.bench_face_mesh                         # parity + timing, prints tables
-    python -m benchmarks.bench_face_mesh --json docs/bench/face_mesh-cpu.json
+    python -m benchmarks.bench_face_mesh --threads 1 --json docs/bench/face_mesh-cpu.json
 
 Parity, on ``skimage.data.astronaut()``, similarity-warped versions of it and synthetic variations:
 
@@ -261,7 +261,8 @@ def timings(mesh: Any, ref: MediaPipeRuntime | None, iters: int) -> dict[str, di
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--iters", type=int, default=20, help="timed calls per measurement")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (0 = torch default; 1 is steadier on a shared 2-core machine)")
     p.add_argument("--no-timing", action="store_true", help="parity only")
     p.add_argument("--json", type=Path, default=None, help="write results here")
     args = p.parse_args(argv)
@@ -282,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     print("worst over images:", json.dumps(summary))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        result = {"benchmark": "face_mesh", "command": command_line(), "provenance": provenance("cpu"),
+        from importlib.metadata import version
+
+        prov = {**provenance("cpu"), "mediapipe": version("mediapipe")}
+        result = {"benchmark": "face_mesh", "command": command_line(), "provenance": prov,
                   "threads": torch.get_num_threads(), "parity": rows, "worst": summary, "timing": tm}
         args.json.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
