@@ -67,7 +67,10 @@ MOUTH_CORNERS_OUTER = (61, 291)
 MOUTH_CORNERS_INNER = (78, 308)
 # inner-lip contour, closed polygon: left corner → upper lip → right corner → lower lip
 MOUTH_INNER_LOOP = (78, *LIPS_UPPER_INNER, 308, *LIPS_LOWER_INNER[::-1])
+FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148,
+             176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
 FOREHEAD_TOP = 10
+RING_DEPTH = 0.2  # head-outline anchors' depth: 0 = the nearest face-oval point's depth, 1 = the rotation axis
 JAW_DROP = 0.36  # chin drop at jaw_open = 1, in inter-ocular distances
 CHIN = 152
 
@@ -270,6 +273,8 @@ class _FaceModel:
     ring_jaw: np.ndarray  # [Ni, 3] displacement of those anchors at jaw_open = 1
     outer_ring: np.ndarray  # [No, 2] anchors that only follow the camera
     triangles: np.ndarray  # [T, 3] int32 Delaunay triangles over (rest, inner ring, outer ring) in 2-D
+    orientation: np.ndarray  # [T] sign of the signed area in the portrait; 0 = never culled (edge-on / anchors)
+    sort_bias: np.ndarray  # [T] added to the painter's depth: anchor triangles are drawn before face ones
     iod: float  # inter-ocular distance in pixels
     face_h: float  # forehead-top-to-chin distance in pixels
 
@@ -389,10 +394,26 @@ def _ellipse(center: np.ndarray, axes: np.ndarray, eu: np.ndarray, n: int) -> np
     return center + np.cos(t)[:, None] * axes[0] * eu + np.sin(t)[:, None] * axes[1] * ev
 
 
+def _visible_depth(lm: np.ndarray, max_slope: float = 1.8) -> np.ndarray:
+    """Clamp the mesh depth so no surface is steeper than ``max_slope`` (dz per pixel) in the portrait.
+
+    The side of the head is seen edge-on in a portrait: several mesh rows share almost the same pixels at very
+    different depths, and the portrait has no texture for that surface. Turning the head would unfold it into
+    zig-zag slivers. With the clamp (z_i ← min_j z_j + slope·|xy_i − xy_j|) those points move with the surface
+    the portrait shows there. lm [468, 3]; returns a copy.
+    """
+    xy = lm[:, :2]
+    dist = np.sqrt(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1))
+    out = lm.copy()
+    for _ in range(2):
+        out[:, 2] = (out[None, :, 2] + max_slope * dist).min(1)
+    return out
+
+
 def _face_model(lm: np.ndarray) -> _FaceModel:
     from scipy.spatial import Delaunay
 
-    lm = lm.astype(np.float64)
+    lm = _visible_depth(lm.astype(np.float64))
     o, eu, ev, D = _face_frame(lm)
     rel = lm[:, :2] - o
     u, v = rel @ eu, rel @ ev
@@ -402,7 +423,12 @@ def _face_model(lm: np.ndarray) -> _FaceModel:
     zc = float(lm[:, 2].mean() + 0.55 * face_w)
     center = np.array([c2[0], c2[1] + 0.1 * half[1], zc])
     inner2 = _ellipse(c2, half * np.array([1.32, 1.22]), eu, 28)
-    inner = np.concatenate([inner2, np.full((len(inner2), 1), zc)], 1)
+    # the head outline turns with the face: each anchor takes the depth of the nearest face-oval point, pushed
+    # a little towards the axis (it never overtakes the face edge, and hair moves with the forehead)
+    oval = lm[list(FACE_OVAL)]
+    nearest = np.argmin(((inner2[:, None, :] - oval[None, :, :2]) ** 2).sum(-1), axis=1)
+    z_ring = oval[nearest, 2] + RING_DEPTH * (zc - oval[nearest, 2])
+    inner = np.concatenate([inner2, z_ring[:, None]], 1)
     outer = _ellipse(c2, half * np.array([2.4, 2.1]), eu, 36)
     pts = np.concatenate([lm[:, :2], inner2, outer])
     tri = Delaunay(pts).simplices.astype(np.int32)
@@ -414,7 +440,18 @@ def _face_model(lm: np.ndarray) -> _FaceModel:
     ring_jaw = np.zeros((len(inner2), 3))
     ring_jaw[:, :2] = (0.8 * JAW_DROP * D * w_ring)[:, None] * ev
     face_h = float(np.hypot(*(lm[CHIN, :2] - lm[FOREHEAD_TOP, :2])))
-    return _FaceModel(lm, _expression_basis(lm), center, inner, ring_jaw, outer, tri, D, face_h)
+    p = pts[tri]
+    area = (p[:, 1, 0] - p[:, 0, 0]) * (p[:, 2, 1] - p[:, 0, 1]) - (p[:, 1, 1] - p[:, 0, 1]) * (p[:, 2, 0] - p[:, 0, 0])
+    n_face = len(lm)
+    # back-face culling only for face triangles that look at the camera in the portrait; edge-on ones (the
+    # side of the head, seen at a grazing angle) fold in the portrait already and are drawn double-sided
+    q = np.concatenate([lm, inner])[np.minimum(tri, n_face + len(inner2) - 1)]
+    normal = np.cross(q[:, 1] - q[:, 0], q[:, 2] - q[:, 0])
+    facing = np.abs(normal[:, 2]) / np.maximum(np.linalg.norm(normal, axis=1), 1e-9)
+    cullable = (tri < n_face).all(1) & (facing > 0.35)
+    bias = np.where((tri >= n_face).any(1), 1e6, 0.0) + np.where((tri >= n_face + len(inner2)).any(1), 1e6, 0.0)
+    orient = np.sign(area) * cullable
+    return _FaceModel(lm, _expression_basis(lm), center, inner, ring_jaw, outer, tri, orient, bias, D, face_h)
 
 
 def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
@@ -711,7 +748,10 @@ class SyntheticClip:
         # per-triangle affine dst → src: [x_s, y_s] = M @ [x, y, 1]
         dt = d[tri]  # [T, 3, 2]
         dh = np.concatenate([dt, np.ones((len(tri), 3, 1))], 2)  # [T, 3, 3], one vertex per row
-        ok = np.abs(np.linalg.det(dh)) > 1e-6
+        det = np.linalg.det(dh)
+        ok = np.abs(det) > 1e-6
+        # back-face culling: a triangle whose orientation flipped is behind the surface in front of it
+        ok &= np.sign(det) * m.orientation >= 0
         dh[~ok] = np.eye(3)
         mats = np.linalg.solve(dh, src2[tri]).transpose(0, 2, 1)  # [T, 2, 3]
         # ROI-local pixel coordinates: fold the ROI offset into the matrices
@@ -723,7 +763,7 @@ class SyntheticClip:
         rw, rh = x1 - x0, y1 - y0
         idx = np.full((rh, rw), len(tri), np.int32)
         fixed = np.round((dt - [x0, y0]) * 16.0).astype(np.int32)
-        for t in np.argsort(-dst3[tri, 2].mean(1), kind="stable"):
+        for t in np.argsort(-(dst3[tri, 2].mean(1) + m.sort_bias), kind="stable"):
             if ok[t]:
                 cv2.fillConvexPoly(idx, fixed[t], int(t), lineType=cv2.LINE_8, shift=4)
         xs, ys = self._xs[:rh, :rw], self._ys[:rh, :rw]
