@@ -15,6 +15,7 @@ import sys
 SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("run", "realtime.cmd_run", "filter a video file or stream into a file/URL (progress bar, summary)"),
     ("camera", "realtime.cmd_camera", "filter a live source (webcam, stream) into a virtual camera or URL"),
+    ("serve", "realtime.cmd_serve", "live WebRTC server: browser page, webcam in, filtered video out (or --source)"),
     ("import-weights", "realtime.cmd_weights", "convert an official StyleGAN2 .pkl / rosinality .pt into a bundle"),
     ("info", "realtime.cmd_info", "describe a bundle (configs, parameter counts, what is trained)"),
     ("bench", "realtime.cmd_bench", "measure speed: `bench models`, `bench pipeline`"),
