@@ -56,9 +56,10 @@ class TrackerConfig:
     lk_weight: float = 0.85  # weight of the flow prediction when it agrees with the detection
     lk_tolerance: float = 0.04  # disagreement (fraction of quad side) where the flow weight falls by 1/e
     smoothing: Literal["one_euro", "none"] = "one_euro"  # causal quad filter (live); file jobs: "none"
-    one_euro_min_cutoff: float = 1.0  # Hz; cutoff when the face is still (lower = steadier, laggier)
-    one_euro_beta: float = 15.0  # cutoff increase in Hz per quad-side/second of speed
+    one_euro_min_cutoff: float = 0.5  # Hz; cutoff when the face is still (lower = steadier, laggier)
+    one_euro_beta: float = 5.0  # cutoff increase in Hz per quad-side/second of unexplained speed
     one_euro_d_cutoff: float = 2.0  # Hz; cutoff of the speed estimate
+    one_euro_flow: bool = True  # move the filter state with the LK-measured motion first (removes lag)
     fps: float = 30.0  # frame rate assumed when frames carry no timestamps
     reset_jump: float = 0.35  # a raw quad jump larger than this (quad sides) restarts the filters
     gaussian_sigma: float = 2.0  # smooth_tracks(): temporal Gaussian sigma in frames
@@ -279,11 +280,15 @@ class OneEuroFilter:
         self.x = None
         self.dx = None
 
-    def __call__(self, x: np.ndarray, dt: float, scale: float) -> np.ndarray:
+    def __call__(self, x: np.ndarray, dt: float, scale: float, shift: np.ndarray | None = None) -> np.ndarray:
+        """Filter one sample. ``shift``: motion measured by other means (optical flow) since the last
+        sample; the state is carried along by it first, so only unexplained motion is smoothed (no lag)."""
         x = np.asarray(x, np.float64)
         if self.x is None or self.dx is None:
             self.x, self.dx = x.copy(), np.zeros_like(x)
             return x
+        if shift is not None:
+            self.x = self.x + shift
         dx = (x - self.x) / dt
         self.dx = self.dx + self._alpha(self.d_cutoff, dt) * (dx - self.dx)
         speed = float(np.max(np.linalg.norm(self.dx.reshape(-1, 2), axis=1))) / max(scale, 1e-6)
@@ -526,11 +531,18 @@ class FaceTracker:
         if st.prev_raw_quad is not None and np.abs(det_quad - st.prev_raw_quad).max() > cfg.reset_jump * qs:
             st.prev_lm, st.prev_gray, st.region, st.euro, st.last_t = None, None, None, None, None
         lm = det.copy()
+        shift = None
         if rgb is not None:
             flow = self._flow(st, rgb)
-            if flow is not None:
+            if flow is not None and st.prev_lm is not None:
                 pred, ok = flow
                 d = np.linalg.norm(pred - det[:, :2], axis=1)
+                # motion of the face since the last frame, from the flow where it agrees with the detection
+                agree = ok & (d < 3.0 * cfg.lk_tolerance * qs)
+                if cfg.one_euro_flow and agree.sum() >= NUM_LANDMARKS // 2:
+                    moved = det[:, :2].astype(np.float64)
+                    moved[agree] = pred[agree]
+                    shift = quad_from_landmarks(moved).astype(np.float64) - quad_from_landmarks(st.prev_lm)
                 wgt = cfg.lk_weight * np.exp(-((d / (cfg.lk_tolerance * qs)) ** 2)) * ok
                 lm[:, :2] = (wgt[:, None] * pred + (1.0 - wgt[:, None]) * det[:, :2]).astype(np.float32)
             h, w = rgb.shape[:2]
@@ -545,7 +557,7 @@ class FaceTracker:
             if st.euro is None:
                 st.euro = OneEuroFilter(cfg.one_euro_min_cutoff, cfg.one_euro_beta, cfg.one_euro_d_cutoff)
             dt = t - st.last_t if st.last_t is not None and t > st.last_t else 1.0 / cfg.fps
-            quad = st.euro(quad, dt, qs)
+            quad = st.euro(quad, dt, qs, shift)
         st.last_t = t
         if quad_size(quad) < cfg.min_face_px:
             return None

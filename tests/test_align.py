@@ -153,13 +153,16 @@ def test_alignment_recovers_known_motion(tmp_path, record_property) -> None:
     err_off = clips.alignment_error(offline, truth, 256)
     err_live = clips.alignment_error(live, truth, 256)
     abs_off = clips.alignment_error(offline, truth, 256, relative=False)
-    record_property("align_err_px256_offline_mean", float(err_off.mean()))
-    record_property("align_err_px256_live_mean", float(err_live.mean()))
-    print(f"alignment error @256: offline mean {err_off.mean():.2f} max {err_off.max():.2f}; "
-          f"live mean {err_live.mean():.2f}; absolute offline {abs_off.mean():.2f}")
-    assert err_off.mean() < 1.5 and err_off.max() < 3.5, err_off
-    assert err_live.mean() < 3.0, err_live
-    assert abs_off.mean() < 3.0, abs_off
+    abs_live = clips.alignment_error(live, truth, 256, relative=False)
+    record_property("align_err_px256_offline_motion_mean", float(err_off.mean()))
+    record_property("align_err_px256_offline_abs_mean", float(abs_off.mean()))
+    record_property("align_err_px256_live_abs_mean", float(abs_live.mean()))
+    print(f"alignment error @256 (motion-following): offline mean {err_off.mean():.2f} max {err_off.max():.2f}, "
+          f"live mean {err_live.mean():.2f}; absolute: offline {abs_off.mean():.2f}, live {abs_live.mean():.2f}")
+    assert err_off.mean() < 1.0 and err_off.max() < 2.0, err_off
+    assert err_live.mean() < 1.5, err_live
+    assert abs_off.mean() < 1.5 and abs_off.max() < 3.0, abs_off
+    assert abs_live.mean() < 1.5, abs_live  # the live filter follows the motion without lag
     # the size of the crop follows the zoom
     assert abs(quad_size(offline[-1]) / quad_size(offline[0]) - quad_size(truth[-1]) / quad_size(truth[0])) < 0.02
 

@@ -99,9 +99,9 @@ def test_stabiliser_lag_on_moving_face(moving_clip: clips.Clip, record_property)
           f"moving jitter raw {clips.jitter(raw, truth):.2f} live {clips.jitter(live, truth):.2f} "
           f"offline {clips.jitter(offline, truth):.2f}")
     assert abs(lag_raw) <= 0.1
-    assert 0.0 <= lag_live - lag_raw <= 1.0
+    assert -0.25 <= lag_live - lag_raw <= 1.0  # adds at most one frame (motion-compensated: ~0)
     assert abs(lag_off - lag_raw) <= 0.25
-    assert clips.jitter(live, truth) < 0.5 * clips.jitter(raw, truth)
+    assert clips.jitter(live, truth) < 0.25 * clips.jitter(raw, truth)
     assert clips.jitter(offline, truth) < 0.25 * clips.jitter(raw, truth)
 
 
