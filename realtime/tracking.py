@@ -5,6 +5,7 @@ Pipeline for one frame::
     MediaPipe (full-range detector only when tracking is lost → 468-point face mesh in video mode on a
     square ROI around the face) → pick the largest/most central face → blend each landmark with its
     pyramidal Lucas-Kanade prediction from the previous frame → FFHQ quad → causal One-Euro filter (live)
+    whose state is first carried along by the flow-measured motion, so it smooths jitter without lag
 
 File jobs track with ``smoothing="none"`` and then run :func:`smooth_tracks` — the paper's non-causal 1-D
 Gaussian over the whole sequence (:func:`track_sequence` does both).
