@@ -55,6 +55,7 @@ class CompositeConfig:
     fade_out_s: float = 0.4  # then cross-fade to the untouched frame over this long
     fade_in_s: float = 0.25  # face back: fade the filter in over this long
     fps: float = 30.0  # frame rate assumed when frames carry no timestamps
+    in_place: bool = False  # paste into frame.image itself (saves a full-frame copy; the source frame changes)
 
 
 # ------------------------------------------------------------------------------------------------ masks
@@ -438,7 +439,7 @@ class Compositor:
             return frame.image, False
         p = self._last
         img = paste_back(frame.image, p.face, p.to_frame, p.mask, alpha=state.alpha,
-                         interpolation=self.cfg.interpolation)
+                         interpolation=self.cfg.interpolation, out=frame.image if self.cfg.in_place else None)
         return img, True
 
     def reset(self) -> None:

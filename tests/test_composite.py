@@ -214,3 +214,16 @@ def test_person_segmentation_keeps_the_background_out() -> None:
         out = comp.composite(Frame(frame, i), track, crop, -crop.image)
     comp.close()
     assert out.face and np.abs(out.image.astype(int) - frame).mean() > 0.5
+
+
+def test_in_place_paste_matches_copy() -> None:
+    frame, track, crop = _scene()
+    outs = []
+    for in_place in (False, True):
+        comp = Compositor(CompositeConfig(in_place=in_place, fade_in_s=0.0))
+        f = Frame(frame.copy(), 0)
+        out = comp.composite(f, track, crop, -crop.image)
+        assert out.face and (out.image is f.image) == in_place
+        outs.append(out.image)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert np.abs(outs[0].astype(int) - frame).mean() > 1.0
