@@ -263,3 +263,46 @@ def test_register_demo_makes_demo_portrait_a_source(portraits, monkeypatch):
 
     with pytest.raises(UserError, match="unknown option"):
         list(synthetic.portrait_demo(sources.DemoOptions(extra={"nonsense": "1"})))
+
+
+# ------------------------------------------------------------------------------------------ portraits
+def test_load_portraits_from_a_folder_of_images_and_videos(tmp_path, portraits):
+    import av
+    import cv2
+
+    from models.errors import UserError
+
+    face = portraits[0].image
+    cv2.imwrite(str(tmp_path / "a_face.png"), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / "b_noise.png"), rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))
+    (tmp_path / "c_notes.txt").write_text("not an image")
+    with av.open(str(tmp_path / "d_clip.mp4"), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 256, 256, "yuv420p"
+        small = cv2.resize(face[:, ::-1], (256, 256), interpolation=cv2.INTER_AREA)  # mirrored, half size
+        for _ in range(4):
+            for pkt in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(small), format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    got = load_portraits(tmp_path, frames_per_video=2)
+    names = [p.name for p in got]
+    assert names[0] == "a_face.png" and all(n.startswith("d_clip.mp4#") for n in names[1:]) and len(names) == 3
+    assert np.abs(got[0].landmarks - portraits[0].landmarks).max() < 1e-3  # same image, same landmarks
+    lm_v = got[1].landmarks
+    assert got[1].image.shape == (256, 256, 3)
+    # mirrored + half size: the nose tip is where the mirrored, scaled original says (± MediaPipe noise)
+    expect_x = (511 - portraits[0].landmarks[1, 0] + 0.5) * 0.5 - 0.5
+    assert abs(lm_v[1, 0] - expect_x) < 3.0
+    # each clip uses one of them, chosen by seed or by portrait_index
+    clip = SyntheticClip(_small(portrait_index=1), got)
+    assert clip.portrait.name == names[1]
+    assert {SyntheticClip(_small(seed=s), got).portrait.name for s in range(12)} == set(names)
+    with pytest.raises(UserError, match="no face found"):
+        only_noise = tmp_path / "noise_only"
+        only_noise.mkdir()
+        cv2.imwrite(str(only_noise / "x.png"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        load_portraits(only_noise)
+    with pytest.raises(UserError, match="not found"):
+        load_portraits(tmp_path / "missing")

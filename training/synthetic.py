@@ -70,6 +70,12 @@ MOUTH_INNER_LOOP = (78, *LIPS_UPPER_INNER, 308, *LIPS_LOWER_INNER[::-1])
 FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148,
              176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
 FOREHEAD_TOP = 10
+NOSE_RIDGE = (168, 6, 197, 195, 5, 4, 1, 19, 94, 2)
+CONTOUR_POINTS = tuple(dict.fromkeys(
+    FACE_OVAL + BROW_L + BROW_R + EYE_L_UPPER + EYE_L_LOWER + EYE_L_CORNERS + EYE_R_UPPER + EYE_R_LOWER
+    + EYE_R_CORNERS + LIPS_UPPER_OUTER + LIPS_LOWER_OUTER + LIPS_UPPER_INNER + LIPS_LOWER_INNER
+    + MOUTH_CORNERS_OUTER + MOUTH_CORNERS_INNER + NOSE_RIDGE
+))  # landmarks drawn on contact sheets
 RING_DEPTH = 0.2  # head-outline anchors' depth: 0 = the nearest face-oval point's depth, 1 = the rotation axis
 JAW_DROP = 0.36  # chin drop at jaw_open = 1, in inter-ocular distances
 CHIN = 152
@@ -806,9 +812,11 @@ class SyntheticClip:
         xr = np.abs(xs[None, :] - xc) / half
         mouth_scale = float(np.hypot(*(lm[291, :2] - lm[61, :2])))
         tooth_h = np.minimum(0.11 * mouth_scale / gap, 0.35)
-        # cavity: dark red, darker towards the middle and the corners
-        depth = np.clip(1.0 - 1.6 * (t - 0.55) ** 2 - 0.5 * xr**2, 0, 1)
-        cav = np.array([70.0, 22.0, 26.0])[None, None, :] * (1.0 - 0.55 * depth[..., None])
+        # cavity: dark red-brown, darkest in the middle of the throat, a tongue hint at the bottom
+        depth = np.clip(1.0 - 2.2 * (t - 0.5) ** 2 - 0.8 * xr**2, 0, 1)
+        cav = np.array([112.0, 44.0, 46.0])[None, None, :] * (1.0 - 0.7 * depth[..., None])
+        tongue = _smoothstep((t - 0.62) / 0.25) * _smoothstep((0.85 - xr) / 0.3) * float(np.clip(jaw * 1.5, 0, 1))
+        cav = cav * (1 - 0.8 * tongue[..., None]) + np.array([168.0, 78.0, 82.0]) * 0.8 * tongue[..., None]
         # teeth: off-white bands under the upper lip and above the lower lip, fading to the corners
         side = _smoothstep((0.78 - xr) / 0.25)
         upper_t = _smoothstep((tooth_h - t) / np.maximum(tooth_h * 0.35, 1e-3)) * side
@@ -920,3 +928,114 @@ def register_demo(name: str = "portrait", *, default: bool = True) -> None:
     sources.register_demo_generator(name, portrait_demo)
     if default and hasattr(sources, "DEFAULT_DEMO"):
         sources.DEFAULT_DEMO = name
+
+
+# ----------------------------------------------------------------------------------------- sheet / CLI
+def contact_sheet(frames: Sequence[SyntheticFrame], cols: int = 4, tile_w: int = 320, draw_landmarks: bool = True
+                  ) -> np.ndarray:
+    """Tile frames into one RGB image [rows·h, cols·tile_w, 3] uint8, with ground-truth landmarks as dots and
+    the pose/expression written under each tile."""
+    tiles = []
+    for f in frames:
+        h0, w0 = f.image.shape[:2]
+        s = tile_w / w0
+        tile = cv2.resize(f.image, (tile_w, int(round(h0 * s))), interpolation=cv2.INTER_AREA)
+        if draw_landmarks:  # the contours only (oval, brows, eyes, lips, nose ridge) so the face stays visible
+            for x, y in f.landmarks[list(CONTOUR_POINTS), :2] * s + (s - 1) * 0.5:
+                cv2.circle(tile, (int(round(x * 4)), int(round(y * 4))), 2, (60, 255, 60), -1, cv2.LINE_AA, shift=2)
+        short = {"jaw_open": "jaw", "smile": "smi", "blink": "bli", "brow_raise": "bro", "pucker": "puc"}
+        ex = " ".join(f"{short.get(k, k)} {v:.1f}" for k, v in f.expression.items())
+        bar = np.full((30, tile_w, 3), 255, np.uint8)
+        cv2.putText(bar, f"#{f.index} yaw{f.pose[0]:+.0f} pit{f.pose[1]:+.0f} rol{f.pose[2]:+.0f}", (4, 12),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(bar, ex, (4, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (0, 0, 0), 1, cv2.LINE_AA)
+        tiles.append(np.concatenate([tile, bar]))
+    blank = np.full_like(tiles[0], 255)
+    tiles += [blank] * (-len(tiles) % cols)
+    return np.concatenate([np.concatenate(tiles[r : r + cols], 1) for r in range(0, len(tiles), cols)])
+
+
+GALLERY = (  # (label, FrameParams overrides) shown by gallery(): each expression alone, then poses
+    ("neutral", {}), ("jaw_open 1", {"jaw_open": 1.0}), ("smile 1", {"smile": 1.0}), ("blink 1", {"blink": 1.0}),
+    ("brow_raise 1", {"brow_raise": 1.0}), ("pucker 1", {"pucker": 1.0}), ("yaw +25", {"yaw": 25.0}),
+    ("yaw -25", {"yaw": -25.0}), ("pitch +25", {"pitch": 25.0}), ("pitch -25", {"pitch": -25.0}),
+    ("roll +20", {"roll": 20.0}), ("yaw 15 pitch -10 jaw .6 smile .5",
+                                   {"yaw": 15.0, "pitch": -10.0, "jaw_open": 0.6, "smile": 0.5}),
+)
+
+
+def gallery(clip: SyntheticClip, width: int, cols: int = 6) -> np.ndarray:
+    """Face crops of :data:`GALLERY` (no camera motion or photometric effects), [rows·h, width, 3] uint8."""
+    tile = width // cols
+    tiles = []
+    for label, kw in GALLERY:
+        fp = FrameParams()
+        for k, v in kw.items():
+            if k in EXPRESSIONS:
+                fp.expression[k] = v
+            else:
+                setattr(fp, k, v)
+        f = clip.render(fp)
+        c = f.landmarks[:, :2].mean(0)
+        half = 0.9 * float(np.ptp(f.landmarks[:, 1]))
+        m = np.array([[2 * half / tile, 0, c[0] - half], [0, 2 * half / tile, c[1] - half * 0.95]])
+        crop = cv2.warpAffine(f.image, m, (tile, tile), flags=cv2.INTER_AREA | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
+        bar = np.full((16, tile, 3), 255, np.uint8)
+        cv2.putText(bar, label, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1, cv2.LINE_AA)
+        tiles.append(np.concatenate([crop, bar]))
+    tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % cols)
+    sheet = np.concatenate([np.concatenate(tiles[r : r + cols], 1) for r in range(0, len(tiles), cols)])
+    pad = width - sheet.shape[1]
+    return cv2.copyMakeBorder(sheet, 0, 0, 0, pad, cv2.BORDER_CONSTANT, value=(255, 255, 255)) if pad else sheet
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.synthetic``: write a contact sheet and/or time the generator."""
+    import argparse
+    import time
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--portraits", help="folder of portrait images/videos (default: skimage astronaut)")
+    ap.add_argument("--sheet", help="write a contact sheet PNG of frames spread over the clip (and seeds)")
+    ap.add_argument("--seeds", type=int, default=3, help="clips (seeds 0..n-1) on the sheet")
+    ap.add_argument("--per-seed", type=int, default=4, help="frames per clip on the sheet")
+    ap.add_argument("--bench", type=int, default=0, help="time this many consecutive frames of seed 0")
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--no-landmarks", action="store_true", help="sheet without landmark dots")
+    ap.add_argument("--tile-width", type=int, default=200, help="width of one clip frame on the sheet")
+    args = ap.parse_args(argv)
+    portraits = load_portraits(args.portraits)
+    if args.bench:
+        clip = SyntheticClip(SynthConfig(width=args.width, height=args.height, seconds=args.seconds), portraits)
+        n = min(args.bench, len(clip))
+        clip[0]  # warm-up (noise bank)
+        times = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            clip[i]
+            times.append(time.perf_counter() - t0)
+        ms = np.array(times) * 1e3
+        print(f"{args.width}x{args.height}: {n} frames, median {np.median(ms):.1f} ms/frame, "
+              f"min {ms.min():.1f}, mean {ms.mean():.1f}, p90 {np.percentile(ms, 90):.1f}")
+    if args.sheet:
+        frames = []
+        for seed in range(args.seeds):
+            clip = SyntheticClip(SynthConfig(width=args.width, height=args.height, seconds=args.seconds, seed=seed),
+                                 portraits)
+            n = len(clip)
+            frames += [clip[int(k * (n - 1) / max(args.per_seed - 1, 1))] for k in range(args.per_seed)]
+        sheet = contact_sheet(frames, cols=args.per_seed, tile_w=args.tile_width,
+                              draw_landmarks=not args.no_landmarks)
+        top = gallery(SyntheticClip(SynthConfig(width=args.width, height=args.height), portraits), sheet.shape[1])
+        sheet = np.concatenate([top, np.full((6, sheet.shape[1], 3), 255, np.uint8), sheet])
+        Path(args.sheet).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(args.sheet, cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        print(f"wrote {args.sheet} ({len(frames)} frames)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
