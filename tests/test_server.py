@@ -1,0 +1,310 @@
+"""The live server on loopback: aiortc clients in this process, a tiny random bundle, real MediaPipe tracking.
+
+Every client and server here uses host candidates on 127.0.0.1 only (aioice patched), no STUN, and every loop
+is bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+import torch
+
+from models.bundle import load_bundle, new_bundle
+from models.editing import EditSpec, EditStack, tensor_key
+from models.errors import UserError
+from realtime import cli, rtc_tuning
+from realtime.cmd_serve import make_factories
+from realtime.engines import make_engine
+from realtime.live_client import LiveClient, clip_frames, read_stamp, stamp_i420
+from realtime.pipeline import FrameProcessor, PipelineConfig
+from realtime.server import LiveServer, ServeConfig, check_bind, parse_ice_server, run_server
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Any, Any, list[Any]]:
+    """(make_processor, make_tracker, edit specs) over a tiny random bundle with one strong edit."""
+    b = new_bundle("tiny-64", "tiny", seed=0)
+    torch.nn.init.normal_(b.fren.head[2].weight, std=0.02)
+    torch.nn.init.normal_(b.vien.head[2].weight, std=0.02)
+    b.extra[tensor_key("brighter")] = torch.randn(b.generator.w_dim, generator=torch.Generator().manual_seed(1))
+    b.edits.append(EditSpec("brighter", "w_direction", "test direction", range=(-8.0, 8.0)).to_dict())
+    path = tmp_path_factory.mktemp("bundle") / "tiny"
+    b.save(path)
+    bundle = load_bundle(path)
+    engine = make_engine(bundle, "torch", "cpu", "fp32")
+    proc = FrameProcessor(engine, PipelineConfig(), edits=EditStack.from_bundle(bundle))
+    make_processor, make_tracker = make_factories(proc)
+    return make_processor, make_tracker, list(proc.edits.specs.values())
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """ICE host candidates on 127.0.0.1 only: nothing leaves the machine, whatever its interfaces."""
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    yield
+    rtc_tuning.restore()
+
+
+@contextlib.asynccontextmanager
+async def serving(tiny, **config: Any) -> AsyncIterator[tuple[LiveServer, str]]:
+    make_processor, make_tracker, specs = tiny
+    server = LiveServer(ServeConfig(port=0, **config), make_processor, make_tracker, info={"bundle": "tiny"},
+                        edit_specs=specs)
+    stop = asyncio.Event()
+    url: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(run_server(server, ready=url.set_result, stop=stop))
+    try:
+        yield server, (await asyncio.wait_for(url, 10)).rstrip("/")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def face_box(width: int, height: int) -> tuple[slice, slice]:
+    """Where the demo clip's face is (centre (0.5w, 0.45h), ~36 % of the height tall)."""
+    cy, cx, r = int(0.45 * height), width // 2, int(0.12 * height)
+    return slice(cy - r, cy + r), slice(cx - r, cx + r)
+
+
+def mean_abs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean())
+
+
+async def wait_until(cond: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        await asyncio.sleep(0.1)
+    return bool(cond())
+
+
+# ------------------------------------------------------------------------------------------------- units
+
+
+def test_stamp_round_trip():
+    h, w = 120, 320
+    yuv = np.full((h * 3 // 2, w), 100, np.uint8)
+    for i in (0, 1, 77, 4095, 5000):
+        stamp_i420(yuv, w, h, i)
+        assert read_stamp(yuv[:h]) == i % 4096
+    assert read_stamp(np.full((h, w), 100, np.uint8)) is None
+
+
+def test_bind_needs_token_and_ice_urls():
+    check_bind("127.0.0.1", None)
+    check_bind("::1", None)
+    check_bind("0.0.0.0", "secret")
+    with pytest.raises(UserError, match="--token"):
+        check_bind("0.0.0.0", None)
+    assert cli.main(["serve", "--host", "0.0.0.0"]) == 2  # one-line error before any model loads
+    s = parse_ice_server("turn:alice:p%40ss@turn.example.org:3478?transport=udp")
+    assert (s.urls, s.username, s.credential) == ("turn:turn.example.org:3478?transport=udp", "alice", "p@ss")
+    assert parse_ice_server("stun:stun.example.org:3478").username is None
+    for bad in ("http://x", "turn:host:3478", "stun:", "nonsense"):
+        with pytest.raises(UserError):
+            parse_ice_server(bad)
+
+
+def test_tuning_patches_aiortc_and_encodes_720p_at_level_42():
+    import av
+    from aiortc import mediastreams, rtcrtpsender
+    from aiortc.codecs import h264, vpx
+
+    t = rtc_tuning.apply(rtc_tuning.RtcTuning(fps=60, h264_encoder="libx264"))
+    try:
+        assert h264.MAX_FRAME_RATE == vpx.MAX_FRAME_RATE == 60 and abs(mediastreams.VIDEO_PTIME - 1 / 60) < 1e-9
+        assert h264.MAX_BITRATE == vpx.MAX_BITRATE == t.max_bitrate
+        codec = type("C", (), {"mimeType": "video/H264"})()
+        enc = rtcrtpsender.get_encoder(codec)
+        assert isinstance(enc, rtc_tuning.TunedH264Encoder)
+        enc.target_bitrate = 50_000_000
+        assert enc.target_bitrate == t.max_bitrate  # REMB clamps to our bounds, not aiortc's 3 Mbps
+        frame = av.VideoFrame.from_ndarray(np.zeros((720, 1280, 3), np.uint8), format="rgb24")
+        frame.pts, frame.time_base = 0, mediastreams.VIDEO_TIME_BASE
+        payloads, _ = enc.encode(frame)
+        assert payloads and enc.codec_name == "libx264" and enc.describe()["width"] == 1280
+        fresh = rtc_tuning.TunedH264Encoder(t)
+        nals = list(fresh._encode_frame(frame, True))
+        sps = next(n for n in nals if n[0] & 0x1F == 7)
+        assert sps[1] == 66 and sps[3] == 42  # Constrained Baseline, level 4.2 (aiortc: 3.1)
+    finally:
+        rtc_tuning.restore()
+    assert h264.MAX_FRAME_RATE == 30 and rtcrtpsender.get_encoder is not rtc_tuning._get_encoder
+
+
+# ------------------------------------------------------------------------------------------------- HTTP
+
+
+def test_http_validation_tokens_and_garbage(tiny):
+    async def main() -> None:
+        async with serving(tiny, token="s3cret", offer_max_bytes=8192) as (server, url), \
+                aiohttp.ClientSession() as http:
+            async def post(body: bytes | str, **headers: str) -> int:
+                async with http.post(url + "/offer", data=body, headers=headers) as r:
+                    payload = await r.json()
+                    assert "error" in payload
+                    return r.status
+
+            good_token = {"X-Stylestream-Token": "s3cret"}
+            assert await post("{not json", **good_token) == 400
+            assert await post(json.dumps([1, 2]), **good_token) == 400
+            assert await post(json.dumps({"type": "offer", "sdp": 5}), **good_token) == 400
+            assert await post(json.dumps({"type": "offer", "sdp": "v=0\r\nm=video garbage\r\n"}), **good_token) \
+                == 400
+            assert await post(json.dumps({"type": "offer", "sdp": "v=0\r\n" + "a" * 20000}), **good_token) == 400
+            assert await post(b"\xff\xfe\x00garbage", **good_token) == 400
+            offer = json.dumps({"type": "offer", "sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"})
+            assert await post(offer, **{"X-Stylestream-Token": "wrong"}) == 401
+            assert await post(offer) == 401
+            assert await post(json.dumps({"type": "offer", "sdp": "v=0", "token": "nope"})) == 401
+            async with http.get(url + "/config") as r:
+                assert r.status == 401
+            async with http.get(url + "/config?token=s3cret") as r:
+                cfg = await r.json()
+                assert r.status == 200 and cfg["mode"] == "camera" and cfg["ice_servers"] == []
+                assert [e["name"] for e in cfg["edits"]] == ["brighter"]
+            async with http.get(url + "/stats", headers={"Authorization": "Bearer s3cret"}) as r:
+                assert r.status == 200 and (await r.json())["sessions"] == []
+            # garbage on every endpoint: never a 5xx, never a dead server
+            rng = np.random.default_rng(0)
+            for path in ("/", "/app.js", "/style.css", "/config", "/offer", "/stats", "/../etc/passwd", "/x" * 50):
+                for method in ("GET", "POST", "PUT", "DELETE"):
+                    async with http.request(method, url + path, data=rng.bytes(300)) as r:
+                        assert r.status < 500, (method, path, r.status)
+            async with http.get(url + "/") as r:
+                html = await r.text()
+                assert r.status == 200 and "app.js" in html and r.headers["X-Content-Type-Options"] == "nosniff"
+            async with http.get(url + "/app.js") as r:
+                assert r.status == 200 and "RTCPeerConnection" in await r.text()
+            assert not server.sessions
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------------------------------------- video
+
+
+def test_processed_frames_come_back_and_respond_to_controls(tiny):
+    w, h = 320, 240
+    still = clip_frames(w, h, still=True)
+
+    async def main() -> None:
+        async with serving(tiny) as (server, url):
+            client = LiveClient(url, still, fps=15, keep_frames=8)
+            await client.connect()
+            assert client.hello is not None and client.hello["edits"][0]["name"] == "brighter"
+            assert await client.wait_frames(12, timeout=40) >= 12, "no processed frames came back"
+            ok = await wait_until(lambda: client.stats is not None and client.stats.get("faces", 0) > 3, 10)
+            assert ok, f"server found no faces: {client.stats}"
+            st = client.stats
+            assert st["encoder"]["encoder"] in ("libx264", "h264_nvenc", "libvpx") and st["fps_out"] > 0
+            assert {"tracking", "encode", "generate", "composite"} <= set(st["stages_ms"])
+            assert st["latent"] in ("key", "reuse")
+            src = still[0]
+            fy, fx = face_box(w, h)
+
+            async def snapshot(n: int = 4) -> list[np.ndarray]:
+                await client.wait_frames(6, timeout=20)  # let a change reach the video
+                frames = [f for i, f in list(client.kept)[-n:] if i is not None]
+                assert frames, "stamps unreadable"
+                return frames
+
+            base = await snapshot()
+            # the face is replaced, the background is not
+            assert mean_abs(base[-1][fy, fx], src[fy, fx]) > 12, "face region unchanged"
+            assert mean_abs(base[-1][h - 40 :, :60], src[h - 40 :, :60]) < 8, "background changed"
+            jitter = max(mean_abs(a[fy, fx], base[-1][fy, fx]) for a in base)
+            # a slider change over the data channel changes the output
+            client.send({"type": "edit", "name": "brighter", "value": 8.0})
+            assert await client.wait_message("ack", 5, lambda m: m.get("of") == "edit")
+            await wait_until(lambda: client.stats is not None and client.stats["edits"]["brighter"] == 8.0, 5)
+            await asyncio.sleep(0.3)
+            edited = await snapshot()
+            change = mean_abs(edited[-1][fy, fx], base[-1][fy, fx])
+            assert change > max(4.0, 3 * jitter), (change, jitter)
+            # filter off: the output is the input again
+            client.send({"type": "filter", "on": False})
+            await asyncio.sleep(0.5)
+            off = await snapshot()
+            assert mean_abs(off[-1][fy, fx], src[fy, fx]) < 8
+            # bad messages get errors, the session survives
+            for bad in ("nope", json.dumps({"type": "edit", "name": "missing", "value": 1}),
+                        json.dumps({"type": "view", "mode": "sideways"}), json.dumps({"type": "x" * 5000}),
+                        json.dumps({"type": "request", "width": -1, "height": 5})):
+                client.channel.send(bad)
+            assert await client.wait_message("error", 5)
+            client.send({"type": "view", "mode": "side_by_side"})
+            client.send({"type": "filter", "on": True})
+            assert await wait_until(lambda: client.stats and client.stats["out_size"] == [2 * w, h], 15)
+            assert len(server.sessions) == 1
+            await client.close()
+            assert await wait_until(lambda: not server.sessions, 10)
+
+    asyncio.run(main())
+
+
+def test_eight_concurrent_clients_then_nothing_left(tiny):
+    frames = clip_frames(256, 192, count=8)
+
+    async def main() -> None:
+        threads_before = {t.ident for t in threading.enumerate()}
+        async with serving(tiny, max_sessions=8) as (server, url):
+            tasks_before = len(asyncio.all_tasks())
+            clients = [LiveClient(url, frames, fps=10) for _ in range(8)]
+            await asyncio.gather(*(c.connect(timeout=30) for c in clients))
+            with pytest.raises(ConnectionError, match="503"):
+                await LiveClient(url, frames, fps=10).connect()
+            got = await asyncio.gather(*(c.wait_frames(3, timeout=60) for c in clients))
+            assert all(n >= 3 for n in got), got
+            assert len(server.sessions) == 8
+            names = {t.name for t in threading.enumerate()}
+            assert sum(n.startswith("stylestream-peer-") for n in names) == 16  # tracking + device per peer
+            await asyncio.gather(*(c.close() for c in clients))
+            assert await wait_until(lambda: not server.sessions, 20), list(server.sessions)
+            assert await wait_until(lambda: len(asyncio.all_tasks()) <= tasks_before, 10), \
+                [t.get_coro() for t in asyncio.all_tasks()]
+            del clients
+            gc.collect()
+            assert len(server.peer_connections) == 0
+        leftover = [t for t in threading.enumerate() if t.ident not in threads_before
+                    and not t.name.startswith("stylestream-pool")]  # the encoder pool is shared, not per peer
+        assert not leftover, [t.name for t in leftover]
+
+    asyncio.run(main())
+
+
+def test_viewer_mode_broadcasts_one_source(tiny):
+    async def main() -> None:
+        src = "demo:?seconds=inf&fps=15&size=320x240"
+        async with serving(tiny, source=src) as (server, url):
+            viewers = [LiveClient(url, receive_only=True) for _ in range(2)]
+            for v in viewers:
+                await v.connect()
+            got = await asyncio.gather(*(v.wait_frames(8, timeout=40) for v in viewers))
+            assert all(n >= 8 for n in got), got
+            assert await wait_until(lambda: viewers[1].stats and viewers[1].stats["faces"] > 0, 10)
+            assert viewers[0].stats["mode"] == "viewer"
+            viewers[0].send({"type": "request", "width": 640, "height": 480})
+            assert await viewers[0].wait_message("error", 5)  # the source sets the size
+            for v in viewers:
+                await v.close()
+            assert await wait_until(lambda: not server.sessions, 10)
+        assert server.broadcast is not None and not server.broadcast.worker.alive()
+
+    asyncio.run(main())
