@@ -214,8 +214,12 @@ class MediaPipeLandmarks:
                 continue
             # follow the face: next ROI centred on these landmarks
             lo, hi = lm[:, :2].min(axis=0), lm[:, :2].max(axis=0)
-            face.cx, face.cy = float((lo[0] + hi[0]) * 0.5), float((lo[1] + hi[1]) * 0.5)
-            face.side = float(max(hi - lo)) * cfg.roi_scale
+            cx, cy, size = float((lo[0] + hi[0]) * 0.5), float((lo[1] + hi[1]) * 0.5), float(max(hi - lo))
+            if any(abs(cx - f.cx) < 0.3 * size and abs(cy - f.cy) < 0.3 * size
+                   for f in self._faces if f is not face and f.face_id in {o.face_id for o in out}):
+                self._drop(face)  # two tracks converged on one face: keep the older
+                continue
+            face.cx, face.cy, face.side = cx, cy, size * cfg.roi_scale
             out.append(FaceObservation(lm, face.score, face.face_id, ran_detector and face.fresh or mesh_detected))
             face.fresh = False
         return out
