@@ -1,0 +1,427 @@
+"""Export a bundle's three networks to ONNX: FrEN, ViEN and the synthesis network.
+
+Each model is one self-contained ``.onnx`` file (weights inside, no external data), opset ≥ 17, a dynamic batch
+dimension and named inputs/outputs (the same names the engines, TensorRT and Triton use):
+
+    fren       crops [B, 3, S, S] float32 in [-1, 1]                      → ws    [B, num_ws, w_dim] float32
+    vien       crops [B, 3, S, S], prev_ws [B, num_ws, w_dim] float32     → ws    [B, num_ws, w_dim] float32
+    synthesis  ws    [B, num_ws, w_dim] float32                           → image [B, 3, R, R] float32
+
+The synthesis network is exported with ``noise_mode="const"`` (the constant noise buffers baked in as
+initialisers) and the export form of the modulated convolution. StyleSpace ``style_deltas`` are *not* inputs of
+the exported graph: edits in W space (added to ``ws`` before ``synthesis``) work on every backend.
+
+Precisions: ``fp32`` exports the model as is. ``fp16`` exports a half-precision copy of the model wrapped in casts,
+so the *interface stays float32* (no caller changes) while weights and activations inside are float16 — the
+natural input for ONNX Runtime's CUDA/TensorRT providers and for TensorRT. (ONNX Runtime's CPU provider runs it
+too, inserting casts around ops it has no fp16 kernel for; that is slower than fp32 on CPU and only useful for
+parity checks.)
+
+Files: ``{model}.{precision}.onnx`` plus ``manifest.json`` (bundle hash, shapes, names, opset, file hashes).
+Writing is atomic per file; the manifest is merged so fp32 and fp16 exports can share a folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import inspect
+import io
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.bundle import Bundle
+from models.errors import UserError
+
+MODELS: tuple[str, ...] = ("fren", "vien", "synthesis")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
+DEFAULT_OPSET = 18
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "stylestream-onnx"
+MANIFEST_VERSION = 1
+
+# model → (input names, output names)
+IO_NAMES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "fren": (("crops",), ("ws",)),
+    "vien": (("crops", "prev_ws"), ("ws",)),
+    "synthesis": (("ws",), ("image",)),
+}
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+class ExportError(UserError):
+    """An ONNX export failed or produced an invalid model."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Wrappers: fixed keyword arguments, float32 interface whatever the internal precision.
+
+
+class FrenExport(nn.Module):
+    """crops [B, 3, S, S] → ws [B, num_ws, w_dim] (float32 in and out)."""
+
+    def __init__(self, fren: nn.Module, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.net, self.dtype = fren, dtype
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.net(crops.to(self.dtype)).to(torch.float32)
+
+
+class VienExport(nn.Module):
+    """(crops [B, 3, S, S], prev_ws [B, num_ws, w_dim]) → ws [B, num_ws, w_dim] (float32 in and out).
+
+    The fine entries of the output are ``prev_ws``'s, passed through exactly (no precision round trip)."""
+
+    def __init__(self, vien: nn.Module, num_coarse: int, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.net, self.dtype, self.num_coarse = vien, dtype, num_coarse
+
+    def forward(self, crops: torch.Tensor, prev_ws: torch.Tensor) -> torch.Tensor:
+        ws = self.net(crops.to(self.dtype), prev_ws.to(self.dtype)).to(torch.float32)
+        if self.dtype == torch.float32:
+            return ws
+        return torch.cat([ws[:, : self.num_coarse], prev_ws[:, self.num_coarse:]], dim=1)
+
+
+class SynthesisExport(nn.Module):
+    """ws [B, num_ws, w_dim] → image [B, 3, R, R] (float32 in and out), constant noise."""
+
+    def __init__(self, synthesis: nn.Module, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.net, self.dtype = synthesis, dtype
+
+    def forward(self, ws: torch.Tensor) -> torch.Tensor:
+        return self.net(ws.to(self.dtype), noise_mode="const").to(torch.float32)
+
+
+class Tapped(nn.Module):
+    """Wrap a model so it also returns the outputs of named sub-modules ("taps"), in order.
+
+    Used by :mod:`export.parity` to find the first layer whose output drifts. Hooks run in Python during
+    ``torch.export``'s non-strict tracing, so the taps become graph outputs."""
+
+    def __init__(self, model: nn.Module, taps: Sequence[tuple[str, nn.Module]]):
+        super().__init__()
+        self.model = model
+        self._taps = list(taps)
+        self.tap_names: list[str] = []
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        got: list[torch.Tensor] = []
+        names: list[str] = []
+
+        def hook(name: str) -> Callable[[nn.Module, Any, Any], None]:
+            def fn(_m: nn.Module, _i: Any, out: Any) -> None:
+                outs = out if isinstance(out, tuple | list) else (out,)
+                tensors = [o for o in outs if isinstance(o, torch.Tensor)]
+                for k, t in enumerate(tensors):
+                    got.append(t.to(torch.float32))
+                    names.append(name if len(tensors) == 1 else f"{name}[{k}]")
+
+            return fn
+
+        handles = [m.register_forward_hook(hook(n)) for n, m in self._taps]
+        try:
+            out = self.model(*inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        self.tap_names = names
+        return (out, *got)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What to export
+
+
+@dataclass
+class ModelSpec:
+    """One exportable model of a bundle."""
+
+    name: str  # "fren" | "vien" | "synthesis"
+    module: nn.Module  # float32 interface wrapper
+    inputs: tuple[str, ...]  # input names, in call order
+    outputs: tuple[str, ...]  # output names
+    shapes: dict[str, list[int | str]]  # name → shape with "batch" for the dynamic dimension
+
+
+def model_spec(bundle: Bundle, name: str, precision: str = "fp32") -> ModelSpec:
+    """The export wrapper of ``name`` at ``precision``. For fp16 the wrapped network is a half *copy* (the bundle
+    is not modified)."""
+    if precision not in _DTYPES:
+        raise UserError(f"unknown precision {precision!r} (fp32 or fp16)")
+    dtype = _DTYPES[precision]
+    g = bundle.generator
+    s, r, n, wd = bundle.crop_size, g.img_resolution, g.num_ws, g.w_dim
+    crops: list[int | str] = ["batch", 3, s, s]
+    wsh: list[int | str] = ["batch", n, wd]
+
+    def prep(m: nn.Module) -> nn.Module:
+        m = copy.deepcopy(m).to("cpu").eval().requires_grad_(False)
+        return m.to(dtype) if dtype != torch.float32 else m.float()
+
+    module: nn.Module
+    if name == "fren":
+        if bundle.fren is None:
+            raise UserError(f"bundle {bundle.name!r} has no FrEN to export")
+        module = FrenExport(prep(bundle.fren), dtype)
+        shapes = {"crops": crops, "ws": wsh}
+    elif name == "vien":
+        if bundle.vien is None:
+            raise UserError(f"bundle {bundle.name!r} has no ViEN to export")
+        module = VienExport(prep(bundle.vien), g.layout.num_coarse, dtype)
+        shapes = {"crops": crops, "prev_ws": wsh, "ws": wsh}
+    elif name == "synthesis":
+        module = SynthesisExport(prep(g.synthesis), dtype)
+        shapes = {"ws": wsh, "image": ["batch", g.img_channels, r, r]}
+    else:
+        raise UserError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
+    ins, outs = IO_NAMES[name]
+    return ModelSpec(name, module.eval(), ins, outs, shapes)
+
+
+def available_models(bundle: Bundle) -> list[str]:
+    return [m for m in MODELS if m == "synthesis" or getattr(bundle, m) is not None]
+
+
+def tap_points(spec: ModelSpec) -> list[tuple[str, nn.Module]]:
+    """Sub-modules whose outputs parity diagnostics compare: every synthesis block (x and img), or the ViT's
+    patch embedding, every transformer block, the final norm, the projector and the head."""
+    net = spec.module.net  # type: ignore[union-attr]
+    if spec.name == "synthesis":
+        return [(f"b{b.resolution}", b) for b in net.blocks()]
+    taps: list[tuple[str, nn.Module]] = []
+    if hasattr(net, "projector"):
+        taps.append(("projector", net.projector))
+    bb = net.backbone
+    taps.append(("backbone.patch_embed", bb.patch_embed))
+    taps += [(f"backbone.blocks.{i}", blk) for i, blk in enumerate(bb.blocks)]
+    taps += [("backbone.norm", bb.norm), ("head", net.head)]
+    return taps
+
+
+def example_inputs(bundle: Bundle, name: str, batch: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Fixed, seeded float32 CPU inputs for ``name``: smooth-ish crops in [-1, 1] and W+ codes from the mapping
+    network (a different z per entry, so every layer sees a distinct w)."""
+    gen = torch.Generator().manual_seed(seed)
+    g = bundle.generator
+    s = bundle.crop_size
+    out: dict[str, torch.Tensor] = {}
+    if name in ("fren", "vien"):
+        low = torch.rand(batch, 3, max(1, s // 8), max(1, s // 8), generator=gen) * 2 - 1
+        fine = (torch.rand(batch, 3, s, s, generator=gen) * 2 - 1) * 0.2
+        crop = torch.nn.functional.interpolate(low, size=(s, s), mode="bilinear", align_corners=False) + fine
+        out["crops"] = crop.clamp(-1, 1).contiguous()
+    if name in ("vien", "synthesis"):
+        z = torch.randn(batch * g.num_ws, g.z_dim, generator=gen)
+        with torch.no_grad():
+            mapping = copy.deepcopy(g.mapping).to("cpu").float()
+            c = torch.zeros(z.shape[0], g.c_dim) if g.c_dim else None
+            w = mapping(z, c)[:, 0]  # [B·num_ws, w_dim]
+        out["prev_ws" if name == "vien" else "ws"] = w.reshape(batch, g.num_ws, g.w_dim).contiguous()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hashing and the manifest
+
+
+def bundle_hash(bundle: Bundle) -> str:
+    """sha256 over every network's state (names, shapes, dtypes, bytes) and the configs: a bundle's identity for
+    caches (exports, TensorRT engines). Same weights + configs → same hash, wherever they live."""
+    h = hashlib.sha256()
+    mf = bundle.manifest()
+    h.update(json.dumps({"generator": mf["generator"], "encoders": mf["encoders"]}, sort_keys=True).encode())
+    for name, module in sorted(bundle.modules().items()):
+        for k, v in sorted(module.state_dict().items()):
+            t = v.detach().to("cpu").contiguous().reshape(-1)
+            h.update(f"{name}.{k}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def onnx_filename(model: str, precision: str) -> str:
+    return f"{model}.{precision}.onnx"
+
+
+def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of an export folder; a clear error when it is missing or not ours."""
+    path = Path(out_dir) / MANIFEST_NAME
+    if not path.exists():
+        raise UserError(f"{out_dir} is not an ONNX export folder (no {MANIFEST_NAME}); "
+                        "make one with `stylestream export BUNDLE --to onnx -o DIR`")
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is unreadable ({exc})") from None
+    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
+        raise UserError(f"{path} is not a stylestream ONNX manifest")
+    return m
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Export
+
+
+def export_module(module: nn.Module, inputs: dict[str, torch.Tensor], path: str | os.PathLike,
+                  output_names: Sequence[str], opset: int = DEFAULT_OPSET, check: bool = True) -> Path:
+    """torch.onnx (dynamo) export of ``module(*inputs.values())`` to one self-contained file, batch dynamic.
+
+    Writes to a temporary sibling and renames, so a failure leaves nothing behind. Raises ExportError with the
+    exporter's own message on failure."""
+    import onnx
+
+    if opset < 17:
+        raise UserError(f"opset {opset} is too old (need ≥ 17 for LayerNormalization)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dyn: tuple[Any, ...] = tuple({0: batch} for _ in inputs)
+    params = inspect.signature(module.forward).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        dyn = (dyn,)  # forward(*inputs): one top-level argument holding the tuple (Tapped)
+    log = io.StringIO()
+    torch_onnx_log = logging.getLogger("torch.onnx")
+    level = torch_onnx_log.level
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            warnings.simplefilter("ignore")
+            torch_onnx_log.setLevel(logging.ERROR)  # e.g. "torchvision is not installed. Skipping …"
+            torch.onnx.export(module.eval(), tuple(inputs.values()), str(tmp), dynamo=True, external_data=False,
+                              input_names=list(inputs), output_names=list(output_names), opset_version=opset,
+                              dynamic_shapes=dyn, verbose=False)
+        if check:
+            model = onnx.load(str(tmp))
+            onnx.checker.check_model(model, full_check=True)
+            got_in = [i.name for i in model.graph.input]
+            got_out = [o.name for o in model.graph.output]
+            if got_in != list(inputs) or got_out[: len(output_names)] != list(output_names):
+                raise ExportError(f"{path.name}: exported names {got_in} → {got_out} differ from the requested "
+                                  f"{list(inputs)} → {list(output_names)}")
+        os.replace(tmp, path)
+    except ExportError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        tail = " | ".join(log.getvalue().strip().splitlines()[-3:])
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ExportError(f"ONNX export of {path.name} failed: {type(exc).__name__}: {first}"
+                          + (f" (exporter: {tail})" if tail else "")) from exc
+    finally:
+        torch_onnx_log.setLevel(level)
+    return path
+
+
+ProgressFn = Callable[[str], None]
+
+
+def export_bundle(bundle: Bundle, out_dir: str | os.PathLike, precision: str = "fp32",
+                  models: Iterable[str] | None = None, opset: int = DEFAULT_OPSET, max_batch: int = 8,
+                  progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Export ``models`` (default: all the bundle has) at ``precision`` into ``out_dir`` and update its
+    manifest. Returns the manifest."""
+    import onnx
+
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r} (fp32 or fp16)")
+    if max_batch < 1:
+        raise UserError(f"--max-batch must be ≥ 1, got {max_batch}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder")
+    wanted = list(models) if models is not None else available_models(bundle)
+    for m in wanted:
+        if m not in MODELS:
+            raise UserError(f"unknown model {m!r} (choose from {', '.join(MODELS)})")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {out}: {exc.strerror}") from None
+    say = progress or (lambda _msg: None)
+    bhash = bundle_hash(bundle)
+    manifest: dict[str, Any] = {}
+    if (out / MANIFEST_NAME).exists():
+        old = read_manifest(out)
+        if old.get("bundle_hash") == bhash:
+            manifest = old
+    g = bundle.generator
+    manifest.update({
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "bundle_name": bundle.name,
+        "bundle_hash": bhash,
+        "opset": opset,
+        "max_batch": max_batch,
+        "preprocess": bundle.preprocess(),
+        "crop_size": bundle.crop_size,
+        "resolution": g.img_resolution,
+        "num_ws": g.num_ws,
+        "w_dim": g.w_dim,
+        "num_coarse": g.layout.num_coarse,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+    })
+    manifest.setdefault("models", {})
+    for i, name in enumerate(wanted, 1):
+        spec = model_spec(bundle, name, precision)
+        fname = onnx_filename(name, precision)
+        say(f"[{i}/{len(wanted)}] exporting {name} ({precision}) → {out / fname}")
+        t0 = time.perf_counter()
+        inputs = {k: v for k, v in example_inputs(bundle, name).items()}
+        export_module(spec.module, inputs, out / fname, spec.outputs, opset=opset)
+        dt = time.perf_counter() - t0
+        size = (out / fname).stat().st_size
+        say(f"      done in {dt:.1f} s, {size / 1e6:.1f} MB, onnx.checker ok")
+        manifest["models"][f"{name}.{precision}"] = {
+            "model": name,
+            "precision": precision,
+            "file": fname,
+            "sha256": file_sha256(out / fname),
+            "inputs": [{"name": k, "shape": spec.shapes[k], "dtype": "float32"} for k in spec.inputs],
+            "outputs": [{"name": k, "shape": spec.shapes[k], "dtype": "float32"} for k in spec.outputs],
+            "internal_dtype": "float16" if precision == "fp16" else "float32",
+        }
+    _atomic_write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def export_tapped(bundle: Bundle, name: str, precision: str, path: str | os.PathLike,
+                  opset: int = DEFAULT_OPSET) -> list[str]:
+    """Export ``name`` with every tap point as an extra output ("tap0", "tap1", …). Returns the tap names."""
+    spec = model_spec(bundle, name, precision)
+    tapped = Tapped(spec.module, tap_points(spec))
+    inputs = example_inputs(bundle, name)
+    with torch.no_grad():
+        n = len(tapped(*inputs.values())) - 1
+    names = list(tapped.tap_names)
+    export_module(tapped, inputs, path, [*spec.outputs, *[f"tap{i}" for i in range(n)]], opset=opset)
+    return names

@@ -1,0 +1,294 @@
+"""ONNX export, ONNX Runtime parity and engines, Triton repository, TensorRT naming, CLI errors.
+
+One module-scoped export of the tiny-64 bundle (fp32: FrEN, ViEN, synthesis; fp16: FrEN) feeds every test, so the
+~10 s-per-model exports happen once. CUDA-only checks (CUDA graphs, ORT CUDA provider) carry the ``gpu`` marker."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.onnx import (
+    MODELS,
+    bundle_hash,
+    example_inputs,
+    export_bundle,
+    file_sha256,
+    model_spec,
+    onnx_filename,
+    read_manifest,
+)
+from export.parity import TOLERANCES, check_model, compare, format_table, randomize_heads, run_parity
+from models.bundle import new_bundle
+from models.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    b = new_bundle("tiny-64", "tiny", seed=3)
+    return randomize_heads(b, seed=3)  # encoders must depend on their input, or parity proves nothing
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(bundle, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx")
+    export_bundle(bundle, out, precision="fp32", max_batch=4)
+    export_bundle(bundle, out, precision="fp16", models=["fren"], max_batch=4)
+    return out
+
+
+def test_files_manifest_names_and_dynamic_batch(bundle, onnx_dir: Path):
+    m = read_manifest(onnx_dir)
+    assert m["bundle_hash"] == bundle_hash(bundle) and m["opset"] >= 17
+    assert set(m["models"]) == {"fren.fp32", "vien.fp32", "synthesis.fp32", "fren.fp16"}  # merged, not replaced
+    expect = {"fren": (["crops"], ["ws"]), "vien": (["crops", "prev_ws"], ["ws"]), "synthesis": (["ws"], ["image"])}
+    for key, entry in m["models"].items():
+        path = onnx_dir / entry["file"]
+        assert entry["sha256"] == file_sha256(path)
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=True)
+        assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+        ins, outs = expect[entry["model"]]
+        assert [i.name for i in model.graph.input] == ins, key
+        assert [o.name for o in model.graph.output] == outs, key
+        for vi in [*model.graph.input, *model.graph.output]:
+            dims = vi.type.tensor_type.shape.dim
+            assert dims[0].dim_param and not dims[0].HasField("dim_value"), f"{key}:{vi.name} batch is not dynamic"
+            assert vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp16 keeps a float32 interface
+        assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    g = bundle.generator
+    assert m["models"]["synthesis.fp32"]["outputs"][0]["shape"] == ["batch", 3, g.img_resolution, g.img_resolution]
+    fp16 = onnx.load(str(onnx_dir / "fren.fp16.onnx"))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)  # really half inside
+    assert not list(onnx_dir.glob(".*tmp*"))  # nothing half-written left behind
+
+
+def test_ort_parity_table(bundle, onnx_dir):
+    results = run_parity(bundle, onnx_dir)
+    assert {(r.model, r.precision) for r in results} == {(m, "fp32") for m in MODELS} | {("fren", "fp16")}
+    for r in results:
+        assert r.ok, r.message()
+        assert r.max_rel <= TOLERANCES[r.precision][0]
+    fren16 = next(r for r in results if r.precision == "fp16")
+    assert fren16.max_abs > 0  # a real half-precision model, not the fp32 one renamed
+    table = format_table(results)
+    assert table.count("\n") == len(results) + 1 and "CPUExecutionProvider" in table
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_dynamic_batch_in_ort(bundle, onnx_dir, batch):
+    import onnxruntime as ort
+
+    for name in MODELS:
+        sess = ort.InferenceSession(str(onnx_dir / onnx_filename(name, "fp32")), providers=["CPUExecutionProvider"])
+        inputs = example_inputs(bundle, name, batch=batch, seed=7)
+        got = sess.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+        with torch.no_grad():
+            ref = model_spec(bundle, name).module(*inputs.values()).numpy()
+        assert got.shape[0] == batch
+        _, _, max_rel, _ = compare(got, ref)
+        assert max_rel < 1e-4, (name, batch, max_rel)
+
+
+def test_fp16_overflow_is_located(bundle, tmp_path):
+    """A bias beyond fp16's range in transformer block 1 must be reported as the drift point."""
+    bad = copy.deepcopy(bundle)
+    with torch.no_grad():
+        bad.fren.backbone.blocks[1].mlp[2].bias.fill_(1e5)  # > 65504: inf in fp16, fine in fp32
+    export_bundle(bad, tmp_path, precision="fp16", models=["fren"])
+    r = check_model(bad, tmp_path, "fren", "fp16")
+    assert not r.ok and r.first_drift == "backbone.blocks.1", r.message()
+    names = [t.name for t in r.taps]
+    assert names[:3] == ["backbone.patch_embed", "backbone.blocks.0", "backbone.blocks.1"]
+    assert r.taps[0].ok and r.taps[1].ok
+    assert "drift starts at backbone.blocks.1" in r.message()
+
+
+def test_ort_engine_matches_torch_engine(bundle, onnx_dir):
+    from realtime.engines import Engine, OrtEngine, TorchEngine, make_engine
+
+    eng_t = TorchEngine(copy.deepcopy(bundle), device="cpu")
+    eng_o = make_engine(bundle, "onnx", device="cpu", model_dir=onnx_dir, threads=1)
+    assert isinstance(eng_o, OrtEngine) and isinstance(eng_o, Engine)
+    for attr in ("crop_size", "resolution", "num_ws", "w_dim", "num_coarse"):
+        assert getattr(eng_o, attr) == getattr(eng_t, attr)
+    crops = example_inputs(bundle, "fren", batch=2, seed=11)["crops"]
+    ws_t, ws_o = eng_t.encode_key(crops), eng_o.encode_key(crops)
+    assert ws_o.dtype == torch.float32 and ws_o.device.type == "cpu"
+    torch.testing.assert_close(ws_o, ws_t, atol=1e-4, rtol=1e-4)
+    prev = ws_t + 0.1
+    re_o = eng_o.encode_reuse(crops, prev)
+    torch.testing.assert_close(re_o, eng_t.encode_reuse(crops, prev), atol=1e-4, rtol=1e-4)
+    c = eng_o.num_coarse
+    assert torch.equal(re_o[:, c:], prev[:, c:])  # fine layers reused exactly
+    img_o = eng_o.synthesize(ws_t)
+    torch.testing.assert_close(img_o, eng_t.synthesize(ws_t), atol=1e-4, rtol=1e-4)
+    # StyleSpace deltas: not in the graph; the engine falls back to torch synthesis for such frames
+    deltas = {"b8.conv1": torch.full((2, bundle.generator.synthesis.b8.conv1.affine.weight.shape[0]), 0.5)}
+    img_d = eng_o.synthesize(ws_t, deltas)
+    torch.testing.assert_close(img_d, eng_t.synthesize(ws_t, deltas), atol=1e-4, rtol=1e-4)
+    assert (img_d - img_o).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="crops must be"):
+        eng_o.encode_key(torch.zeros(1, 3, 8, 8))
+    eng_o.close()
+
+
+def test_engine_model_dir_checks(bundle, onnx_dir, tmp_path):
+    from realtime.engines import make_engine
+
+    other = new_bundle("tiny-64", "tiny", seed=4)
+    with pytest.raises(UserError, match="another bundle"):
+        make_engine(other, "onnx", device="cpu", model_dir=onnx_dir)
+    with pytest.raises(UserError, match="no fp16 export of"):
+        make_engine(bundle, "onnx", device="cpu", precision="fp16", model_dir=onnx_dir)
+    with pytest.raises(UserError, match="not an ONNX export folder"):
+        make_engine(bundle, "onnx", device="cpu", model_dir=tmp_path)
+    with pytest.raises(UserError, match="unknown backend"):
+        make_engine(bundle, "tflite")
+    with pytest.raises(UserError, match="does not take"):
+        make_engine(bundle, "torch", device="cpu", model_dir=onnx_dir)
+
+
+def test_tensorrt_and_triton_fail_clearly(bundle):
+    from realtime.engines import make_engine
+
+    try:
+        import tensorrt  # noqa: F401
+
+        has_trt = torch.cuda.is_available()
+    except Exception:
+        has_trt = False
+    if not has_trt:
+        with pytest.raises(UserError, match="TensorRT|CUDA"):
+            make_engine(bundle, "tensorrt")
+    with pytest.raises(UserError, match="cannot reach the Triton server|Triton client"):
+        make_engine(bundle, "triton", device="cpu", triton_url="http://127.0.0.1:1", timeout_s=2.0)
+
+
+def test_tensorrt_engine_names_encode_what_matters(onnx_dir, tmp_path):
+    from export.tensorrt import engine_name
+
+    p = onnx_dir / "synthesis.fp32.onnx"
+    base = engine_name(p, "fp16", (1, 1, 8), trt_version="10.3.0")
+    assert base.startswith("synthesis-") and base.endswith("-trt10.3.0.plan") and "-fp16-" in base
+    assert file_sha256(p)[:16] in base and "-b1-1-8-" in base
+    assert engine_name(p, "fp32", (1, 1, 8), trt_version="10.3.0") != base
+    assert engine_name(p, "fp16", (1, 2, 8), trt_version="10.3.0") != base
+    assert engine_name(p, "fp16", (1, 1, 8), trt_version="10.4.0") != base
+    q = tmp_path / "synthesis.fp32.onnx"
+    q.write_bytes(p.read_bytes() + b"\0")  # other content → other hash
+    assert engine_name(q, "fp16", (1, 1, 8), trt_version="10.3.0") != base
+
+
+def test_triton_repository(bundle, onnx_dir, tmp_path):
+    from export.triton import write_model_repository
+
+    repo = tmp_path / "repo"
+    names = write_model_repository(bundle, repo, ["fp32"], max_batch=4, onnx_dir=onnx_dir)
+    assert names == ["stylestream_fren", "stylestream_vien", "stylestream_synthesis", "stylestream_keyframe"]
+    g = bundle.generator
+    for m in ("fren", "vien", "synthesis"):
+        d = repo / f"stylestream_{m}"
+        cfg = (d / "config.pbtxt").read_text()
+        assert cfg.count("{") == cfg.count("}") and cfg.count("[") == cfg.count("]")
+        assert f'name: "stylestream_{m}"' in cfg and 'backend: "onnxruntime"' in cfg and "max_batch_size: 4" in cfg
+        assert "dynamic_batching" in cfg and "preferred_batch_size: [ 1, 2, 4 ]" in cfg and "KIND_GPU" in cfg
+        assert file_sha256(d / "1" / "model.onnx") == file_sha256(onnx_dir / f"{m}.fp32.onnx")
+        assert json.loads((d / "stylestream.json").read_text())["bundle_hash"] == bundle_hash(bundle)
+    syn = (repo / "stylestream_synthesis" / "config.pbtxt").read_text()
+    assert f"dims: [ {g.num_ws}, {g.w_dim} ]" in syn and f"dims: [ 3, {g.img_resolution}, {g.img_resolution} ]" in syn
+    ens = (repo / "stylestream_keyframe" / "config.pbtxt").read_text()
+    assert 'platform: "ensemble"' in ens and 'model_name: "stylestream_fren"' in ens and (repo / "stylestream_keyframe"
+                                                                                          / "1").is_dir()
+    with pytest.raises(UserError, match="lacks the fp16 export"):
+        write_model_repository(bundle, repo, ["fp16"], onnx_dir=onnx_dir)
+
+
+def test_speed_compare_runs(bundle, onnx_dir):
+    from export.parity import format_speed, speed_compare
+
+    s = speed_compare(bundle, onnx_dir, threads=1, iters=2, warmup=1, max_seconds=2)
+    for row in s["calls"].values():
+        assert row["torch"]["median_ms"] > 0 and row["onnx"]["median_ms"] > 0
+        assert np.isfinite(row["ratio_torch_over_onnx"])
+    assert "frame (encode_reuse + synthesize)" in format_speed(s)
+
+
+def test_cli_export(bundle, tmp_path, capsys):
+    from realtime.cli import main
+
+    bdir = bundle.save(tmp_path / "b")
+    out = tmp_path / "out"
+    assert main(["export", str(bdir), "--to", "onnx", "-o", str(out), "--models", "fren"]) == 0
+    text = capsys.readouterr().out
+    assert "[1/1] exporting fren (fp32)" in text and "| fren | fp32 |" in text
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity[0]["ok"] and parity[0]["model"] == "fren"
+    assert main(["export", str(tmp_path / "nope"), "-o", str(out)]) == 2
+    assert "bundle not found" in capsys.readouterr().err
+    assert main(["export", str(bdir), "-o", str(out), "--max-batch", "0"]) == 2
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:
+        assert main(["export", str(bdir), "--to", "tensorrt", "-o", str(tmp_path / "trt")]) == 2
+        assert "TensorRT" in capsys.readouterr().err
+        assert not (tmp_path / "trt").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CUDA (skipped here: no GPU)
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_match_eager_and_are_not_stale():
+    from realtime.engines import TorchEngine
+
+    b = randomize_heads(new_bundle("tiny-64", "tiny", seed=5), seed=5)
+    eager = TorchEngine(copy.deepcopy(b), device="cuda", precision="fp32", channels_last=False)
+    graphed = TorchEngine(copy.deepcopy(b), device="cuda", precision="fp32", cuda_graphs=True)
+    for seed in (1, 2):  # second round replays the captured graphs with new inputs
+        crops = example_inputs(b, "fren", batch=2, seed=seed)["crops"].cuda()
+        ws_e, ws_g = eager.encode_key(crops), graphed.encode_key(crops)
+        torch.testing.assert_close(ws_g, ws_e, atol=1e-4, rtol=1e-4)
+        prev = ws_e.flip(0)
+        torch.testing.assert_close(graphed.encode_reuse(crops, prev), eager.encode_reuse(crops, prev),
+                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(graphed.synthesize(ws_e), eager.synthesize(ws_e), atol=1e-3, rtol=1e-3)
+    a = graphed.synthesize(ws_e)
+    b2 = graphed.synthesize(ws_e.flip(0))
+    assert not torch.equal(a, b2)  # outputs are copies, not the graph's static buffer
+    assert len(graphed._synth_fn.graphs) == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.gpu
+def test_cuda_fp16_engine_close_to_fp32():
+    from realtime.engines import TorchEngine
+
+    b = randomize_heads(new_bundle("tiny-64", "tiny", seed=5), seed=5)
+    ref = TorchEngine(copy.deepcopy(b), device="cuda", precision="fp32")
+    fast = TorchEngine(copy.deepcopy(b), device="cuda", precision="fp16", cuda_graphs=True)
+    ws = example_inputs(b, "synthesis", batch=1)["ws"].cuda()
+    _, _, max_rel, mean_rel = compare(fast.synthesize(ws).cpu().numpy(), ref.synthesize(ws).cpu().numpy())
+    assert max_rel < TOLERANCES["fp16"][0] and mean_rel < TOLERANCES["fp16"][1]
+
+
+@pytest.mark.gpu
+def test_ort_cuda_provider(bundle, onnx_dir):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed")
+    from realtime.engines import TorchEngine, make_engine
+
+    eng = make_engine(bundle, "onnx", device="cuda", precision="fp32", model_dir=onnx_dir)
+    ref = TorchEngine(copy.deepcopy(bundle), device="cpu")
+    ws = example_inputs(bundle, "synthesis", batch=2)["ws"]
+    out = eng.synthesize(ws.cuda())
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), ref.synthesize(ws), atol=1e-3, rtol=1e-3)
