@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -35,13 +36,16 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Any, Any, list[Any]]:
-    """(make_processor, make_tracker, edit specs) over a tiny random bundle with one strong edit."""
+    return tiny_factories(tmp_path_factory.mktemp("bundle") / "tiny")
+
+
+def tiny_factories(path: Path) -> tuple[Any, Any, list[Any]]:
+    """(make_processor, make_tracker, edit specs) over a tiny random bundle with one strong edit, saved at path."""
     b = new_bundle("tiny-64", "tiny", seed=0)
     torch.nn.init.normal_(b.fren.head[2].weight, std=0.02)
     torch.nn.init.normal_(b.vien.head[2].weight, std=0.02)
     b.extra[tensor_key("brighter")] = torch.randn(b.generator.w_dim, generator=torch.Generator().manual_seed(1))
     b.edits.append(EditSpec("brighter", "w_direction", "test direction", range=(-8.0, 8.0)).to_dict())
-    path = tmp_path_factory.mktemp("bundle") / "tiny"
     b.save(path)
     bundle = load_bundle(path)
     engine = make_engine(bundle, "torch", "cpu", "fp32")
