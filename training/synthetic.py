@@ -473,20 +473,18 @@ def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
 def _pad_canvas(img: np.ndarray, pad: int) -> np.ndarray:
     """Extend an image by ``pad`` pixels of blurred edge colour so camera motion never shows a border."""
     h, w = img.shape[:2]
-    small = max(1, pad // 16)
-    k = 1.0 / 8.0
-    lo = cv2.resize(img, (max(2, int(w * k)), max(2, int(h * k))), interpolation=cv2.INTER_AREA)
-    lo = cv2.copyMakeBorder(lo, small + 2, small + 2, small + 2, small + 2, cv2.BORDER_REPLICATE)
-    lo = cv2.GaussianBlur(lo, (0, 0), 3.0)
+    lo = cv2.resize(img, (max(2, w // 8), max(2, h // 8)), interpolation=cv2.INTER_AREA)
+    m = max(1, pad // 8) + 2
+    lo = cv2.GaussianBlur(cv2.copyMakeBorder(lo, m, m, m, m, cv2.BORDER_REPLICATE), (0, 0), 3.0)
     big = cv2.resize(lo, (w + 2 * pad, h + 2 * pad), interpolation=cv2.INTER_LINEAR)
-    # feather the seam over a few pixels
-    out = big.copy()
-    out[pad : pad + h, pad : pad + w] = img
-    f = max(2, min(pad, 12))
-    mask = np.zeros(out.shape[:2], np.float32)
-    mask[pad : pad + h, pad : pad + w] = 1.0
-    mask = cv2.GaussianBlur(cv2.erode(mask, np.ones((f, f), np.uint8)), (0, 0), f / 3)[..., None]
-    return (out * mask + big * (1 - mask)).astype(np.uint8)
+    # paste the image, feathered into the blurred surround over f pixels at its border
+    f = 12.0
+    rx = np.clip(np.minimum(np.arange(w) + 1, w - np.arange(w)) / f, 0, 1).astype(np.float32)
+    ry = np.clip(np.minimum(np.arange(h) + 1, h - np.arange(h)) / f, 0, 1).astype(np.float32)
+    alpha = np.minimum(ry[:, None], rx[None, :])[..., None]
+    rect = big[pad : pad + h, pad : pad + w].astype(np.float32)
+    big[pad : pad + h, pad : pad + w] = (img * alpha + rect * (1 - alpha) + 0.5).astype(np.uint8)
+    return big
 
 
 # ------------------------------------------------------------------------------------------ trajectories
@@ -605,7 +603,7 @@ class SyntheticClip:
         lm = lm.copy()
         lm[:, :2] = (lm[:, :2] + 0.5) * s - 0.5
         lm[:, 2] *= s[0]
-        pad = int(max(cfg.width, cfg.height) * 1.2)
+        pad = int(max(cfg.width, cfg.height) * 0.8)  # beyond it remap reflects (only with extreme zoom-out)
         self.canvas = _pad_canvas(img, pad)
         lm[:, :2] += pad
         self.model = _face_model(lm)
@@ -659,6 +657,7 @@ class SyntheticClip:
         t = i / cfg.fps
         ms, es = cfg.motion_strength, cfg.expression_strength
         cam_angle = min(4.0, 0.4 * cfg.max_roll) * ms * self._angle(t)  # camera roll uses part of the roll budget
+        cam_angle = float(np.clip(cam_angle, -cfg.max_roll, cfg.max_roll))
         roll_bound = max(0.0, cfg.max_roll - abs(cam_angle))
         yaw = float(np.clip(cfg.max_yaw * ms * self._pose_amp[0] * self._yaw(t), -cfg.max_yaw, cfg.max_yaw))
         pitch = float(np.clip(cfg.max_pitch * ms * self._pose_amp[1] * 0.8 * self._pitch(t), -cfg.max_pitch,
