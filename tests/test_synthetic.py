@@ -299,6 +299,11 @@ def test_load_portraits_from_a_folder_of_images_and_videos(tmp_path, portraits):
     clip = SyntheticClip(_small(portrait_index=1), got)
     assert clip.portrait.name == names[1]
     assert {SyntheticClip(_small(seed=s), got).portrait.name for s in range(12)} == set(names)
+    # mirrored copies: landmarks found again, so index 1 is still the nose tip (now mirrored)
+    both = load_portraits(mirror=True)
+    assert [p.name for p in both] == ["astronaut", "astronaut~mirror"]
+    assert abs(both[1].landmarks[1, 0] - (511 - both[0].landmarks[1, 0])) < 2.0
+    assert abs(both[1].landmarks[33, 0] - (511 - both[0].landmarks[263, 0])) < 3.0  # eye corners swap
     with pytest.raises(UserError, match="no face found"):
         only_noise = tmp_path / "noise_only"
         only_noise.mkdir()

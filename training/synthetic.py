@@ -216,19 +216,22 @@ def _astronaut() -> Portrait:
 
 
 def load_portraits(folder: str | Path | None = None, *, frames_per_video: int = 8,
-                   max_side: int = 1024) -> list[Portrait]:
+                   max_side: int = 1024, mirror: bool = False) -> list[Portrait]:
     """Portraits with landmarks. None: ``skimage.data.astronaut()``.
 
     ``folder`` may be a folder (images and videos inside, sorted by name, not recursive) or one image/video
     file. Videos contribute up to ``frames_per_video`` evenly spaced frames. Images larger than ``max_side``
-    are downscaled. Images without a detectable face are skipped with a warning.
+    are downscaled. Images without a detectable face are skipped with a warning. ``mirror`` adds each
+    portrait flipped left-right (its landmarks found again by MediaPipe, so indices keep their meaning):
+    twice the identities for training.
 
     Raises:
         UserError: missing path, or no face found in anything it holds.
     """
     if folder is None:
         p = _astronaut()
-        return [Portrait(p.image.copy(), p.landmarks.copy(), p.name)]
+        out = [Portrait(p.image.copy(), p.landmarks.copy(), p.name)]
+        return _with_mirrors(out) if mirror else out
     root = Path(folder)
     if not root.exists():
         raise UserError(f"portrait folder not found: {root}")
@@ -259,7 +262,14 @@ def load_portraits(folder: str | Path | None = None, *, frames_per_video: int = 
         out.append(Portrait(img, lm, name))
     if not out:
         raise UserError(f"no face found in any image or video in {root} (looked at {len(resized)} images)")
-    return out
+    return _with_mirrors(out) if mirror else out
+
+
+def _with_mirrors(portraits: list[Portrait]) -> list[Portrait]:
+    flipped = [np.ascontiguousarray(p.image[:, ::-1]) for p in portraits]
+    found = detect_landmarks(flipped)
+    return portraits + [Portrait(img, lm, p.name + "~mirror")
+                        for p, img, lm in zip(portraits, flipped, found) if lm is not None]
 
 
 # ---------------------------------------------------------------------------------------- face geometry
