@@ -2,7 +2,7 @@
 
 Small API for tests (and anyone else's tests)::
 
-    from tests.clips import make_clip, moving_motion
+    from clips import make_clip, moving_motion   # tests/ is on sys.path (conftest); or: from tests.clips import ...
     clip = make_clip(tmp_path / "pan.mp4", moving_motion(45))   # written with PyAV, read back decoded
     clip.frames      # [T, H, W, 3] uint8 decoded frames
     clip.matrices    # [T, 2, 3] astronaut pixels → frame pixels (ground truth)

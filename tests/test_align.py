@@ -18,7 +18,8 @@ from realtime.align import (
     quad_from_landmarks,
     quad_size,
 )
-from tests import clips
+
+import clips  # tests/ is on sys.path (tests/conftest.py), so this works under `pytest` and `python -m pytest`
 
 
 def _ffhq_reference(lm68: np.ndarray) -> np.ndarray:

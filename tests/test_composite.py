@@ -20,7 +20,8 @@ from realtime.composite import (
     skin_region,
 )
 from realtime.frames import Crop, Frame, Track
-from tests import clips
+
+import clips  # tests/ is on sys.path (tests/conftest.py), so this works under `pytest` and `python -m pytest`
 
 
 def _scene(angle: float = 10.0, scale: float = 1.2, size: int = 256):

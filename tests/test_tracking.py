@@ -18,7 +18,8 @@ from realtime.tracking import (
     smooth_tracks,
     track_sequence,
 )
-from tests import clips
+
+import clips  # tests/ is on sys.path (tests/conftest.py), so this works under `pytest` and `python -m pytest`
 
 N_FRAMES = 45
 
