@@ -342,7 +342,8 @@ class PeerWorker:
                 from .frames import Track
 
                 track = Track(landmarks=None)
-                if tracker is not None:
+                # Original view and filter off need no landmarks: skip MediaPipe (re-detects when back on).
+                if tracker is not None and self.view != "original" and self.processor.enabled:
                     try:
                         with self.times.measure("tracking"):
                             track = tracker.track(frame)
@@ -393,7 +394,8 @@ class PeerWorker:
                     h, w = image.shape[:2]
                     if w % 2 or h % 2:
                         image = np.ascontiguousarray(image[: h // 2 * 2, : w // 2 * 2])
-                    vf = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+                    # OpenCV's BT.601 limited-range I420 matches swscale's and is ~7× faster at 720p
+                    vf = av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
                 self.out_size = (vf.width, vf.height)
                 self.deliver(vf, frame.capture_ns)
         finally:
