@@ -117,6 +117,22 @@ def test_bounds_are_honoured(portraits):
     assert np.array_equal(still[0].image, still[9].image)
 
 
+def test_motion_is_smooth_and_seeds_may_be_negative(portraits):
+    """Talking-head motion: small steps frame to frame, larger drift over a second (no jumps, not static)."""
+    clip = SyntheticClip(_small(fps=30.0, seconds=6.0, seed=-7, expression_strength=0.0), portraits)
+    lms = np.array([clip.landmarks(clip.params(i)) for i in range(len(clip))])[:, :, :2]
+    iod = _iod(lms[0])
+    step = np.linalg.norm(np.diff(lms, axis=0), axis=2).mean(1) / iod  # [n-1] mean landmark step per frame
+    drift = np.linalg.norm(lms[30:] - lms[:-30], axis=2).mean(1) / iod  # over one second
+    assert step.max() < 0.04, step.max()
+    assert drift.mean() > 5 * step.mean(), (drift.mean(), step.mean())
+    # expressions move on their own time scales but never jump by more than a blink does
+    talk = SyntheticClip(_small(fps=30.0, seconds=6.0, seed=5), portraits)
+    ex = np.array([[talk.params(i).expression[k] for k in EXPRESSIONS] for i in range(len(talk))])
+    assert np.abs(np.diff(ex[:, [0, 1, 3, 4]], axis=0)).max() < 0.5  # jaw, smile, brow, pucker
+    assert ex[:, 0].max() > 0.3 and ex[:, 0].min() < 0.05  # the jaw opens and closes (speech)
+
+
 # ---------------------------------------------------------------------------------- ground truth
 def test_ground_truth_landmarks_match_mediapipe_on_the_warped_image(portraits):
     """MediaPipe run on generated frames finds the face where the ground truth says it is."""

@@ -519,10 +519,10 @@ class _Path:
 
 
 class _Speech:
-    """Talking-like jaw motion: 3–6 Hz syllables under a slow envelope with pauses, in [0, 1]."""
+    """Talking-like jaw motion: 2.5–4.5 Hz syllables under a slow envelope with pauses, in [0, 1]."""
 
     def __init__(self, rng: np.random.Generator) -> None:
-        self.syl = rng.uniform(3.0, 5.5)
+        self.syl = rng.uniform(2.5, 4.5)
         self.ph = rng.uniform(0, 2 * np.pi, 3)
         self.env = _Path(rng, 0.08, 0.35, 3, offset=0.3)
         self.mod = rng.uniform(0.2, 0.6)
@@ -590,11 +590,11 @@ class SyntheticClip:
         portraits = list(portraits) if portraits is not None else load_portraits(None)
         if not portraits:
             raise UserError("no portraits given")
-        rng = np.random.default_rng([cfg.seed, 1])
+        rng = _rng(cfg.seed, 1)
         k = cfg.portrait_index if cfg.portrait_index is not None else int(rng.integers(len(portraits)))
         self.portrait = portraits[k % len(portraits)]
         self._prepare(self.portrait)
-        self._draw_trajectories(np.random.default_rng([cfg.seed, 2]))
+        self._draw_trajectories(_rng(cfg.seed, 2))
         h, w = cfg.height, cfg.width
         self._ys, self._xs = np.mgrid[0:h, 0:w].astype(np.float32)  # [H, W] pixel coordinates
         self._noise_bank: np.ndarray | None = None
@@ -618,7 +618,6 @@ class SyntheticClip:
         lm[:, :2] += pad
         self.model = _face_model(lm)
         self.zoom = float(s[0] / self.base_scale)  # canvas px per output px at zoom 1 (≈ 1)
-        self._mouth_ref = float(np.mean(np.abs(lm[list(LIPS_LOWER_INNER), 1] - lm[list(LIPS_UPPER_INNER), 1])))
 
     def _draw_trajectories(self, rng: np.random.Generator) -> None:
         cfg = self.cfg
@@ -684,7 +683,7 @@ class SyntheticClip:
         expr = {k: float(np.clip(v * es, 0.0, 1.0)) for k, v in expr.items()}
         fp = FrameParams(yaw=yaw, pitch=pitch, roll=roll, expression=expr,
                          tx=0.06 * ms * self._tx(t), ty=0.05 * ms * self._ty(t),
-                         scale=float(1.0 + 0.08 * ms * self._zoom(t)), angle=cam_angle)
+                         scale=max(0.3, 1.0 + 0.08 * ms * self._zoom(t)), angle=cam_angle)
         if cfg.lighting:
             li = [p(t) for p in self._light]
             fp.gain = 1.0 + 0.22 * li[0]
@@ -872,11 +871,16 @@ class SyntheticClip:
         h, w = self.cfg.height, self.cfg.width
         n = h * w * 3
         if self._noise_bank is None:
-            self._noise_bank = np.random.default_rng([self.cfg.seed, 3]).standard_normal(2 * n, np.float32)
-        r = np.random.default_rng([self.cfg.seed, 4, index])
+            self._noise_bank = _rng(self.cfg.seed, 3).standard_normal(2 * n, np.float32)
+        r = _rng(self.cfg.seed, 4, index)
         off = int(r.integers(0, n))
         sign = np.float32(1.0 if r.random() < 0.5 else -1.0)
         return self._noise_bank[off : off + n].reshape(h, w, 3) * sign
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+    """Independent stream ``keys`` of a seed (any int, negative ones too)."""
+    return np.random.default_rng([int(seed) % (1 << 63), *keys])
 
 
 def _invert_affine(m: np.ndarray) -> np.ndarray:
