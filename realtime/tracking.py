@@ -413,17 +413,20 @@ class FaceTracker:
         return tracks[0] if tracks else Track(landmarks=None)
 
     def track_all(self, frame: Frame) -> list[Track]:
-        """Track one frame; returns every usable face, primary first (empty list: no face)."""
-        image = frame.image
-        t = frame.time_s if frame.time_s is not None else frame.index / self.cfg.fps
+        """Track one frame; returns every usable face, primary first (empty list: no face). Never raises."""
         try:
-            obs = self.source.process(image)
+            return self._track_all(frame)
         except Exception:  # a bad frame must not end the stream: no face here, start afresh next frame
             self._errors += 1
             if self._errors <= 3 or self._errors % 100 == 0:
                 log.exception("face tracking failed on frame %d; treating it as no face", frame.index)
             self.reset()
             return []
+
+    def _track_all(self, frame: Frame) -> list[Track]:
+        image = frame.image
+        t = frame.time_s if frame.time_s is not None else frame.index / self.cfg.fps
+        obs = self.source.process(image)
         rgb = image if self.cfg.lk else None  # LK converts only its face regions to grey
         seen: set[int] = set()
         results: list[tuple[float, int, Track]] = []
