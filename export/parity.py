@@ -129,15 +129,18 @@ def ort_runner(path: str | os.PathLike, providers: Sequence[str] | None = None,
 def trt_runner(path: str | os.PathLike, precision: str, cache_dir: str | os.PathLike | None = None,
                max_batch: int = 8) -> tuple[Runner, str]:
     """TensorRT engine built from ``path`` (cached); raises UserError where TensorRT or CUDA is missing."""
+    import onnx
+
     from .tensorrt import TrtModel, build_engine, require_tensorrt
 
     trt = require_tensorrt()
     plan = build_engine(path, precision=precision, cache_dir=cache_dir, max_batch=max_batch)
     model = TrtModel(plan, device=torch.device("cuda"))
+    order = [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]  # ONNX output order
 
     def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         outs = model({k: torch.from_numpy(v).cuda() for k, v in feed.items()})
-        return [o.float().cpu().numpy() for o in outs.values()]
+        return [outs[name].float().cpu().numpy() for name in order]
 
     return run, f"TensorRT {trt.__version__}"
 
@@ -398,6 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks.provenance import provenance
 
         report["provenance"] = provenance("cpu")
+        report["provenance"]["loadavg_1_5_15"] = list(os.getloadavg())  # other work on the machine while timing
         report["command"] = "python -m export.parity " + " ".join(sys.argv[1:] if argv is None else argv)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0 if all(r.ok for r in results) else 1

@@ -127,7 +127,7 @@ def build_engine(onnx_path: str | os.PathLike, precision: str = "fp16", cache_di
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     if precision == "fp16":
-        if not builder.platform_has_fast_fp16:
+        if not getattr(builder, "platform_has_fast_fp16", True):
             say("warning: this GPU has no fast fp16; building anyway")
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()

@@ -403,6 +403,7 @@ class OrtEngine(_Geometry):
         binding.bind_output(name, "cuda", self.device.index or 0, np.float32, list(out_shape), out_t.data_ptr())
         torch.cuda.current_stream(self.device).synchronize()  # ORT uses its own stream: inputs must be ready
         sess.run_with_iobinding(binding)
+        binding.synchronize_outputs()
         return out_t
 
     @torch.inference_mode()
@@ -626,3 +627,41 @@ def make_engine(bundle: Bundle, backend: str = "torch", device: str = "auto", pr
         return TrtEngine(bundle, device=device, precision=precision, **opts)
     url = opts.pop("triton_url", None) or opts.pop("url", None) or "localhost:8000"
     return TritonEngine(bundle, url=url, device=device, precision=precision, **opts)
+
+
+_OPTION_FLAGS: dict[str, tuple[str, ...]] = {  # option → backends that take it
+    "model_dir": ("onnx", "tensorrt"),
+    "triton_url": ("triton",),
+    "cuda_graphs": ("torch",),
+    "compile": ("torch",),
+    "cache_dir": ("tensorrt",),
+}
+
+
+def add_backend_options(parser: Any) -> None:
+    """Add the backend-specific flags to a command that already has --backend/--device/--precision:
+    --model-dir, --triton-url, --cuda-graphs, --torch-compile, --trt-cache. Pair with :func:`backend_options`."""
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="onnx/tensorrt: folder from `stylestream export --to onnx` (default: cache)")
+    parser.add_argument("--triton-url", default=None,
+                        help="triton: server URL, http://host:8000 or grpc://host:8001 (default localhost:8000)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="torch on CUDA: capture and replay CUDA graphs")
+    parser.add_argument("--torch-compile", dest="compile", action="store_true",
+                        help="torch on CUDA: torch.compile the networks")
+    parser.add_argument("--trt-cache", dest="cache_dir", type=Path, default=None,
+                        help="tensorrt: engine cache folder (default ~/.cache/stylestream/tensorrt)")
+
+
+def backend_options(args: Any) -> dict[str, Any]:
+    """The keyword options for ``make_engine(..., **options)`` that ``args.backend`` takes, from parsed flags."""
+    backend = getattr(args, "backend", "torch")
+    out: dict[str, Any] = {}
+    for opt, backends in _OPTION_FLAGS.items():
+        value = getattr(args, opt, None)
+        if value in (None, False):
+            continue
+        if backend not in backends:
+            flag = {"compile": "--torch-compile", "cache_dir": "--trt-cache"}.get(opt, "--" + opt.replace("_", "-"))
+            raise UserError(f"{flag} applies to --backend {' / '.join(backends)}, not {backend}")
+        out[opt] = value
+    return out

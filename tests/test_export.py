@@ -292,3 +292,21 @@ def test_ort_cuda_provider(bundle, onnx_dir):
     out = eng.synthesize(ws.cuda())
     assert out.device.type == "cuda"
     torch.testing.assert_close(out.cpu(), ref.synthesize(ws), atol=1e-3, rtol=1e-3)
+
+
+def test_backend_flags_map_to_engine_options(tmp_path):
+    import argparse
+
+    from realtime.engines import add_backend_options, backend_options
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--backend", default="torch")
+    add_backend_options(p)
+    assert backend_options(p.parse_args([])) == {}
+    assert backend_options(p.parse_args(["--backend", "onnx", "--model-dir", str(tmp_path)])) == {"model_dir": tmp_path}
+    assert backend_options(p.parse_args(["--backend", "triton", "--triton-url", "grpc://h:8001"])) == {
+        "triton_url": "grpc://h:8001"}
+    assert backend_options(p.parse_args(["--cuda-graphs", "--torch-compile"])) == {"cuda_graphs": True,
+                                                                                  "compile": True}
+    with pytest.raises(UserError, match="--triton-url applies to --backend triton"):
+        backend_options(p.parse_args(["--backend", "onnx", "--triton-url", "x"]))
