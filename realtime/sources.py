@@ -17,8 +17,9 @@ Specs
   duration (a plain file on a web server); ``live=`` overrides. Timestamps stay monotonic across
   reconnects (later connections are shifted to continue one frame after the last frame).
 - ``demo:`` / ``demo:NAME?seconds=5&fps=30&size=640x480&seed=0&realtime=1``: a synthetic face clip made
-  by a generator registered with :func:`register_demo_generator` (default ``astronaut``, see
-  :func:`astronaut_clip`); ``seconds=inf`` runs forever. Deterministic by seed.
+  by a generator registered with :func:`register_demo_generator`: ``portrait`` (the default; the synthetic
+  talking head of ``training/synthetic.py``: expressions, head pose, lighting, camera noise) or ``astronaut``
+  (a cheap similarity-motion clip, :func:`astronaut_clip`); ``seconds=inf`` runs forever. Deterministic by seed.
 
 Decisions (documented so the pipeline and the CLI can rely on them)
 -------------------------------------------------------------------
@@ -553,6 +554,7 @@ class DemoOptions:
 
 DemoGenerator = Callable[[DemoOptions], Iterator[np.ndarray]]  # yields [H, W, 3] uint8 RGB frames
 DEMO_GENERATORS: dict[str, DemoGenerator] = {}
+DEFAULT_DEMO = "portrait"  # `demo:` with no name: the synthetic talking head of training/synthetic.py
 
 
 def register_demo_generator(name: str, generator: DemoGenerator) -> None:
@@ -636,6 +638,10 @@ class DemoSource(Source):
 
     def __init__(self, spec: str, name: str, opt: DemoOptions, *, live: bool | None, realtime: bool | None):
         super().__init__()
+        if name == "portrait" and name not in DEMO_GENERATORS:
+            from training.synthetic import register_demo  # imported on first use: it needs MediaPipe
+
+            register_demo(default=False)
         if name not in DEMO_GENERATORS:
             raise UserError(f"unknown demo clip {name!r} (known: {', '.join(sorted(DEMO_GENERATORS))})")
         if opt.fps <= 0 or opt.width < 16 or opt.height < 16 or opt.seconds <= 0:
@@ -703,7 +709,7 @@ def parse_demo_spec(spec: str) -> tuple[str, DemoOptions, dict[str, str]]:
     """``demo:NAME?k=v&..`` → (generator name, options, raw query)."""
     rest = spec[len("demo:") :]
     name, _, query = rest.partition("?")
-    name = name.strip("/") or "astronaut"
+    name = name.strip("/") or DEFAULT_DEMO
     q = _query(spec, query)
     w, h = _parse_size(q["size"], spec) if "size" in q else (640, 480)
     known = {"seconds", "fps", "size", "seed", "realtime", "live"}
