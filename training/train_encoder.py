@@ -1,0 +1,329 @@
+"""FrEN, then ViEN, on a frozen generator (Video2StyleGAN §3.2 training, condensed).
+
+Stage ``fren``: crop x → FrEN → W+ → G → x̂. Stage ``vien``: ViEN starts from FrEN (``init_from_frame_encoder``);
+a consecutive pair (x_{t−1}, x_t) gives prev = FrEN(x_{t−1}) (frozen), ŵ = ViEN(x_t, prev) (coarse layers
+predicted, fine layers copied from prev) and x̂_t = G(ŵ).
+
+Losses per batch: λ2·L2 + λs·(1−SSIM) + λp·perceptual on every reconstruction; λw·latent where the true W+ is
+known; and the paper's two-stage schedule: for the first ``stage_split`` of each encoder's steps the landmark
+term λf (face-mesh outputs) is on and the mesh term off, afterwards λf = 0 and the 3-D mesh term λv on. Both need
+``models/face_mesh.py``; without it they are skipped with a logged note (ground-truth landmarks of synthetic
+clips are not used directly because the loss must compare *rendered* faces).
+
+Known-W data (``w_fraction`` of each batch): either mapping samples with smooth W+ trajectories
+(``w_source=mapping``, right for an adversarially trained G) or codes of real crops with their coarse layers
+interpolated towards another crop's (``w_source=encoded``, right for an autoencoder-trained G whose mapping
+network was not trained) — in both cases the image is G(w) and the target W+ is w.
+
+Optimiser: Adam (the paper uses Ranger, lr 1e-4). Resumable through ``out/state.pt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from models.bundle import Bundle, load_bundle
+from models.vit_encoder import FrameEncoder, VideoEncoder
+
+from . import common
+from .data import CropSet, load_crops, smooth_ws_trajectories
+from .losses import L2Loss, LandmarkLoss, LatentLoss, MeshLoss, RandomConvPerceptual, SSIMLoss, load_face_mesh
+
+log = logging.getLogger("stylestream.train")
+
+
+@dataclass
+class EncoderTrainConfig:
+    """FrEN / ViEN training on a frozen generator."""
+
+    out: str = "runs/encoder"  # run directory: state.pt, samples/, metrics.jsonl, bundle/
+    bundle: str = "runs/autoencode/bundle"  # input bundle (its generator is frozen; its FrEN is the start point)
+    data: list[str] = field(default_factory=lambda: ["demo:astronaut?seconds=10&seed=1"])  # data specs (clips)
+    holdout: str = ""  # data spec for sample strips (empty: the last clip of --data)
+    stage: str = "both"  # "fren", "vien" or "both" (FrEN steps then ViEN steps)
+    fren_steps: int = 1000  # FrEN steps (stage fren)
+    vien_steps: int = 1000  # ViEN steps (stage vien)
+    reinit_fren: bool = False  # start FrEN from scratch instead of the bundle's
+    batch: int = 16  # samples per step (per process)
+    lr: float = 3e-4  # Adam learning rate
+    l2: float = 1.0  # weight of L2
+    ssim: float = 0.5  # weight of 1 − SSIM
+    perceptual: float = 0.5  # weight of the weights-free perceptual term
+    latent: float = 1.0  # weight of the latent loss on known-W samples
+    landmark: float = 100.0  # λf, first stage (needs models/face_mesh.py)
+    mesh: float = 1e-4  # λv, second stage (needs models/face_mesh.py)
+    stage_split: float = 0.7  # fraction of each encoder's steps in the landmark stage
+    w_fraction: float = 0.25  # fraction of each batch drawn with known W+
+    w_source: str = "encoded"  # "encoded" (perturbed FrEN codes of real crops) or "mapping" (G samples)
+    flip: bool = True  # random horizontal flips (whole pairs flip together)
+    seed: int = 0  # all randomness derives from it
+    device: str = "cpu"  # cpu, cuda, cuda:N
+    threads: int = 2  # torch CPU threads (0: torch default)
+    ckpt_every: int = 200  # steps between checkpoints and bundle exports
+    sample_every: int = 200  # steps between sample strips
+    log_every: int = 25  # steps between log lines when not on a terminal
+    tensorboard: bool = False  # also write TensorBoard scalars (needs the train extra)
+    cache: str = "runs/cache"  # crop cache folder ("" = none)
+    bundle_name: str = "default"  # name written into the exported bundle
+
+
+class EncoderTrainer:
+    def __init__(self, cfg: EncoderTrainConfig, device: torch.device, d: common.Dist):
+        if cfg.stage not in ("fren", "vien", "both"):
+            raise common.UserError(f"--stage must be fren, vien or both, got {cfg.stage!r}")
+        if cfg.w_source not in ("encoded", "mapping"):
+            raise common.UserError(f"--w-source must be encoded or mapping, got {cfg.w_source!r}")
+        self.cfg, self.device, self.dist = cfg, device, d
+        b = load_bundle(cfg.bundle)
+        self.src = b
+        self.g = b.generator.to(device).eval().requires_grad_(False)
+        torch.manual_seed(cfg.seed)
+        if b.fren is None or cfg.reinit_fren:
+            from .autoencode import parse_encoder
+
+            ecfg = b.fren.cfg if b.fren is not None else parse_encoder("tiny", self.g.img_resolution)
+            self.fren = FrameEncoder(ecfg, self.g.layout)
+            self.fren.w_avg.copy_(self.g.mapping.w_avg)
+        else:
+            self.fren = b.fren
+        self.fren.to(device)
+        self.vien = VideoEncoder(self.fren.cfg, self.g.layout).to(device)
+        self.vien.init_from_frame_encoder(self.fren)
+        self.phase = "fren" if cfg.stage in ("fren", "both") else "vien"
+        self.step_idx = 0  # step within the current phase
+        self.elapsed = 0.0
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + d.rank)
+        self._make_opt()
+        self.l2, self.ssim, self.lat = L2Loss(), SSIMLoss(), LatentLoss()
+        self.perc = RandomConvPerceptual().to(device)
+        mesh = load_face_mesh(device) if (cfg.landmark > 0 or cfg.mesh > 0) else None
+        if mesh is None and d.main and (cfg.landmark > 0 or cfg.mesh > 0):
+            log.warning("models/face_mesh.py is not available: the landmark (λf) and mesh (λv) terms are skipped")
+        self.lmk = LandmarkLoss(mesh) if mesh is not None else None
+        self.mesh = MeshLoss(mesh) if mesh is not None else None
+
+    @property
+    def net(self) -> FrameEncoder | VideoEncoder:
+        return self.fren if self.phase == "fren" else self.vien
+
+    @property
+    def phase_steps(self) -> int:
+        return self.cfg.fren_steps if self.phase == "fren" else self.cfg.vien_steps
+
+    def _make_opt(self) -> None:
+        self.fren.requires_grad_(self.phase == "fren")
+        self.vien.requires_grad_(self.phase == "vien")
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.cfg.lr, betas=(0.9, 0.99))
+
+    def next_phase(self) -> bool:
+        """Move from FrEN to ViEN (re-initialising ViEN from the trained FrEN). False when done."""
+        if self.phase == "fren" and self.cfg.stage == "both":
+            self.phase, self.step_idx = "vien", 0
+            self.vien.init_from_frame_encoder(self.fren)
+            self._make_opt()
+            return True
+        return False
+
+    def state(self) -> dict[str, Any]:
+        return {"fren": self.fren.state_dict(), "vien": self.vien.state_dict(), "opt": self.opt.state_dict(),
+                "phase": self.phase, "step": self.step_idx, "elapsed_s": self.elapsed,
+                "rng": common.rng_state({"data": self.gen}), "config": asdict(self.cfg)}
+
+    def load(self, st: dict[str, Any]) -> None:
+        self.fren.load_state_dict(st["fren"])
+        self.vien.load_state_dict(st["vien"])
+        self.phase = str(st["phase"])
+        self._make_opt()
+        self.opt.load_state_dict(st["opt"])
+        self.step_idx, self.elapsed = int(st["step"]), float(st.get("elapsed_s", 0.0))
+        common.set_rng_state(st["rng"], {"data": self.gen})
+
+    # -- known-W samples
+    @torch.no_grad()
+    def _known_w_pair(self, data: CropSet, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two consecutive known W+ codes [n, 2, num_ws, w_dim] and their images [n, 2, 3, S, S]."""
+        nc = self.g.layout.num_coarse
+        if self.cfg.w_source == "mapping":
+            ws = smooth_ws_trajectories(self.g, n, 2, self.gen)
+        else:
+            a = self.fren(data.float_images(data.sample(n, self.gen)).to(self.device))
+            b = self.fren(data.float_images(data.sample(n, self.gen)).to(self.device))
+            u = torch.rand(n, 1, 1, generator=self.gen).to(self.device) * 0.6
+            du = (torch.rand(n, 1, 1, generator=self.gen).to(self.device) - 0.5) * 0.1
+            c0 = a[:, :nc] + (b[:, :nc] - a[:, :nc]) * u
+            c1 = a[:, :nc] + (b[:, :nc] - a[:, :nc]) * (u + du)
+            w0 = torch.cat([c0, a[:, nc:]], 1)
+            w1 = torch.cat([c1, a[:, nc:]], 1)
+            ws = torch.stack([w0, w1], 1)
+        imgs = self.g.synthesis(ws.flatten(0, 1)).clamp(-1, 1).unflatten(0, (n, 2))
+        return ws, imgs
+
+    def _recon_terms(self, y: torch.Tensor, x: torch.Tensor, out: dict[str, float]) -> torch.Tensor:
+        cfg = self.cfg
+        loss = cfg.l2 * self.l2(y, x) + cfg.ssim * self.ssim(y, x) + cfg.perceptual * self.perc(y, x)
+        first_stage = self.step_idx < cfg.stage_split * self.phase_steps
+        if first_stage and self.lmk is not None and cfg.landmark > 0:
+            v = self.lmk(y, x)
+            loss = loss + cfg.landmark * v
+            out["lmk"] = v.item()
+        if not first_stage and self.mesh is not None and cfg.mesh > 0:
+            v = self.mesh(y, x)
+            loss = loss + cfg.mesh * v
+            out["mesh"] = v.item()
+        out["psnr"] = float(10 * torch.log10(4.0 / F.mse_loss(y.detach().clamp(-1, 1), x)).item())
+        return loss
+
+    def step(self, data: CropSet) -> dict[str, float]:
+        cfg, dev, gen = self.cfg, self.device, self.gen
+        nw = int(round(cfg.batch * cfg.w_fraction))
+        nr = cfg.batch - nw
+        out: dict[str, float] = {}
+        loss = torch.zeros((), device=dev)
+        if self.phase == "fren":
+            x = data.float_images(data.sample(nr, gen)).to(dev)
+            if cfg.flip:
+                x = torch.where((torch.rand(nr, generator=gen) < 0.5).to(dev)[:, None, None, None], x.flip(-1), x)
+            w_true = None
+            if nw:
+                w2, img2 = self._known_w_pair(data, nw)
+                x = torch.cat([x, img2[:, 1]])
+                w_true = w2[:, 1]
+            ws = self.fren(x)
+            y = self.g.synthesis(ws)
+            loss = self._recon_terms(y, x, out)
+            if w_true is not None and cfg.latent > 0:
+                v = self.lat(ws[nr:], w_true)
+                loss = loss + cfg.latent * v
+                out["latent"] = v.item()
+        else:
+            i = data.sample_pairs(nr, gen)
+            pair = torch.stack([data.float_images(i), data.float_images(i + 1)], 1).to(dev)  # [nr, 2, 3, S, S]
+            if cfg.flip:
+                pair = torch.where((torch.rand(nr, generator=gen) < 0.5).to(dev)[:, None, None, None, None],
+                                   pair.flip(-1), pair)
+            with torch.no_grad():
+                prev = self.fren(pair[:, 0])
+            x = pair[:, 1]
+            w_true = None
+            if nw:
+                w2, img2 = self._known_w_pair(data, nw)
+                prev = torch.cat([prev, w2[:, 0]])
+                x = torch.cat([x, img2[:, 1]])
+                w_true = w2[:, 1]
+            ws = self.vien(x, prev)
+            y = self.g.synthesis(ws)
+            loss = self._recon_terms(y, x, out)
+            if w_true is not None and cfg.latent > 0:
+                nc = self.g.layout.num_coarse
+                v = self.lat(ws[nr:, :nc], w_true[:, :nc])
+                loss = loss + cfg.latent * v
+                out["latent"] = v.item()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        from .train_generator import sync_grads
+
+        sync_grads([p for p in self.net.parameters() if p.requires_grad], self.dist)
+        self.opt.step()
+        out["loss"] = loss.item()
+        self.step_idx += 1
+        return out
+
+    @torch.no_grad()
+    def strip(self, clip: torch.Tensor) -> list[torch.Tensor]:
+        """Rows for a sample strip of consecutive frames [T, 3, S, S]: input, FrEN, ViEN (reusing its own W+)."""
+        self.fren.eval()
+        self.vien.eval()
+        wf = self.fren(clip)
+        rows = [clip, self.g.synthesis(wf)]
+        prev = wf[:1]
+        outs = [self.g.synthesis(prev)]
+        for t in range(1, clip.shape[0]):
+            prev = self.vien(clip[t: t + 1], prev)
+            outs.append(self.g.synthesis(prev))
+        rows.append(torch.cat(outs))
+        self.net.train()
+        return rows
+
+    def bundle(self, provenance: dict[str, Any]) -> Bundle:
+        import copy
+
+        trained = dict(self.src.trained)
+        trained["fren"] = trained.get("fren", False) or self.phase == "vien" or self.step_idx > 0
+        trained["vien"] = self.phase == "vien" and self.step_idx > 0
+        return Bundle(generator=copy.deepcopy(self.g).cpu(), fren=copy.deepcopy(self.fren).cpu().eval(),
+                      vien=copy.deepcopy(self.vien).cpu().eval(), trained=trained, edits=self.src.edits,
+                      extra=self.src.extra, provenance=provenance, name=self.cfg.bundle_name)
+
+
+def train_encoder(cfg: EncoderTrainConfig, command: str = "") -> Path:
+    common.set_threads(cfg.threads)
+    d, device = common.setup_distributed(cfg.device)
+    run = Path(cfg.out)
+    if d.main:
+        common.write_config(run, cfg)
+    tr = EncoderTrainer(cfg, device, d)
+    data = load_crops(cfg.data, tr.fren.cfg.img_size, cfg.cache or None)
+    if cfg.holdout:
+        held = load_crops([cfg.holdout], tr.fren.cfg.img_size, cfg.cache or None)
+    elif data.num_clips > 1:
+        data, held = data.split(1)
+    else:
+        held = data
+    st = common.load_state(run)
+    if st is not None:
+        tr.load(st)
+        if d.main:
+            log.info("resumed %s: %s step %d", run, tr.phase, tr.step_idx)
+    clip = held.float_images(torch.arange(min(8, len(held)))).to(device)
+    t0 = time.monotonic() - tr.elapsed
+    stop = {"flag": False}
+    old = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+
+    def provenance() -> dict[str, Any]:
+        return {**tr.src.provenance, "encoder_training": {
+            "made_by": "training.train_encoder", "command": command, "phase": tr.phase, "steps": tr.step_idx,
+            "train_wall_s": round(time.monotonic() - t0, 1), "data": cfg.data, "config": asdict(cfg)}}
+
+    def checkpoint() -> None:
+        tr.elapsed = time.monotonic() - t0
+        if d.main:
+            common.save_state(run, tr.state())
+
+    try:
+        while not stop["flag"]:
+            prog = common.Progress(run, tr.phase_steps, tr.step_idx, enabled=d.main, tensorboard=cfg.tensorboard,
+                                   log_every=cfg.log_every, desc=tr.phase)
+            try:
+                while tr.step_idx < tr.phase_steps and not stop["flag"]:
+                    scalars = tr.step(data)
+                    prog.update(tr.step_idx, {f"{tr.phase}/{k}": v for k, v in scalars.items()})
+                    if d.main and (tr.step_idx % cfg.sample_every == 0 or tr.step_idx == tr.phase_steps):
+                        common.save_grid(run / "samples" / f"{tr.phase}-{tr.step_idx:06d}.png", tr.strip(clip), 2)
+                    if tr.step_idx % cfg.ckpt_every == 0:
+                        checkpoint()
+                        if d.main:
+                            tr.bundle(provenance()).save(run / "bundle")
+            finally:
+                prog.close()
+            if stop["flag"] or not tr.next_phase():
+                break
+            checkpoint()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        checkpoint()
+    out = tr.bundle(provenance()).save(run / "bundle") if d.main else run / "bundle"
+    common.cleanup_distributed()
+    return out
+
+
+def run(cfg: EncoderTrainConfig, command: str = "") -> Path:
+    """Entry point of ``stylestream train encoder``."""
+    return train_encoder(cfg, command)
