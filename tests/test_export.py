@@ -310,3 +310,84 @@ def test_backend_flags_map_to_engine_options(tmp_path):
                                                                                   "compile": True}
     with pytest.raises(UserError, match="--triton-url applies to --backend triton"):
         backend_options(p.parse_args(["--backend", "onnx", "--triton-url", "x"]))
+
+
+def test_triton_engine_against_the_repository(bundle, onnx_dir, tmp_path, monkeypatch):
+    """TritonEngine through a stand-in for tritonclient.http that serves the written repository with ONNX Runtime
+    (no Triton server here): names, shapes and dtypes of the requests must match config.pbtxt and model.onnx."""
+    import re
+    import sys
+    import types
+
+    import onnxruntime as ort
+
+    from export.triton import write_model_repository
+    from realtime.engines import TorchEngine, make_engine
+
+    repo = tmp_path / "repo"
+    write_model_repository(bundle, repo, ["fp32"], max_batch=4, onnx_dir=onnx_dir)
+    seen: list[str] = []
+
+    class InferInput:
+        def __init__(self, name, shape, datatype):
+            self.name, self.shape, self.datatype = name, shape, datatype
+
+        def set_data_from_numpy(self, arr):
+            assert list(arr.shape) == self.shape and arr.dtype == np.float32
+            self.data = arr
+
+    class InferRequestedOutput:
+        def __init__(self, name):
+            self.name = name
+
+    class Result:
+        def __init__(self, outs):
+            self.outs = outs
+
+        def as_numpy(self, name):
+            return self.outs[name]
+
+    class Client:
+        def __init__(self, url, **kw):
+            if url.endswith(":1"):
+                raise ConnectionRefusedError("[Errno 111] Connection refused")
+
+        def is_server_live(self):
+            return True
+
+        def is_model_ready(self, name):
+            return (repo / name / "1" / "model.onnx").exists()
+
+        def infer(self, model_name, inputs, outputs):
+            cfg = (repo / model_name / "config.pbtxt").read_text()
+            for i in inputs:
+                assert i.datatype == "FP32" and f'name: "{i.name}"' in cfg
+                dims = re.search(rf'name: "{i.name}"\s+data_type: TYPE_FP32\s+dims: \[ ([0-9, ]+) \]', cfg)
+                assert dims and [int(d) for d in dims.group(1).split(",")] == i.shape[1:]
+                assert i.shape[0] <= int(re.search(r"max_batch_size: (\d+)", cfg).group(1))
+            seen.append(model_name)
+            sess = ort.InferenceSession(str(repo / model_name / "1" / "model.onnx"),
+                                        providers=["CPUExecutionProvider"])
+            names = [o.name for o in outputs]
+            return Result(dict(zip(names, sess.run(names, {i.name: i.data for i in inputs}))))
+
+    http = types.ModuleType("tritonclient.http")
+    http.InferenceServerClient, http.InferInput, http.InferRequestedOutput = Client, InferInput, InferRequestedOutput
+    pkg = types.ModuleType("tritonclient")
+    pkg.http = http
+    monkeypatch.setitem(sys.modules, "tritonclient", pkg)
+    monkeypatch.setitem(sys.modules, "tritonclient.http", http)
+
+    eng = make_engine(bundle, "triton", device="cpu", triton_url="http://localhost:8000")
+    assert eng.has_vien
+    ref = TorchEngine(copy.deepcopy(bundle), device="cpu")
+    crops = example_inputs(bundle, "fren", batch=2, seed=5)["crops"]
+    ws = eng.encode_key(crops)
+    torch.testing.assert_close(ws, ref.encode_key(crops), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(eng.encode_reuse(crops, ws), ref.encode_reuse(crops, ws), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(eng.synthesize(ws), ref.synthesize(ws), atol=1e-4, rtol=1e-4)
+    assert seen == ["stylestream_fren", "stylestream_vien", "stylestream_synthesis"]
+    with pytest.raises(UserError, match="cannot reach the Triton server at http://127.0.0.1:1"):
+        make_engine(bundle, "triton", device="cpu", triton_url="http://127.0.0.1:1")
+    with pytest.raises(UserError, match="no ready model 'stylestream_fren_fp16'"):
+        make_engine(bundle, "triton", device="cpu", precision="fp16", triton_url="http://localhost:8000")
