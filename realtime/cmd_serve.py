@@ -30,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"concurrent peers; more get HTTP 503 (default {d.max_sessions})")
     s.add_argument("--source", default=None,
                    help="viewer mode: process this rtmp://…|file|demo: source once and broadcast it to every viewer")
+    s.add_argument("--tls-cert", default=None,
+                   help="PEM certificate: serve HTTPS (browsers allow the camera only on https or localhost)")
+    s.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert")
     s.add_argument("--connect-timeout", type=float, default=d.connect_timeout_s,
                    help=f"close peers not connected after this many seconds (default {d.connect_timeout_s:g})")
     v = p.add_argument_group("video (aiortc overrides, see realtime/rtc_tuning.py)")
@@ -56,13 +59,15 @@ def _config(args: argparse.Namespace) -> Any:
         raise UserError(f"--fps must be 1..240, got {args.fps}")
     if args.max_bitrate <= 0.3:
         raise UserError(f"--max-bitrate must be > 0.3 Mbps, got {args.max_bitrate:g}")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UserError("--tls-cert and --tls-key go together (PEM files)")
     for url in args.ice_servers:
         parse_ice_server(url)  # one clear error before anything starts
     tuning = RtcTuning(fps=args.fps, max_bitrate=int(args.max_bitrate * 1e6), codec=args.codec,
                        h264_encoder=args.h264_encoder, x264_preset=args.x264_preset)
     return ServeConfig(host=args.host, port=args.port, token=args.token, ice_servers=list(args.ice_servers),
                        max_sessions=args.max_sessions, source=args.source, connect_timeout_s=args.connect_timeout,
-                       tuning=tuning)
+                       tuning=tuning, tls_cert=args.tls_cert, tls_key=args.tls_key)
 
 
 def make_factories(processor: Any) -> tuple[Any, Any]:

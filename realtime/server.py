@@ -103,6 +103,8 @@ class ServeConfig:
     stats_interval_s: float = 0.5  # how often stats go to each peer over the data channel
     connect_timeout_s: float = 20.0  # a peer that has not connected by then is closed
     tuning: rtc_tuning.RtcTuning = field(default_factory=rtc_tuning.RtcTuning)  # encoder overrides
+    tls_cert: str | None = None  # PEM certificate: serve HTTPS (browsers allow the camera only on https or localhost)
+    tls_key: str | None = None  # PEM private key for tls_cert
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -900,7 +902,18 @@ async def run_server(server: LiveServer, ready: Callable[[str], None] | None = N
     app = server.make_app()
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, server.config.host, server.config.port)
+    ssl_context = None
+    if server.config.tls_cert:
+        import ssl
+
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ssl_context.load_cert_chain(server.config.tls_cert, server.config.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            await runner.cleanup()
+            cfg = server.config
+            raise UserError(f"cannot use --tls-cert {cfg.tls_cert} / --tls-key {cfg.tls_key}: {exc}") from None
+    site = web.TCPSite(runner, server.config.host, server.config.port, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:
@@ -909,7 +922,7 @@ async def run_server(server: LiveServer, ready: Callable[[str], None] | None = N
             from None
     port = runner.addresses[0][1] if runner.addresses else server.config.port
     host = server.config.host
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    url = f"http{'s' if ssl_context else ''}://{'[' + host + ']' if ':' in host else host}:{port}/"
     if ready is not None:
         ready(url)
     try:

@@ -312,3 +312,66 @@ def test_viewer_mode_broadcasts_one_source(tiny):
         assert server.broadcast is not None and not server.broadcast.worker.alive()
 
     asyncio.run(main())
+
+
+def test_cli_serves_https_and_stops_on_sigint(tmp_path):
+    """`stylestream serve` end to end: HTTPS with a self-signed certificate, token, Ctrl-C stops it cleanly."""
+    import datetime
+    import os
+    import re
+    import signal
+    import ssl
+    import subprocess
+    import sys
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    tiny_factories(tmp_path / "tiny")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "serve", "--port", "0", "--bundle",
+                             str(tmp_path / "tiny"), "--device", "cpu", "--token", "t0k",
+                             "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")],
+                            cwd=repo, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        assert proc.stderr is not None
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            m = re.search(r"open (https://\S+?)/\?token=t0k", line)
+            url = m.group(1) if m else None
+        assert url, "server did not start"
+
+        async def fetch() -> tuple[int, int, dict[str, Any]]:
+            ctx = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+            ctx.check_hostname = False
+            async with aiohttp.ClientSession() as http:
+                async with http.get(url + "/config", ssl=ctx) as r:
+                    denied = r.status
+                async with http.get(url + "/config?token=t0k", ssl=ctx) as r:
+                    return denied, r.status, await r.json()
+
+        denied, status, cfg = asyncio.run(fetch())
+        assert (denied, status, cfg["mode"]) == (401, 200, "camera") and cfg["bundle"] and "engine" in cfg
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        assert "stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
