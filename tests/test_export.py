@@ -391,3 +391,13 @@ def test_triton_engine_against_the_repository(bundle, onnx_dir, tmp_path, monkey
         make_engine(bundle, "triton", device="cpu", triton_url="http://127.0.0.1:1")
     with pytest.raises(UserError, match="no ready model 'stylestream_fren_fp16'"):
         make_engine(bundle, "triton", device="cpu", precision="fp16", triton_url="http://localhost:8000")
+
+
+def test_synthesis_taps_cover_every_block(bundle):
+    from export.parity import locate_drift
+
+    taps = locate_drift(bundle, "synthesis", "fp32", runtime="torch")  # torch vs torch: exact, every tap ok
+    res = bundle.generator.img_resolution
+    blocks = [4 * 2**i for i in range(res.bit_length() - 2)]  # 4, 8, …, res
+    assert [t.name for t in taps] == [f"b{r}[{k}]" for r in blocks for k in (0, 1)]
+    assert all(t.ok and t.max_rel == 0 for t in taps)
