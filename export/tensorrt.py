@@ -133,7 +133,7 @@ def build_engine(onnx_path: str | os.PathLike, precision: str = "fp16", cache_di
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         t = network.get_input(i)
-        rest = tuple(int(d) for d in t.shape[1:])
+        rest = tuple(int(t.shape[j]) for j in range(1, len(t.shape)))
         if any(d < 0 for d in rest):
             raise UserError(f"{onnx_path.name}: input {t.name} has dynamic non-batch dims {tuple(t.shape)}")
         profile.set_shape(t.name, (min_batch, *rest), (opt_batch, *rest), (max_batch, *rest))
