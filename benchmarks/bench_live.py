@@ -126,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]  # loopback only (this process)
     with tempfile.TemporaryDirectory() as tmp:
         bundle = args.bundle or REPO / "bundles" / "default"
+        label = str(bundle)
         if args.tiny or not bundle.exists():
             bundle = tiny_bundle(Path(tmp) / "tiny")
+            label = "tiny random (tiny-64 generator, tiny FrEN/ViEN, untrained)"
         rows = []
         for size in args.sizes.split(","):
             w, h = (int(v) for v in size.lower().split("x"))
@@ -144,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
             print(f"{size}: {r['fps']:.1f} fps, e2e latency p50 {r['latency_ms']['p50']:.0f} ms", file=sys.stderr)
     report = {"provenance": {**provenance("cpu"), "command": command_line(), "load_avg": os.getloadavg()},
-              "bundle": str(args.bundle or "tiny random" if args.tiny or not (REPO / "bundles/default").exists()
-                            else REPO / "bundles/default"),
+              "bundle": label,
               "server_command": " ".join(cmd[2:]), "codec": args.codec, "passthrough": args.passthrough,
               "sent_fps": args.fps, "results": rows}
     text = json.dumps(report, indent=2, default=str)

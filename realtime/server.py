@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import av
 import cv2
@@ -858,10 +858,10 @@ def _spec_json(s: Any) -> dict[str, Any]:
 
 def _live_opener(open_source: Callable[..., Any]) -> Callable[[str], Any]:
     def opener(spec: str) -> Any:
-        scheme = urlsplit(spec).scheme.lower()
-        network = len(scheme) > 1 and scheme != "file" and "://" in spec
-        # files and demo clips are paced at their frame rate, like a camera
-        return open_source(spec, live=True, realtime=None if network else True)
+        # files and demo clips are paced at their frame rate, like a camera; cameras and streams pace themselves
+        low = spec.lower()
+        paced = low.startswith(("demo", "file:")) or Path(spec).is_file()
+        return open_source(spec, live=True, realtime=True if paced else None)
 
     return opener
 
