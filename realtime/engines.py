@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -308,7 +309,7 @@ def ensure_onnx(bundle: Bundle, model_dir: str | os.PathLike | None, precision: 
     missing = [n for n in wanted
                if f"{n}.{precision}" not in have or not (d / have[f"{n}.{precision}"]["file"]).exists()]
     if missing:
-        say = progress or (lambda msg: log.info("%s", msg))
+        say = progress or (lambda msg: print(f"stylestream: {msg}", file=sys.stderr, flush=True))
         say(f"exporting {', '.join(missing)} ({precision}) to {d} (once per bundle)")
         export_bundle(bundle, d, precision=precision, models=missing, progress=say)
     return d
