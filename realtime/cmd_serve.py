@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import signal
 import sys
 from typing import Any
@@ -126,5 +127,10 @@ def main(args: argparse.Namespace) -> int:
         asyncio.run(serve())
     finally:
         eng.close()
+        if args.stats_json is not None:  # the last stats of every session (they are written when it closes)
+            args.stats_json.parent.mkdir(parents=True, exist_ok=True)
+            args.stats_json.write_text(json.dumps({"mode": server.mode, "bundle": info["bundle"],
+                                                   "engine": info["engine"], "sessions": list(server.history)},
+                                                  indent=2, default=str) + "\n")
     print("stylestream serve: stopped", file=sys.stderr)
     return 0

@@ -552,12 +552,21 @@ class Session:
                 return enc.describe()
         return None
 
+    def codec(self) -> str | None:
+        """The negotiated video codec (both directions use the answer's first codec)."""
+        for tr in self.pc.getTransceivers():
+            codecs = getattr(tr, "_codecs", None)
+            if tr.kind == "video" and codecs:
+                return str(codecs[0].mimeType)
+        return None
+
     def stats(self) -> dict[str, Any]:
         worker = self.server.worker_for(self)
         track = self.out_track if self.out_track is not None else self.server.broadcast_track
         out: dict[str, Any] = {"session": self.id, "mode": self.server.mode, "state": self.pc.connectionState,
                                "fps_in": round(self.in_rate.fps(), 2), "frames_in": self.in_rate.count,
-                               "encoder": self.encoder(), "codec_preference": self.server.config.tuning.codec}
+                               "encoder": self.encoder(), "codec": self.codec(),
+                               "age_s": round(time.monotonic() - self.created, 1)}
         if self.server.broadcast is not None:
             out["fps_in"] = round(self.server.broadcast.in_rate.fps(), 2)
             out["frames_in"] = self.server.broadcast.in_rate.count
@@ -579,6 +588,8 @@ class Session:
         self.closed = True
         self.close_reason = reason
         log.info("session %s closed: %s", self.id, reason)
+        with contextlib.suppress(Exception):
+            self.server.history.append({**self.stats(), "closed": reason})
         current = asyncio.current_task()
         for task in list(self.tasks):
             if task is not current:
@@ -669,6 +680,7 @@ class LiveServer:
         self.ice_servers = [parse_ice_server(u) for u in config.ice_servers]
         self._open_source = open_source
         self.sessions: dict[str, Session] = {}
+        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)  # stats of closed sessions
         self.peer_connections: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
         self.broadcast: Broadcast | None = None
         self._pending = 0  # offers being answered (count against max_sessions)

@@ -217,7 +217,8 @@ def test_processed_frames_come_back_and_respond_to_controls(tiny):
             ok = await wait_until(lambda: client.stats is not None and client.stats.get("faces", 0) > 3, 10)
             assert ok, f"server found no faces: {client.stats}"
             st = client.stats
-            assert st["encoder"]["encoder"] in ("libx264", "h264_nvenc", "libvpx") and st["fps_out"] > 0
+            assert st["encoder"]["encoder"] in ("libx264", "h264_nvenc") and st["fps_out"] > 0
+            assert st["codec"] == "video/H264"  # preferred over the offer's first codec (VP8)
             assert {"tracking", "encode", "generate", "composite"} <= set(st["stages_ms"])
             assert st["latent"] in ("key", "reuse")
             src = still[0]
@@ -259,6 +260,7 @@ def test_processed_frames_come_back_and_respond_to_controls(tiny):
             assert len(server.sessions) == 1
             await client.close()
             assert await wait_until(lambda: not server.sessions, 10)
+            assert server.history[-1]["closed"] == "bye" and server.history[-1]["faces"] > 0
 
     asyncio.run(main())
 
@@ -343,7 +345,8 @@ def test_cli_serves_https_and_stops_on_sigint(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "serve", "--port", "0", "--bundle",
                              str(tmp_path / "tiny"), "--device", "cpu", "--token", "t0k",
-                             "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")],
+                             "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"),
+                             "--stats-json", str(tmp_path / "stats.json")],
                             cwd=repo, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         url = None
@@ -371,6 +374,7 @@ def test_cli_serves_https_and_stops_on_sigint(tmp_path):
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
         assert "stopped" in proc.stderr.read()
+        assert json.loads((tmp_path / "stats.json").read_text())["sessions"] == []
     finally:
         if proc.poll() is None:
             proc.kill()
