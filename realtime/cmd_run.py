@@ -25,6 +25,7 @@ DEFAULT_BUNDLE = REPO_ROOT / "bundles" / "default"
 
 def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     """Options shared by run / camera / serve: model, engine, edits, PipelineConfig fields."""
+    from .engines import BACKENDS, add_backend_options
     from .pipeline import PipelineConfig
 
     g = p.add_argument_group("model")
@@ -32,8 +33,10 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--edit", action="append", metavar="NAME=STRENGTH", help="apply an edit (repeatable)")
     g.add_argument("--list-edits", action="store_true", help="list the bundle's edits and exit")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    g.add_argument("--backend", default="torch", help="engine backend (default torch)")
+    g.add_argument("--backend", default="torch", choices=BACKENDS,
+                   help="engine: torch (eager), onnx (ONNX Runtime), tensorrt, triton (default torch)")
     g.add_argument("--precision", default="auto", help="fp32, fp16, bf16 or auto (fp16 on CUDA, fp32 on CPU)")
+    add_backend_options(g)
     c = p.add_argument_group("pipeline")
     for f in fields(PipelineConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -87,13 +90,14 @@ def build_processor(args: argparse.Namespace, bundle: Any):
     """Engine + edits + FrameProcessor from CLI options (edit names are checked before the engine starts)."""
     from models.editing import EditStack, parse_edit_args
 
-    from .engines import make_engine
+    from .engines import backend_options, make_engine
     from .pipeline import FrameProcessor
 
     edits = EditStack.from_bundle(bundle)
     for name, value in parse_edit_args(args.edit).items():
         edits.set_strength(name, value)
-    engine = make_engine(bundle, backend=args.backend, device=args.device, precision=args.precision)
+    engine = make_engine(bundle, backend=args.backend, device=args.device, precision=args.precision,
+                         **backend_options(args))
     return FrameProcessor(engine, pipeline_config(args), edits=edits)
 
 
