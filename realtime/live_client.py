@@ -142,7 +142,8 @@ class LiveClient:
     """One peer of `stylestream serve`: sends ``frames`` (camera mode) or only receives (viewer mode)."""
 
     def __init__(self, url: str, frames: Sequence[np.ndarray] | None = None, fps: float = 30.0,
-                 token: str | None = None, keep_frames: int = 0, receive_only: bool = False):
+                 token: str | None = None, keep_frames: int = 0, receive_only: bool = False,
+                 send_audio: bool = False):
         self.url = url.rstrip("/")
         self.token = token
         self.track = None if receive_only or frames is None else StampedTrack(frames, fps)
@@ -158,6 +159,7 @@ class LiveClient:
         self.kept: collections.deque[tuple[int | None, np.ndarray]] = collections.deque(maxlen=max(1, keep_frames))
         self.keep_frames = keep_frames
         self.session: str | None = None
+        self.send_audio = send_audio  # also send a silent audio track (the server must drop it, not queue it)
         self._tasks: list[asyncio.Task[Any]] = []
         self._channel_open = asyncio.Event()
         self._frame_event = asyncio.Event()
@@ -189,6 +191,10 @@ class LiveClient:
             pc.addTrack(self.track)
         else:
             pc.addTransceiver("video", direction="recvonly")
+        if self.send_audio:
+            from aiortc.mediastreams import AudioStreamTrack
+
+            pc.addTrack(AudioStreamTrack())
         await pc.setLocalDescription(await pc.createOffer())
         body = {"sdp": pc.localDescription.sdp, "type": "offer"}
         if self.token is not None:

@@ -154,7 +154,7 @@ def ice_server_json(s: RTCIceServer) -> dict[str, Any]:
 
 
 class Rate:
-    """Rolling events per second over the last ``window_s`` seconds (single thread or loop only)."""
+    """Rolling events per second over the last ``window_s`` seconds (ticked by one thread)."""
 
     def __init__(self, window_s: float = 2.0):
         self.window_s = window_s
@@ -169,9 +169,13 @@ class Rate:
             self._t.popleft()
 
     def fps(self) -> float:
-        if len(self._t) < 2 or time.monotonic() - self._t[-1] > self.window_s:
+        try:  # may be read from another thread than the one ticking
+            first, last, n = self._t[0], self._t[-1], len(self._t)
+        except IndexError:
             return 0.0
-        return (len(self._t) - 1) / max(1e-6, self._t[-1] - self._t[0])
+        if n < 2 or time.monotonic() - last > self.window_s:
+            return 0.0
+        return (n - 1) / max(1e-6, last - first)
 
 
 class SerialEngine:
@@ -775,8 +779,9 @@ class LiveServer:
         cfg = self.config
         if request.content_length is not None and request.content_length > cfg.offer_max_bytes:
             return _json_error(400, f"offer larger than {cfg.offer_max_bytes} bytes")
-        header_token = request.headers.get("Authorization") or request.headers.get("X-Stylestream-Token") \
-            or request.query.get("token")
+        auth = request.headers.get("Authorization", "")
+        header_token = request.headers.get("X-Stylestream-Token") or request.query.get("token") \
+            or (auth if auth.lower().startswith("bearer ") else None)
         if cfg.token and header_token is not None and not self._token_ok(request):
             return _json_error(401, "wrong token")
         raw = await request.content.read(cfg.offer_max_bytes + 1)
@@ -830,11 +835,14 @@ class LiveServer:
                 await session.close(f"connection {pc.connectionState}")
 
         got_video: list[MediaStreamTrack] = []
+        others: list[MediaStreamTrack] = []  # audio, extra video: read and dropped (aiortc queues them unbounded)
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
-            if track.kind == "video" and not got_video:
+            if track.kind == "video" and not got_video and self.broadcast is None:
                 got_video.append(track)
+            else:
+                others.append(track)
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
@@ -856,6 +864,8 @@ class LiveServer:
         if session.worker is not None:
             session.worker.start()
             session.spawn(session.read_input(got_video[0]))
+        for track in others:
+            session.spawn(_drain(track))
         session.spawn(session.watch_connect())
         session.spawn(session.send_stats())
         local = pc.localDescription
@@ -876,6 +886,13 @@ def _live_opener(open_source: Callable[..., Any]) -> Callable[[str], Any]:
         return open_source(spec, live=True, realtime=True if paced else None)
 
     return opener
+
+
+async def _drain(track: MediaStreamTrack) -> None:
+    """Read and drop a track nobody uses, so its frames do not pile up in aiortc's queue."""
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            await track.recv()
 
 
 async def _close_quietly(pc: RTCPeerConnection) -> None:

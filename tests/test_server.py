@@ -299,13 +299,17 @@ def test_viewer_mode_broadcasts_one_source(tiny):
     async def main() -> None:
         src = "demo:?seconds=inf&fps=15&size=320x240"
         async with serving(tiny, source=src) as (server, url):
-            viewers = [LiveClient(url, receive_only=True) for _ in range(2)]
+            viewers = [LiveClient(url, receive_only=True), LiveClient(url, receive_only=True, send_audio=True)]
             for v in viewers:
                 await v.connect()
             got = await asyncio.gather(*(v.wait_frames(8, timeout=40) for v in viewers))
             assert all(n >= 8 for n in got), got
             assert await wait_until(lambda: viewers[1].stats and viewers[1].stats["faces"] > 0, 10)
             assert viewers[0].stats["mode"] == "viewer"
+            # the audio nobody asked for is read and dropped, not queued without bound
+            audio = [r.track for s in server.sessions.values() for r in s.pc.getReceivers()
+                     if r.track is not None and r.track.kind == "audio"]
+            assert len(audio) == 1 and audio[0]._queue.qsize() < 10
             viewers[0].send({"type": "request", "width": 640, "height": 480})
             assert await viewers[0].wait_message("error", 5)  # the source sets the size
             for v in viewers:
