@@ -152,6 +152,15 @@ def test_page_in_chromium_with_fake_camera(tmp_path):
                     size = await cdp.evaluate("[document.getElementById('remote').videoWidth, "
                                               "document.getElementById('remote').videoHeight]")
                     assert size == [320, 240], size
+                    # a page control goes over the data channel: side by side doubles the video's width
+                    await cdp.evaluate("document.querySelector('input[name=view][value=side_by_side]').click()")
+                    wide = None
+                    for _ in range(40):
+                        wide = await cdp.evaluate("document.getElementById('remote').videoWidth")
+                        if wide == 640:
+                            break
+                        await asyncio.sleep(0.25)
+                    assert wide == 640, wide
                     png = await cdp.call("Page.captureScreenshot", format="png")
                     shot.write_bytes(base64.b64decode(png["data"]))
                     await cdp.evaluate("document.getElementById('stop').click()")
