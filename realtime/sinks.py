@@ -57,7 +57,7 @@ import numpy as np
 
 from models.errors import UserError
 from realtime.frames import Output, now_ns
-from realtime.sources import Source
+from realtime.sources import Source, _one_line
 
 log = logging.getLogger(__name__)
 
@@ -323,16 +323,6 @@ class _Silence(_Audio):
 
 
 # ====================================================================================== PyAV sinks ==
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, av.error.FFmpegError):
-        msg = exc.strerror or str(exc)
-    elif isinstance(exc, OSError) and exc.strerror:
-        msg = exc.strerror
-    else:
-        msg = str(exc) or type(exc).__name__
-    return " ".join(msg.split())
-
-
 class AVSink(Sink):
     """Encodes to a file or an RTMP server with PyAV. Use :func:`open_sink`."""
 
