@@ -92,8 +92,8 @@ async def measure(url: str, width: int, height: int, fps: float, seconds: float,
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     out = ["| size | sent fps | received fps | e2e latency p50 / p90 ms | server latency ms | encoder (ms) | "
-           "server stages ms | drops |",
-           "|---|---|---|---|---|---|---|---|"]
+           "server stages ms | drops | loop lag p99 ms |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r.get("server") or {}
         enc = s.get("encoder") or {}
@@ -101,7 +101,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         drops = ", ".join(f"{k} {v}" for k, v in (s.get("drops") or {}).items())
         out.append(f"| {r['size']} | {r['sent_fps']:g} | {r['fps']:.1f} | {r['latency_ms']['p50']:.0f} / "
                    f"{r['latency_ms']['p90']:.0f} | {(s.get('latency_ms') or {}).get('mean', float('nan'))} | "
-                   f"{enc.get('encoder', '?')} ({enc.get('encode_ms', 0):.1f}) | {stages} | {drops} |")
+                   f"{enc.get('encoder', '?')} ({enc.get('encode_ms', 0):.1f}) | {stages} | {drops} | "
+                   f"{(s.get('loop_lag_ms') or {}).get('p99', '?')} |")
     return "\n".join(out)
 
 

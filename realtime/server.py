@@ -570,7 +570,8 @@ class Session:
         out: dict[str, Any] = {"session": self.id, "mode": self.server.mode, "state": self.pc.connectionState,
                                "fps_in": round(self.in_rate.fps(), 2), "frames_in": self.in_rate.count,
                                "encoder": self.encoder(), "codec": self.codec(),
-                               "age_s": round(time.monotonic() - self.created, 1)}
+                               "age_s": round(time.monotonic() - self.created, 1),
+                               "loop_lag_ms": self.server.loop_lag()}
         if self.server.broadcast is not None:
             out["fps_in"] = round(self.server.broadcast.in_rate.fps(), 2)
             out["frames_in"] = self.server.broadcast.in_rate.count
@@ -689,6 +690,8 @@ class LiveServer:
         self.broadcast: Broadcast | None = None
         self._pending = 0  # offers being answered (count against max_sessions)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self.loop_lag_ms: collections.deque[float] = collections.deque(maxlen=600)  # event-loop wake-up delays
+        self._monitor: asyncio.Task[None] | None = None
 
     @property
     def mode(self) -> str:
@@ -722,6 +725,7 @@ class LiveServer:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(4, 2 * self.config.max_sessions + 2), thread_name_prefix="stylestream-pool")
         loop.set_default_executor(self._executor)
+        self._monitor = asyncio.ensure_future(self._watch_loop())
         if self.config.source:
             from .sources import open_source as default_open
 
@@ -730,7 +734,25 @@ class LiveServer:
             self.broadcast.start()
 
     async def _shutdown(self, app: web.Application) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
         await self.close_all()
+
+    async def _watch_loop(self, period: float = 0.05) -> None:
+        """How late the event loop wakes up: the evidence that no model work blocks it."""
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(period)
+            self.loop_lag_ms.append(max(0.0, (time.perf_counter() - t - period) * 1e3))
+
+    def loop_lag(self) -> dict[str, float]:
+        lag = np.asarray(self.loop_lag_ms, np.float64)
+        if not lag.size:
+            return {}
+        return {"p50": round(float(np.percentile(lag, 50)), 2), "p99": round(float(np.percentile(lag, 99)), 2),
+                "max": round(float(lag.max()), 2)}
 
     async def close_all(self) -> None:
         await asyncio.gather(*(s.close("server shutting down") for s in list(self.sessions.values())),
@@ -773,7 +795,8 @@ class LiveServer:
     async def get_stats(self, request: web.Request) -> web.Response:
         if not self._token_ok(request):
             return _json_error(401, "wrong or missing token")
-        return _json({"mode": self.mode, "sessions": [s.stats() for s in list(self.sessions.values())]})
+        return _json({"mode": self.mode, "loop_lag_ms": self.loop_lag(),
+                      "sessions": [s.stats() for s in list(self.sessions.values())]})
 
     async def offer(self, request: web.Request) -> web.Response:
         cfg = self.config

@@ -242,6 +242,7 @@ function showStats(s) {
     ["fps in / out", `${fmt(s.fps_in)} / ${fmt(s.fps_out)}`],
     ["server latency", s.latency_ms ? `${fmt(s.latency_ms.mean, 0)} ms (p90 ${fmt(s.latency_ms.p90, 0)})` : "–"],
     ["data-channel RTT", rtt === null ? "–" : `${fmt(rtt, 0)} ms`],
+    ["server loop lag", s.loop_lag_ms && s.loop_lag_ms.p99 !== undefined ? `${fmt(s.loop_lag_ms.p99)} ms (p99)` : "–"],
     ["face", s.face ? "found" : "none"],
     ["faces (frames)", String(s.faces ?? "–")],
     ["latent encoder", `${s.latent ?? "–"} (key frames ${s.key_frames ?? "–"})`],
