@@ -298,6 +298,25 @@ def held_out_crops():
     return load_crops(["synthetic:seed=4242,frames=8"], 64)
 
 
+def test_crop_face_mesh_landmark_loss_is_differentiable(held_out_crops):
+    if not L.face_mesh_available():
+        pytest.skip("models/face_mesh.py is not available")
+    mesh = L.load_face_mesh()
+    assert mesh is not None
+    x = held_out_crops.float_images(torch.arange(2))
+    lm = mesh(x)
+    assert lm.shape == (2, 468, 3)
+    gt = held_out_crops.landmarks[:2]
+    assert L.landmark_distance(lm[..., :2], gt[..., :2]).item() < 2.0  # px at 64²
+    loss = L.LandmarkLoss(mesh)
+    assert loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    xs = x.clone().requires_grad_(True)
+    v = loss(xs, gt)
+    v.backward()
+    assert v.item() > 0 and xs.grad is not None and xs.grad.abs().sum() > 0
+    assert L.MeshLoss(mesh)(x, x).item() == pytest.approx(0.0, abs=1e-8)
+
+
 def test_default_bundle_reconstructs_better_than_untrained(held_out_crops):
     from models.bundle import load_bundle, new_bundle
 

@@ -11,8 +11,9 @@ Choices (see docs/training.md):
   missing file is a :class:`~models.errors.UserError` with one clear line.
 * :class:`LandmarkLoss` — landmark term on a differentiable face mesh's *continuous* outputs (Video2StyleGAN
   uses FAN heatmaps, not argmax coordinates; MediaPipe's mesh regresses coordinates directly, so those are the
-  continuous outputs): mean Euclidean distance in crop-normalised units between the mesh's 2-D landmarks on
-  the reconstruction and the target landmarks (the mesh on the target, or ground truth when the data has it).
+  continuous outputs; :class:`CropFaceMesh` runs it on aligned crops): mean Euclidean distance in crop-normalised
+  units between the mesh's 2-D landmarks on the reconstruction and the target landmarks (the mesh on the
+  target, or ground truth when the data has it).
 * :class:`MeshLoss` — our stand-in for 3DDFAv2's vertex loss: mean squared distance of the 468 3-D landmarks
   after removing the translation (centroid), in crop-normalised units.
 * :class:`LatentLoss` — mean squared W+ error, where the true W+ is known (generator samples).
@@ -20,8 +21,8 @@ Choices (see docs/training.md):
   (deterministic from a seed, so nothing is stored or downloaded) at four scales plus image-gradient L1. Random
   conv features are a known weak-but-useful perceptual prior (Ulyanov et al. "Deep Image Prior"; He et al.
   "A Powerful Generative Model Using Random Weights"); the gradient term sharpens edges. When
-  ``models/face_mesh.py`` exists, :class:`FeaturePerceptual` can use the face mesh's intermediate features
-  instead (pass its feature extractor).
+  ``models/face_mesh.py`` exists, :class:`FeaturePerceptual` can use any frozen extractor's features instead
+  (the torch face mesh exposes only its outputs, not intermediate activations, so the default stays random-conv).
 """
 
 from __future__ import annotations
@@ -371,18 +372,42 @@ class LatentLoss(nn.Module):
         return err.mean()
 
 
+class CropFaceMesh(nn.Module):
+    """MediaPipe's 468-point landmark network (models/face_mesh.py, differentiable torch port) on FFHQ-aligned
+    crops: x [B, 3, S, S] in [-1, 1] → landmarks [B, 468, 3] in crop pixel-index coordinates (z like x).
+
+    Aligned crops put the face in a fixed place, so the landmark network's ROI is a fixed square (no detector):
+    centre (0.5006, 0.6148)·S, side 0.9544·S — MediaPipe's tracking ROI (landmark box × 1.5) of the mean
+    ground-truth landmarks of synthetic crops. On held-out synthetic 64² crops the outputs are within 0.83 px of
+    the ground truth. Frozen (its weights are never trained)."""
+
+    ROI = (0.5006, 0.6148, 0.9544)
+
+    def __init__(self) -> None:
+        super().__init__()
+        from models.face_mesh import FaceLandmarks
+
+        self.net = FaceLandmarks()
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from models.face_mesh import LANDMARK_SIZE, crop, project_landmarks
+
+        s = x.shape[-1]
+        cx, cy, side = self.ROI
+        rect = x.new_tensor([[cx * s, cy * s, side * s, side * s, 0.0]]).expand(x.shape[0], -1)
+        lm, _ = self.net(crop((x + 1) / 2, rect, LANDMARK_SIZE))
+        out = project_landmarks(lm, rect, LANDMARK_SIZE)
+        return out - out.new_tensor([0.5, 0.5, 0.0])  # continuous → pixel-index coordinates
+
+
 def load_face_mesh(device: torch.device | str = "cpu") -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The differentiable face mesh as ``crops [B,3,S,S] in [-1,1] → landmarks [B,468,3] crop pixels``, or None
-    when models/face_mesh.py is not there (the caller logs that the landmark/mesh terms are skipped)."""
+    """The differentiable face mesh on aligned crops (:class:`CropFaceMesh`), or None when models/face_mesh.py or
+    its MediaPipe weights are not there (callers then skip the landmark/mesh terms with a logged note)."""
     if not face_mesh_available():
         return None
-    import models.face_mesh as fm
-
-    for name in ("crop_landmarks_fn", "landmarks_fn", "load_face_mesh"):
-        fn = getattr(fm, name, None)
-        if callable(fn):
-            try:
-                return fn(device=device)
-            except TypeError:
-                return fn()
-    return None
+    try:
+        return CropFaceMesh().to(device)
+    except (UserError, OSError, ImportError):
+        return None

@@ -6,9 +6,11 @@ predicted, fine layers copied from prev) and x̂_t = G(ŵ).
 
 Losses per batch: λ2·L2 + λs·(1−SSIM) + λp·perceptual on every reconstruction; λw·latent where the true W+ is
 known; and the paper's two-stage schedule: for the first ``stage_split`` of each encoder's steps the landmark
-term λf (face-mesh outputs) is on and the mesh term off, afterwards λf = 0 and the 3-D mesh term λv on. Both need
-``models/face_mesh.py``; without it they are skipped with a logged note (ground-truth landmarks of synthetic
-clips are not used directly because the loss must compare *rendered* faces).
+term λf (face-mesh outputs on the first ``landmark_batch`` samples) is on and the mesh term off, afterwards
+λf = 0 and the 3-D mesh term λv on. Weights are re-scaled to our units (distances divided by the crop side; the
+paper's λf = 100 multiplies FAN-heatmap MSE and λv = 1e-4 3DDFA vertex errors). Both need
+``models/face_mesh.py``; without it they are skipped with a logged note. The target landmarks are the mesh's own
+outputs on the target crop (so known-W samples, which have no ground truth, are treated alike).
 
 Known-W data (``w_fraction`` of each batch): either mapping samples with smooth W+ trajectories
 (``w_source=mapping``, right for an adversarially trained G) or codes of real crops with their coarse layers
@@ -58,8 +60,9 @@ class EncoderTrainConfig:
     ssim: float = 0.5  # weight of 1 − SSIM
     perceptual: float = 0.5  # weight of the weights-free perceptual term
     latent: float = 1.0  # weight of the latent loss on known-W samples
-    landmark: float = 100.0  # λf, first stage (needs models/face_mesh.py)
-    mesh: float = 1e-4  # λv, second stage (needs models/face_mesh.py)
+    landmark: float = 1.0  # λf, first stage: mean landmark distance / crop side (needs models/face_mesh.py)
+    mesh: float = 10.0  # λv, second stage: mean squared 3-D landmark error / side² (needs models/face_mesh.py)
+    landmark_batch: int = 4  # samples per batch that get the face-mesh terms (the mesh costs ~3× G per image)
     stage_split: float = 0.7  # fraction of each encoder's steps in the landmark stage
     w_fraction: float = 0.25  # fraction of each batch drawn with known W+
     w_source: str = "encoded"  # "encoded" (perturbed FrEN codes of real crops) or "mapping" (G samples)
@@ -170,12 +173,13 @@ class EncoderTrainer:
         cfg = self.cfg
         loss = cfg.l2 * self.l2(y, x) + cfg.ssim * self.ssim(y, x) + cfg.perceptual * self.perc(y, x)
         first_stage = self.step_idx < cfg.stage_split * self.phase_steps
+        k = max(1, min(cfg.landmark_batch, y.shape[0]))
         if first_stage and self.lmk is not None and cfg.landmark > 0:
-            v = self.lmk(y, x)
+            v = self.lmk(y[:k], x[:k])
             loss = loss + cfg.landmark * v
             out["lmk"] = v.item()
         if not first_stage and self.mesh is not None and cfg.mesh > 0:
-            v = self.mesh(y, x)
+            v = self.mesh(y[:k], x[:k])
             loss = loss + cfg.mesh * v
             out["mesh"] = v.item()
         out["psnr"] = float(10 * torch.log10(4.0 / F.mse_loss(y.detach().clamp(-1, 1), x)).item())

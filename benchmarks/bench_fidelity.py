@@ -1,0 +1,184 @@
+"""Reconstruction fidelity and temporal consistency of a bundle on a held-out synthetic clip.
+
+    python -m benchmarks.bench_fidelity --bundle bundles/default --json docs/bench/fidelity.json \
+        --markdown docs/fidelity.md
+
+The clip (default ``synthetic:seed=9001,frames=90``: a seed and motion never used in training) is aligned with
+its ground-truth landmarks (training/data.py). Modes:
+
+* ``fren``  — FrEN on every frame (the single-frame baseline);
+* ``vien``  — Video2StyleGAN reuse: FrEN on frame 0, then ViEN(frame t, W+ of t−1) — fine layers carried forever;
+* ``vien+key``: as ``vien`` but FrEN refreshes the fine layers every ``--key-every`` frames (the runtime's policy).
+
+Metrics per mode (crops in [0, 1]): PSNR, SSIM (Gaussian 11×11), landmark error — mean distance in crop pixels
+between MediaPipe's runtime landmarks on the reconstruction and on the input crop (both upscaled 4× for the
+detector, so the error is measured at crop size), and TC as Video2StyleGAN defines it: the mean RMSE between a
+frame and its 6 neighbours (±1, ±2, ±3 frames; crops are already aligned). The input clip's own TC is the
+reference: the true motion has non-zero TC, so a result far below it means the output stopped following motion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def temporal_consistency(frames: torch.Tensor, radius: int = 3) -> float:
+    """frames [T, 3, S, S] in [0, 1] → mean RMSE between each frame and its neighbours within ±radius."""
+    vals = []
+    for k in range(1, radius + 1):
+        d = (frames[k:] - frames[:-k]).pow(2).mean(dim=(1, 2, 3)).sqrt()
+        vals.append(d)
+    return float(torch.cat(vals).mean())  # each pair counted once per direction: same mean as both directions
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean PSNR (dB) over frames of [T, 3, S, S] in [0, 1]."""
+    mse = (a - b).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+    return float((10 * torch.log10(1.0 / mse)).mean())
+
+
+def mediapipe_landmarks(frames: torch.Tensor, upscale: int = 4) -> list[np.ndarray | None]:
+    """MediaPipe runtime landmarks [468, 2] in crop pixels (or None) per frame [T, 3, S, S] in [0, 1]."""
+    import cv2
+
+    from training.synthetic import detect_landmarks
+
+    imgs = []
+    for f in frames:
+        u8 = (f.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        imgs.append(cv2.resize(u8, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_CUBIC))
+    out = []
+    for lm in detect_landmarks(imgs):
+        out.append(None if lm is None else (lm[:, :2] + 0.5) / upscale - 0.5)
+    return out
+
+
+def landmark_error(ref: list[np.ndarray | None], rec: list[np.ndarray | None]) -> tuple[float, int]:
+    """Mean landmark distance (px) over frames where both have a face, and how many frames had no face."""
+    errs, missing = [], 0
+    for a, b in zip(ref, rec, strict=True):
+        if a is None or b is None:
+            missing += 1
+            continue
+        errs.append(float(np.linalg.norm(a - b, axis=1).mean()))
+    return (float(np.mean(errs)) if errs else math.nan), missing
+
+
+@torch.no_grad()
+def reconstruct(bundle, x: torch.Tensor, mode: str, key_every: int = 0) -> torch.Tensor:
+    """x [T, 3, S, S] in [-1, 1] → reconstructions [T, 3, S, S] in [-1, 1]."""
+    g = bundle.generator
+    if mode == "fren":
+        return torch.cat([g.synthesis(bundle.fren(x[t:t + 16])) for t in range(0, x.shape[0], 16)]).clamp(-1, 1)
+    if bundle.vien is None:
+        raise SystemExit("the bundle has no ViEN")
+    ws = bundle.fren(x[:1])
+    outs = [g.synthesis(ws)]
+    nc = g.layout.num_coarse
+    for t in range(1, x.shape[0]):
+        ws = bundle.vien(x[t:t + 1], ws)
+        if key_every and t % key_every == 0:
+            ws = torch.cat([ws[:, :nc], bundle.fren(x[t:t + 1])[:, nc:]], 1)
+        outs.append(g.synthesis(ws))
+    return torch.cat(outs).clamp(-1, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--bundle", default="bundles/default")
+    p.add_argument("--clip", default="synthetic:seed=9001,frames=90", help="held-out data spec (one clip)")
+    p.add_argument("--key-every", type=int, default=30, help="FrEN key-frame interval of the vien+key mode")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--markdown", type=Path, default=None, help="write the table (with provenance) here")
+    p.add_argument("--strip", type=Path, default=None, help="write a PNG strip: input / FrEN / ViEN rows")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from benchmarks.provenance import command_line, provenance
+    from models.bundle import load_bundle
+    from training.data import load_crops
+
+    b = load_bundle(args.bundle)
+    crops = load_crops([args.clip], b.crop_size)
+    x = crops.float_images(torch.arange(len(crops)))
+    x01 = (x + 1) / 2
+    from training.losses import ssim
+
+    ref_lm = mediapipe_landmarks(x01)
+    rows = {"input": {"tc": temporal_consistency(x01)}}
+    recs = {}
+    for mode, key in (("fren", 0), ("vien", 0), ("vien+key", args.key_every)):
+        t0 = time.perf_counter()
+        y = reconstruct(b, x, "fren" if mode == "fren" else "vien", key)
+        ms = (time.perf_counter() - t0) / len(x) * 1e3
+        y01 = (y + 1) / 2
+        recs[mode] = y
+        lm_err, missing = landmark_error(ref_lm, mediapipe_landmarks(y01))
+        rows[mode] = {"psnr": psnr(y01, x01), "ssim": float(ssim(y, x).mean()), "landmark_px": lm_err,
+                      "landmark_missing": missing, "tc": temporal_consistency(y01), "ms_per_frame": ms}
+    f, v = rows["fren"], rows["vien"]
+    summary = {"tc_reduction": 1 - v["tc"] / f["tc"], "psnr_cost": 1 - v["psnr"] / f["psnr"]}
+    out = {"bundle": str(args.bundle), "clip": args.clip, "frames": len(x), "crop_size": b.crop_size,
+           "rows": rows, "summary": summary, "provenance": {**provenance(), "command": command_line()}}
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    if args.strip:
+        from training.common import save_grid
+
+        idx = torch.arange(0, min(len(x), 48), 6)
+        save_grid(args.strip, [x[idx], recs["fren"][idx], recs["vien"][idx]], scale=2)
+    if args.markdown:
+        args.markdown.write_text(markdown(out))
+    return 0
+
+
+def markdown(out: dict) -> str:
+    r, s, pv = out["rows"], out["summary"], out["provenance"]
+    lines = [
+        "# Fidelity of the default bundle",
+        "",
+        f"Held-out clip `{out['clip']}` ({out['frames']} frames, {out['crop_size']}² aligned crops), bundle "
+        f"`{out['bundle']}`. Produced by:",
+        "",
+        "```",
+        pv["command"],
+        "```",
+        "",
+        "| mode | PSNR dB ↑ | SSIM ↑ | landmark err px ↓ (no face) | TC ↓ | ms/frame |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode in ("fren", "vien", "vien+key"):
+        m = r[mode]
+        lines.append(f"| {mode} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['landmark_px']:.2f} ({m['landmark_missing']}) "
+                     f"| {m['tc']:.4f} | {m['ms_per_frame']:.1f} |")
+    lines += [
+        f"| input clip | – | – | – | {r['input']['tc']:.4f} | – |",
+        "",
+        f"ViEN vs FrEN: TC {100 * s['tc_reduction']:+.1f} % reduction (goal ≥ 40 %), PSNR cost "
+        f"{100 * s['psnr_cost']:.1f} % (goal ≤ 5 %).",
+        "",
+        "Modes: `fren` = FrEN on every frame; `vien` = FrEN on frame 0, then ViEN with the previous W+ (fine layers "
+        "carried from frame 0); `vien+key` = as `vien`, FrEN refreshes the fine layers every key-frame interval. "
+        "Landmark error: MediaPipe runtime on the reconstruction vs on the input crop (4× upscaled for detection, "
+        "measured in crop pixels). TC: mean RMSE (images in [0, 1]) between a frame and its ±1…3 neighbours.",
+        "",
+        f"Machine: {pv.get('cpu')} ({pv.get('cpu_count')} cores, torch {pv.get('torch')}, "
+        f"{pv.get('torch_threads')} thread(s)), commit {pv.get('git_commit')}, {pv.get('date')}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
