@@ -70,7 +70,7 @@ from aiortc.mediastreams import VIDEO_TIME_BASE, MediaStreamError, MediaStreamTr
 from models.errors import UserError
 
 from . import rtc_tuning
-from .frames import Frame, now_ns
+from .frames import Frame, Track, now_ns
 from .pipeline import CLOSED, FrameProcessor, StageQueue, StreamState
 
 log = logging.getLogger(__name__)
@@ -345,8 +345,6 @@ class PeerWorker:
                 except Exception as exc:  # a frame PyAV cannot convert: skip it
                     self._fail("input frame", exc)
                     continue
-                from .frames import Track
-
                 track = Track(landmarks=None)
                 # Original view and filter off need no landmarks: skip MediaPipe (re-detects when back on).
                 if tracker is not None and self.view != "original" and self.processor.enabled:
