@@ -386,3 +386,29 @@ def test_cli_serves_https_and_stops_on_sigint(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_peer_that_never_connects_is_freed(tiny):
+    """An offer whose peer never completes ICE holds its slot only until --connect-timeout."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    from realtime.live_client import StampedTrack
+
+    async def main() -> None:
+        async with serving(tiny, connect_timeout_s=1.5, max_sessions=1) as (server, url), \
+                aiohttp.ClientSession() as http:
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            pc.addTrack(StampedTrack(clip_frames(64, 48, still=True)))
+            await pc.setLocalDescription(await pc.createOffer())
+            body = {"sdp": pc.localDescription.sdp, "type": "offer"}
+            await pc.close()  # gone before the answer: ICE can never complete
+            async with http.post(url + "/offer", json=body) as r:
+                assert r.status == 200
+            async with http.post(url + "/offer", json=body) as r:
+                assert r.status == 503  # the slot is taken…
+            assert len(server.sessions) == 1
+            assert await wait_until(lambda: not server.sessions, 10)  # …until the timeout frees it
+            assert server.history[-1]["closed"].startswith("not connected")
+            assert not any(t.name.startswith("stylestream-peer-") for t in threading.enumerate())
+
+    asyncio.run(main())
