@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.stylestream-installed
 
-.PHONY: venv test lint clean
+.PHONY: venv test lint serve clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml Makefile
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+serve: $(STAMP)
+	$(VENV)/bin/stylestream serve
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
