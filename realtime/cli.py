@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from models.errors import UserError
 
+    from .mediapipe_runtime import install_native_stderr_filter
+
+    install_native_stderr_filter()  # MediaPipe's native start-up logs never reach the user
     module = importlib.import_module(args._module)
     try:
         return int(module.main(args) or 0)

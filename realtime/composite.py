@@ -160,23 +160,26 @@ class PersonSegmenter:
     """MediaPipe selfie segmentation (model inside the wheel) on a crop → person probability."""
 
     def __init__(self) -> None:
-        try:
-            from mediapipe.python.solutions import selfie_segmentation
-        except Exception as exc:
-            from models.errors import UserError
-
-            raise UserError(
-                f"segmentation needs MediaPipe 0.10.21 ({type(exc).__name__}: {exc}); "
-                "install it with: pip install --no-deps mediapipe==0.10.21"
-            ) from exc
         import warnings
 
-        with warnings.catch_warnings():  # protobuf's "label() is deprecated" from inside MediaPipe
+        from .mediapipe_runtime import import_mediapipe, quiet_native_stderr
+
+        import_mediapipe()
+        with warnings.catch_warnings(), quiet_native_stderr():  # "label() is deprecated" + start-up lines
             warnings.simplefilter("ignore", DeprecationWarning)
+            from mediapipe.python.solutions import selfie_segmentation
+
             self._seg = selfie_segmentation.SelfieSegmentation(model_selection=0)
+        self._first = True
 
     def __call__(self, crop_rgb: np.ndarray) -> np.ndarray:
         """crop_rgb [N, N, 3] uint8 → [N, N] float32 in [0, 1]."""
+        if self._first:
+            from .mediapipe_runtime import quiet_native_stderr
+
+            self._first = False
+            with quiet_native_stderr():
+                return self(crop_rgb)
         res = self._seg.process(np.ascontiguousarray(crop_rgb))
         if res.segmentation_mask is None:
             return np.ones(crop_rgb.shape[:2], np.float32)

@@ -30,6 +30,7 @@ import numpy as np
 from models.errors import UserError
 from realtime.align import EYE_LEFT_IDX, EYE_RIGHT_IDX, quad_from_landmarks, quad_size
 from realtime.frames import Frame, Track
+from realtime.mediapipe_runtime import quiet_native_stderr
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +93,18 @@ class LandmarkSource(Protocol):
 
 
 def _import_mediapipe():  # noqa: ANN202 - returns modules
+    from .mediapipe_runtime import import_mediapipe, quiet_native_stderr
+
+    import_mediapipe()
     try:
-        import mediapipe  # noqa: F401
-        from mediapipe.python.solution_base import SolutionBase
-        from mediapipe.python.solutions import face_detection, face_mesh
-    except Exception as exc:  # ImportError, or a broken protobuf/numpy combination
+        with quiet_native_stderr():
+            from mediapipe.python.solution_base import SolutionBase
+            from mediapipe.python.solutions import face_detection, face_mesh
+    except Exception as exc:  # a broken protobuf/numpy combination
         raise UserError(
             f"face tracking needs MediaPipe 0.10.21 ({type(exc).__name__}: {exc}); "
             "install it with: pip install --no-deps mediapipe==0.10.21"
-        ) from exc
+        ) from None
     return SolutionBase, face_detection, face_mesh
 
 
@@ -128,7 +132,8 @@ class MediaPipeLandmarks:
         solution_base, face_detection, face_mesh = _import_mediapipe()
         self._SolutionBase = solution_base
         self._mesh_graph_path = face_mesh._BINARYPB_FILE_PATH
-        with warnings.catch_warnings():
+        self._noisy = True  # MediaPipe prints start-up lines on the first frames of new graphs
+        with warnings.catch_warnings(), quiet_native_stderr():
             warnings.simplefilter("ignore", DeprecationWarning)
             self._detector = face_detection.FaceDetection(
                 model_selection=1 if self.cfg.detector == "full" else 0,
@@ -145,7 +150,8 @@ class MediaPipeLandmarks:
             g = self._pool.pop()
             g.reset()
             return g
-        with warnings.catch_warnings():  # protobuf's "label() is deprecated" from inside MediaPipe
+        self._noisy = True
+        with warnings.catch_warnings(), quiet_native_stderr():  # protobuf's "label() is deprecated" too
             warnings.simplefilter("ignore", DeprecationWarning)
             return self._SolutionBase(
                 binary_graph_path=self._mesh_graph_path,
@@ -190,6 +196,13 @@ class MediaPipeLandmarks:
 
     # per frame ----------------------------------------------------------------------------------------
     def process(self, image: np.ndarray) -> list[FaceObservation]:
+        if self._noisy:  # the first frames of new graphs: hide MediaPipe's start-up lines
+            with quiet_native_stderr():
+                self._noisy = False
+                return self._process(image)
+        return self._process(image)
+
+    def _process(self, image: np.ndarray) -> list[FaceObservation]:
         assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8, image.shape
         cfg = self.cfg
         ran_detector = False

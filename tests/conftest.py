@@ -11,6 +11,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
 
+# In-process CLI calls must not re-route stderr (pytest's capture owns it); see realtime/mediapipe_runtime.py.
+os.environ.setdefault("STYLESTREAM_MEDIAPIPE_LOGS", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -20,7 +20,8 @@ from models.errors import UserError
 from realtime.frames import Frame, Output
 from realtime.sinks import fit_image, open_sink
 from realtime.sources import open_source
-from tests.media import pattern_frame, probe, write_clip, write_resolution_change
+
+from media import pattern_frame, probe, write_clip, write_resolution_change
 
 
 def to_output(f: Frame) -> Output:

@@ -13,7 +13,8 @@ import pytest
 
 from models.errors import UserError
 from realtime.sources import open_source, register_demo_generator
-from tests.media import (
+
+from media import (
     pattern_frame,
     write_audio_only,
     write_clip,

@@ -152,9 +152,12 @@ class FrameParams:
 
 # -------------------------------------------------------------------------------------------- portraits
 def _import_face_mesh():  # noqa: ANN202 - returns a module
+    from realtime.mediapipe_runtime import quiet_native_stderr
+
     try:
-        import mediapipe  # noqa: F401
-        from mediapipe.python.solutions import face_mesh
+        with quiet_native_stderr():
+            import mediapipe  # noqa: F401
+            from mediapipe.python.solutions import face_mesh
     except Exception as exc:  # ImportError or a protobuf/numpy clash
         raise UserError(
             f"synthetic clips need MediaPipe 0.10.21 to find portrait landmarks ({type(exc).__name__}: {exc}); "
@@ -168,10 +171,12 @@ def detect_landmarks(images: Sequence[np.ndarray]) -> list[np.ndarray | None]:
 
     images: each [H, W, 3] uint8 RGB. Returns per image [468, 3] float32 (pixel-index x, y; z·width) or None.
     """
+    from realtime.mediapipe_runtime import quiet_native_stderr
+
     face_mesh = _import_face_mesh()
     out: list[np.ndarray | None] = []
-    with face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False,
-                            min_detection_confidence=0.5) as fm:
+    with quiet_native_stderr(), face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False,
+                                                   min_detection_confidence=0.5) as fm:
         for img in images:
             assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8, (img.shape, img.dtype)
             res = fm.process(np.ascontiguousarray(img))
