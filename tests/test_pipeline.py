@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from media import probe, write_clip, write_empty, write_garbage, write_resolution_change, write_truncated_mp4
 from models.bundle import new_bundle
 from models.editing import EditSpec, EditStack, tensor_key
 from realtime import cli
@@ -29,6 +28,8 @@ from realtime.pipeline import (
     StageQueue,
     StreamState,
 )
+
+from media import probe, write_clip, write_empty, write_garbage, write_resolution_change, write_truncated_mp4
 
 REPO = Path(__file__).resolve().parents[1]
 
