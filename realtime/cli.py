@@ -13,6 +13,7 @@ import sys
 
 # (name, module, one-line help). Order is the order shown in --help.
 SUBCOMMANDS: list[tuple[str, str, str]] = [
+    ("demo", "realtime.cmd_demo", "the whole filter on a synthetic clip with the default bundle → demo_out/"),
     ("run", "realtime.cmd_run", "filter a video file or stream into a file/URL (progress bar, summary)"),
     ("camera", "realtime.cmd_camera", "filter a live source (webcam, stream) into a virtual camera or URL"),
     ("serve", "realtime.cmd_serve", "live WebRTC server: browser page, webcam in, filtered video out (or --source)"),
@@ -21,6 +22,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("bench", "realtime.cmd_bench", "measure speed: `bench models`, `bench pipeline`"),
     ("export", "realtime.cmd_export", "export the networks to ONNX / TensorRT / a Triton model repository"),
     ("train", "realtime.cmd_train", "train a generator and encoders: `train autoencode|generator|encoder`"),
+    ("edits", "realtime.cmd_edits", "fit, list and measure a bundle's edits: `edits fit|list|measure`"),
 ]
 
 

@@ -1,0 +1,33 @@
+"""`stylestream demo` writes the side-by-side video, metrics and contact sheet."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import torch
+
+from models.bundle import new_bundle
+from realtime import cli
+
+from media import probe
+
+
+def test_demo_writes_video_metrics_and_contact_sheet(tmp_path, capsys):
+    b = new_bundle("tiny-64", "tiny", seed=1)
+    torch.nn.init.normal_(b.fren.head[2].weight, std=0.02)
+    b.save(tmp_path / "bundle")
+    out = tmp_path / "demo_out"
+    rc = cli.main(["demo", "-o", str(out), "--bundle", str(tmp_path / "bundle"), "--seconds", "2", "--fps", "15",
+                   "--size", "480x360", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    info = probe(out / "side_by_side.mp4")
+    assert info.frames == 30 and info.sizes[0] == (960, 360)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["run"]["frames_out"] == 30 and m["run"]["faces"] >= 25
+    fid = m["crop_fidelity"]
+    assert fid["crops"] >= 8 and 0 < fid["fren"]["psnr_db"] < 60 and fid["vien_reuse"]["tc"] >= 0
+    sheet = cv2.imread(str(out / "contact_sheet.png"))
+    assert sheet is not None and sheet.shape[1] == 960 and sheet.shape[0] > 720
+    assert not (out / "run_stats.json").exists()
