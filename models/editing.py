@@ -1,13 +1,25 @@
 """Edits of a W+ code and their composition.
 
 An edit is stored in a bundle as a JSON spec (``Bundle.edits``) plus its tensors in ``Bundle.extra`` under
-``edit.<name>.<tensor>``. Kinds:
+``edit.<name>.<tensor>`` (shared networks under ``pose_expression.*``). Kinds:
 
-* ``w_direction`` — ``ws[:, layers] += strength · direction`` (InterFaceGAN / GANSpace style). ``direction`` is
-  [w_dim] (same on every listed layer) or [num_ws, w_dim] (per layer).
+* ``w_direction`` — ``ws[:, layers] += strength · scale · direction`` (InterFaceGAN / supervised / GANSpace).
+  ``direction`` is [w_dim] (same on every listed layer) or [num_ws, w_dim] (per layer).
 * ``style_channel`` — StyleSpace: ``s[layer][:, channel] += strength · scale`` on one affine output.
-* ``random_identity`` — a fixed random δw on the identity (fine) layers: Video2StyleGAN's privacy mask. Stored
-  like a w_direction; strength scales it.
+* ``random_identity`` — a fixed random δw on the identity (appearance) layers: Video2StyleGAN's privacy mask.
+  Stored like a w_direction; strength scales it.
+* ``pose_expression`` — a *target* ("yaw to +15°", "neutral expression") reached through the pose/expression
+  network of Video2StyleGAN §4.4: the frame's current pose/expression parameters are estimated (from the
+  frame's landmarks when :class:`EditContext` carries them, else read out of W+ linearly), the change to the
+  target goes through the MLP to a ΔW on the coarse layers, and ``strength`` ∈ [0, 1] is the fraction of the
+  way (values above 1 overshoot). ``spec.extra["target"]`` = {parameter: value}, parameters in
+  :data:`PARAMS` (degrees for the pose, [0, 1] for expressions).
+* ``keep_mouth`` — a modifier, StylePortraitVideo's expression-dynamics preservation made live: with strength
+  k ∈ [0, 1] it removes k × the part of every other active edit's ΔW that moves the inner lips (first order:
+  projection onto the orthogonal complement of the inner-lip landmark Jacobian's row space, basis stored as
+  ``edit.<name>.basis`` [r, num_ws·w_dim]). The frame's own mouth motion, carried by the encoder's W+, is then
+  kept while a smile (cheeks, corners) is added. Edits with ``extra["keep_mouth"] = False`` (mouth_open) are
+  not touched.
 
 :class:`EditStack` composes any number of edits with strengths that can change on every frame (the UI's
 sliders). Strength 0 is the identity. Model code: no I/O.
@@ -19,11 +31,18 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 
 from .errors import UserError
 
-KINDS = ("w_direction", "style_channel", "random_identity")
+KINDS = ("w_direction", "style_channel", "random_identity", "pose_expression", "keep_mouth")
+# Pose/expression parameters (training/synthetic.py ground truth): degrees, then expressions in [0, 1].
+PARAMS = ("yaw", "pitch", "roll", "jaw_open", "smile", "blink", "brow_raise", "pucker")
+# Network input scale: the MLP sees Δparam / PARAM_SCALE (pose in tens of degrees).
+PARAM_SCALE = (10.0, 10.0, 10.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+PE_PREFIX = "pose_expression."  # shared tensors of the pose/expression network in Bundle.extra
 
 
 @dataclass
@@ -39,7 +58,7 @@ class EditSpec:
     scale: float = 1.0  # style_channel: Δs per unit strength; w kinds: extra multiplier
     default: float = 0.0  # strength when the user does not set one
     range: tuple[float, float] = (-3.0, 3.0)  # slider range
-    extra: dict[str, Any] = field(default_factory=dict)  # measured effect sizes, provenance, …
+    extra: dict[str, Any] = field(default_factory=dict)  # target, measured effect sizes, provenance, …
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -57,11 +76,112 @@ class EditSpec:
         spec = cls(**d)
         if spec.kind not in KINDS:
             raise ValueError(f"edit {spec.name!r}: unknown kind {spec.kind!r}")
+        if spec.kind == "pose_expression":
+            target = spec.extra.get("target")
+            if not isinstance(target, dict) or not target or set(target) - set(PARAMS):
+                raise ValueError(f"edit {spec.name!r}: extra.target must map some of {PARAMS} to numbers")
         return spec
 
 
 def tensor_key(name: str, what: str = "direction") -> str:
     return f"edit.{name}.{what}"
+
+
+@dataclass
+class EditContext:
+    """Per-frame inputs some edits can use (all optional; without them every edit still works from W+ alone).
+
+    landmarks: the frame's tracked face-mesh landmarks [468, ≥2] in *frame* pixels (``Track.landmarks``).
+    to_frame: the crop → frame affine [2, 3] of this frame's aligned crop (``Crop.to_frame``), so the landmarks
+        can be expressed in crop pixels.
+    crop_size: side of that crop in pixels (the encoder's input size).
+    Alternatively pass ``crop_landmarks`` [468, ≥2] already in crop pixels (then the other three are unused).
+    """
+
+    landmarks: Any = None  # [468, ≥2] frame px (np.ndarray or torch.Tensor)
+    to_frame: Any = None  # [2, 3] crop px → frame px
+    crop_size: int = 0  # crop side the affine refers to
+    crop_landmarks: Any = None  # [468, ≥2] crop px (takes precedence)
+
+    def landmarks_in_crop(self) -> np.ndarray | None:
+        """[468, 2] float64 crop pixels, or None when the context has no landmarks."""
+        if self.crop_landmarks is not None:
+            return _as_np(self.crop_landmarks)[:, :2].astype(np.float64)
+        if self.landmarks is None or self.to_frame is None:
+            return None
+        lm = _as_np(self.landmarks)[:, :2].astype(np.float64)
+        m = _as_np(self.to_frame).astype(np.float64)
+        a, t = m[:, :2], m[:, 2]
+        return (lm - t) @ np.linalg.inv(a).T
+
+
+def _as_np(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x)
+
+
+# ------------------------------------------------------------------------------------ pose/expression network
+
+
+class PoseExpressionNet(nn.Module):
+    """Video2StyleGAN §4.4: a 3-layer MLP from the change of face-mesh pose/expression parameters between two
+    frames to the change of the coarse W+ layers. dp [B, len(PARAMS)] (scaled by PARAM_SCALE) →
+    ΔW [B, len(layers), w_dim]. A linear skip (``lin``, initialised from the supervised regression) carries the
+    first-order answer; the MLP learns the rest."""
+
+    def __init__(self, num_layers: int, w_dim: int, hidden: int = 256, num_params: int = len(PARAMS)):
+        super().__init__()
+        self.num_layers, self.w_dim, self.hidden, self.num_params = num_layers, w_dim, hidden, num_params
+        out = num_layers * w_dim
+        self.delta_max: list[float] | None = None  # per-parameter |Δ| seen in training; run time clamps to it
+        self.mlp = nn.Sequential(nn.Linear(num_params, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden),
+                                 nn.LeakyReLU(0.2), nn.Linear(hidden, out))
+        self.lin = nn.Linear(num_params, out, bias=False)
+        nn.init.zeros_(self.mlp[4].weight)
+        nn.init.zeros_(self.mlp[4].bias)
+
+    def forward(self, dp: torch.Tensor) -> torch.Tensor:
+        assert dp.ndim == 2 and dp.shape[1] == self.num_params, dp.shape
+        y = self.lin(dp) + self.mlp(dp) - self.mlp(torch.zeros_like(dp[:1]))  # Δparams = 0 → ΔW = 0 exactly
+        return y.view(dp.shape[0], self.num_layers, self.w_dim)
+
+    def config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"num_layers": self.num_layers, "w_dim": self.w_dim, "hidden": self.hidden,
+                               "num_params": self.num_params}
+        if self.delta_max is not None:
+            cfg["delta_max"] = list(self.delta_max)
+        return cfg
+
+    def to_extra(self) -> dict[str, torch.Tensor]:
+        return {PE_PREFIX + "net." + k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
+
+    @classmethod
+    def from_extra(cls, tensors: dict[str, torch.Tensor], cfg: dict[str, Any]) -> PoseExpressionNet:
+        net = cls(int(cfg["num_layers"]), int(cfg["w_dim"]), int(cfg["hidden"]), int(cfg["num_params"]))
+        if cfg.get("delta_max") is not None:
+            net.delta_max = [float(x) for x in cfg["delta_max"]]
+        prefix = PE_PREFIX + "net."
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise UserError(f"the bundle's pose/expression network does not match its config ({exc})") from None
+        return net.eval().requires_grad_(False)
+
+
+def landmark_features(lm: torch.Tensor) -> torch.Tensor:
+    """Pose/expression-readout features of crop landmarks [B, 468, ≥2] → [B, 936]: coordinates relative to the
+    eye midpoint in inter-ocular units (translation/scale invariant)."""
+    xy = lm[..., :2].to(torch.float32)
+    left = xy[:, [33, 133]].mean(1)
+    right = xy[:, [263, 362]].mean(1)
+    mid = (left + right) / 2
+    iod = (right - left).norm(dim=-1).clamp_min(1e-3)
+    return ((xy - mid[:, None]) / iod[:, None, None]).flatten(1)
+
+
+# ---------------------------------------------------------------------------------------------- the stack
 
 
 class EditStack:
@@ -71,17 +191,30 @@ class EditStack:
     """
 
     def __init__(self, specs: list[EditSpec], tensors: dict[str, torch.Tensor],
-                 style_channels: dict[str, int] | None = None):
-        """style_channels: {StyleSpace layer name: channels} of the generator (needed by style_channel edits)."""
+                 style_channels: dict[str, int] | None = None, pe_config: dict[str, Any] | None = None):
+        """style_channels: {StyleSpace layer name: channels} of the generator (needed by style_channel edits).
+        pe_config: the pose/expression network's config (``bundle.provenance["pose_expression"]`` or the first
+        pose_expression spec's ``extra["net"]``)."""
         self.specs = {s.name: s for s in specs}
+        if len(self.specs) != len(specs):
+            raise UserError("the bundle lists two edits with the same name")
         self.tensors = tensors
         self.style_channels = style_channels or {}
+        self._net: PoseExpressionNet | None = None
+        self._pe_cfg: dict[str, Any] | None = pe_config
         for s in specs:
             if s.kind in ("w_direction", "random_identity") and tensor_key(s.name) not in tensors:
                 raise UserError(f"edit {s.name!r} has no direction tensor {tensor_key(s.name)!r} in the bundle")
             if s.kind == "style_channel" and not 0 <= s.channel < self.style_channels.get(s.style_layer, 0):
                 raise UserError(f"edit {s.name!r}: channel {s.channel} of layer {s.style_layer!r} does not exist "
                                 "in this generator")
+            if s.kind == "keep_mouth" and tensor_key(s.name, "basis") not in tensors:
+                raise UserError(f"edit {s.name!r} has no lip basis {tensor_key(s.name, 'basis')!r} in the bundle")
+            if s.kind == "pose_expression":
+                cfg = self._pe_cfg or s.extra.get("net")
+                if not isinstance(cfg, dict) or PE_PREFIX + "w_readout.weight" not in tensors:
+                    raise UserError(f"edit {s.name!r} needs the pose/expression network, which this bundle lacks")
+                self._pe_cfg = cfg
         self._strength = {s.name: float(s.default) for s in specs}
         self._lock = threading.Lock()
 
@@ -110,36 +243,124 @@ class EditStack:
         with self._lock:
             self._strength[name] = float(min(max(value, lo), hi))
 
+    def set_strengths(self, values: dict[str, float], reset: bool = False) -> None:
+        """Several strengths at once (unknown names raise before anything changes); ``reset`` zeroes the rest."""
+        for name in values:
+            if name not in self.specs:
+                self.set_strength(name, 0.0)  # raises the clear error
+        with self._lock:
+            if reset:
+                self._strength = dict.fromkeys(self._strength, 0.0)
+        for name, v in values.items():
+            self.set_strength(name, v)
+
     def active(self) -> bool:
         with self._lock:
             return any(v != 0 for v in self._strength.values())
 
-    def apply(self, ws: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-        """ws: [B, num_ws, w_dim] → edited copy and StyleSpace deltas {layer: [B, C]} (None when there are none)."""
+    # -- pose/expression ------------------------------------------------------------------------------------
+    def pose_expression_net(self, device: torch.device | None = None) -> PoseExpressionNet:
+        if self._net is None:
+            if self._pe_cfg is None:
+                raise UserError("this bundle has no pose/expression network")
+            self._net = PoseExpressionNet.from_extra(self.tensors, self._pe_cfg)
+        if device is not None and next(self._net.parameters()).device != device:
+            self._net.to(device)
+        return self._net
+
+    def estimate_params(self, ws: torch.Tensor, context: EditContext | None = None) -> torch.Tensor:
+        """Current pose/expression parameters [B, len(PARAMS)] (degrees / [0, 1]): from the frame's landmarks
+        when the context has them and the bundle has a landmark readout, else read out of W+ linearly."""
+        t = self.tensors
+        lm = context.landmarks_in_crop() if context is not None else None
+        key = PE_PREFIX + "lm_readout.weight"
+        if lm is not None and key in t:
+            feats = landmark_features(torch.as_tensor(lm, dtype=torch.float32)[None]).to(ws.device)
+            p = feats @ t[key].to(ws.device, torch.float32).T + t[PE_PREFIX + "lm_readout.bias"].to(ws.device)
+            return p.expand(ws.shape[0], -1).to(ws.dtype)
+        layers = list(range(int(self._pe_cfg["num_layers"]))) if self._pe_cfg else []
+        x = ws[:, layers].flatten(1).to(torch.float32)
+        w, b = t[PE_PREFIX + "w_readout.weight"].to(ws.device), t[PE_PREFIX + "w_readout.bias"].to(ws.device)
+        return (x @ w.T.to(torch.float32) + b.to(torch.float32)).to(ws.dtype)
+
+    def pose_expression_delta(self, ws: torch.Tensor, target: dict[str, float], context: EditContext | None = None
+                              ) -> torch.Tensor:
+        """ΔW [B, num_ws, w_dim] that moves the frame's parameters to ``target`` (parameters not named keep
+        their value)."""
+        cur = self.estimate_params(ws, context).to(torch.float32)  # [B, P]
+        goal = cur.clone()
+        for k, v in target.items():
+            goal[:, PARAMS.index(k)] = float(v)
+        scale = torch.tensor(PARAM_SCALE, device=ws.device)
+        net = self.pose_expression_net(ws.device)
+        delta = goal - cur
+        if net.delta_max is not None:  # beyond the changes seen in training the network only extrapolates
+            lim = torch.tensor(net.delta_max, device=ws.device)
+            delta = torch.maximum(torch.minimum(delta, lim), -lim)
+        with torch.no_grad():
+            d = net(delta / scale)  # [B, L, w_dim]
+        out = torch.zeros_like(ws)
+        out[:, : d.shape[1]] = d.to(ws.dtype)
+        return out
+
+    # -- composition ----------------------------------------------------------------------------------------
+    def edit_delta(self, name: str, k: float, ws: torch.Tensor, context: EditContext | None = None
+                   ) -> torch.Tensor | None:
+        """ΔW [B, num_ws, w_dim] of one W-space edit at strength k (None for StyleSpace / modifier kinds)."""
+        s = self.specs[name]
+        if s.kind in ("w_direction", "random_identity"):
+            d = self.tensors[tensor_key(name)].to(ws.device, ws.dtype) * (k * s.scale)
+            layers = s.layers if s.layers is not None else list(range(ws.shape[1]))
+            out = torch.zeros_like(ws)
+            out[:, layers] = d if d.ndim == 1 else d[layers]
+            return out
+        if s.kind == "pose_expression":
+            return self.pose_expression_delta(ws, s.extra["target"], context) * (k * s.scale)
+        return None
+
+    def apply(self, ws: torch.Tensor, context: EditContext | None = None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """ws: [B, num_ws, w_dim] → edited copy and StyleSpace deltas {layer: [B, C]} (None when there are none).
+        ``context`` (optional): the frame's landmarks for pose_expression targets (see :class:`EditContext`).
+        With no active edit the input tensor itself is returned."""
         strengths = self.strengths()
         deltas: dict[str, torch.Tensor] = {}
-        out = ws
+        keep = [(n, k) for n, k in strengths.items() if k != 0 and self.specs[n].kind == "keep_mouth"]
+        free = torch.zeros_like(ws) if any(k for k in strengths.values()) else None
+        guarded = torch.zeros_like(ws) if keep else None
         for name, k in strengths.items():
             if k == 0:
                 continue
             s = self.specs[name]
-            if s.kind in ("w_direction", "random_identity"):
-                d = self.tensors[tensor_key(name)].to(ws.device, ws.dtype) * (k * s.scale)
-                layers = s.layers if s.layers is not None else list(range(ws.shape[1]))
-                if out is ws:
-                    out = ws.clone()
-                if d.ndim == 1:
-                    out[:, layers] += d
-                else:
-                    out[:, layers] += d[layers]
-            elif s.kind == "style_channel":
+            if s.kind == "style_channel":
                 t = deltas.get(s.style_layer)
                 if t is None:
                     t = torch.zeros(ws.shape[0], self.style_channels[s.style_layer], device=ws.device,
                                     dtype=ws.dtype)
                 t[:, s.channel] += k * s.scale
                 deltas[s.style_layer] = t
-        return out, (deltas or None)
+                continue
+            d = self.edit_delta(name, k, ws, context)
+            if d is None:
+                continue
+            if guarded is not None and s.extra.get("keep_mouth", True) and s.kind != "random_identity":
+                guarded += d
+            else:
+                free += d  # type: ignore[operator]
+        if free is None:
+            return ws, None
+        if guarded is not None:
+            for name, k in keep:
+                guarded = self._keep_mouth(name, min(max(k, 0.0), 1.0), guarded)
+            free = free + guarded
+        return ws + free, (deltas or None)
+
+    def _keep_mouth(self, name: str, k: float, d: torch.Tensor) -> torch.Tensor:
+        """Remove k × the inner-lip-moving component of ΔW d [B, num_ws, w_dim]."""
+        u = self.tensors[tensor_key(name, "basis")].to(d.device, torch.float32)  # [r, num_ws·w_dim], orthonormal
+        flat = d.flatten(1).to(torch.float32)
+        proj = (flat @ u.T) @ u
+        return (flat - k * proj).view_as(d).to(d.dtype)
 
 
 def parse_edit_args(items: list[str] | None) -> dict[str, float]:
