@@ -279,9 +279,12 @@ def test_eight_concurrent_clients_then_nothing_left(tiny):
             got = await asyncio.gather(*(c.wait_frames(3, timeout=60) for c in clients))
             assert all(n >= 3 for n in got), got
             assert len(server.sessions) == 8
-            # 8 peers of tracking + model work, and the event loop still wakes up on time (work is on threads)
+            # 8 peers of tracking + model work, and the event loop still wakes up in time (work is on threads).
+            # 16 busy worker threads share the GIL (5 ms switch interval), so on a loaded 2-core machine a
+            # wake-up can wait a few switches; model work on the loop would instead cost whole frames of all
+            # 8 peers (8 × ≥ 40 ms) per wake-up.
             lag = server.loop_lag()
-            assert lag["p50"] < 20, lag
+            assert lag["p50"] < 150, lag
             names = {t.name for t in threading.enumerate()}
             assert sum(n.startswith("stylestream-peer-") for n in names) == 16  # tracking + device per peer
             await asyncio.gather(*(c.close() for c in clients))
