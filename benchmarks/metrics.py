@@ -1,0 +1,129 @@
+"""Fidelity and temporal-stability metrics shared by the benchmarks, the demo and the docs.
+
+All image inputs are float tensors in [-1, 1] (``data_range`` 2) unless said otherwise.
+
+* :func:`psnr` — peak signal-to-noise ratio in dB (``inf`` for identical inputs).
+* :func:`ssim` — structural similarity (the training losses' implementation, one definition).
+* :func:`temporal_consistency` — Video2StyleGAN's TC: mean RMSE between each frame and its aligned neighbours
+  within ±``radius`` frames (6 neighbours for radius 3). 0 for a static clip.
+* :func:`warping_error` — Lai et al. 2018: mean squared difference between each output frame and the previous
+  output frame warped by the optical flow of the *input* video, over pixels that are not occluded (forward-backward
+  flow check). ~0 for a pure translation warped with its true flow.
+* :func:`landmark_error` — mean Euclidean distance between two landmark sets, ignoring missing detections.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> float:
+    """a, b: same shape. Mean over everything → dB; ``inf`` when identical."""
+    mse = (a.float() - b.float()).square().mean().item()
+    if mse == 0:
+        return math.inf
+    return 10.0 * math.log10(data_range**2 / mse)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> float:
+    """Mean SSIM of image batches [B, C, H, W] (training/losses.py: one definition)."""
+    from training.losses import ssim as _ssim
+
+    return float(_ssim(a.float(), b.float(), data_range=data_range).mean())
+
+
+def temporal_consistency(frames: torch.Tensor, radius: int = 3, data_range: float = 2.0) -> float:
+    """frames [T, C, H, W] (aligned crops) → mean RMSE (in units of ``data_range``) to neighbours within ±radius."""
+    t = frames.shape[0]
+    if t < 2:
+        return 0.0
+    errs = []
+    for k in range(1, radius + 1):
+        if k >= t:
+            break
+        d = (frames[k:].float() - frames[:-k].float()) / data_range
+        rmse = d.square().flatten(1).mean(1).sqrt()  # [T-k]
+        errs.append(rmse)
+        errs.append(rmse)  # the pair counts for both frames (i→i+k and i+k→i)
+    return float(torch.cat(errs).mean())
+
+
+def _to_gray_u8(img: np.ndarray) -> np.ndarray:
+    import cv2
+
+    if img.dtype != np.uint8:
+        img = np.clip((img.astype(np.float32) + 1.0) * 127.5, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
+
+
+def optical_flow(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    """Dense flow from ``nxt`` back to ``prev`` ([H, W, 2], pixels): prev(x + flow(x)) ≈ nxt(x) (Farnebäck)."""
+    import cv2
+
+    return cv2.calcOpticalFlowFarneback(_to_gray_u8(nxt), _to_gray_u8(prev), None, 0.5, 4, 21, 5, 7, 1.5, 0)
+
+
+def warp(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """Sample ``img`` at x + flow(x) (bilinear, border replicate)."""
+    import cv2
+
+    h, w = flow.shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(img, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def occlusion_mask(flow_bwd: np.ndarray, flow_fwd: np.ndarray, alpha: float = 0.01, beta: float = 0.5) -> np.ndarray:
+    """Valid (non-occluded) pixels by forward-backward consistency (Sundaram et al.; Lai et al. 2018).
+
+    flow_bwd maps frame t → t−1 (``optical_flow(f[t-1], f[t])``), flow_fwd maps t−1 → t. Returns [H, W] bool.
+    """
+    fwd_at = warp(flow_fwd.astype(np.float32), flow_bwd.astype(np.float32))
+    s = flow_bwd + fwd_at
+    lhs = (s**2).sum(-1)
+    rhs = alpha * ((flow_bwd**2).sum(-1) + (fwd_at**2).sum(-1)) + beta
+    return lhs <= rhs
+
+
+def warping_error(outputs: Sequence[np.ndarray], inputs: Sequence[np.ndarray] | None = None,
+                  flows: Sequence[np.ndarray] | None = None) -> float:
+    """Lai et al. 2018 warping error of an output video.
+
+    outputs: T frames [H, W, 3] (uint8, or float in [-1, 1]); flows: T−1 backward flows (frame t → t−1) of the
+    *input* video, or None to estimate them from ``inputs`` (Farnebäck). Returns the mean over t of the masked
+    MSE between output t and output t−1 warped to t, with images scaled to [0, 1].
+    """
+    if len(outputs) < 2:
+        return 0.0
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else (x.astype(np.float32) + 1.0) / 2.0
+
+    errs = []
+    for t in range(1, len(outputs)):
+        if flows is not None:
+            fb = np.asarray(flows[t - 1], np.float32)
+            h, w = fb.shape[:2]
+            gx, gy = np.meshgrid(np.arange(w), np.arange(h))
+            sx, sy = gx + fb[..., 0], gy + fb[..., 1]
+            mask = (sx >= 0) & (sx <= w - 1) & (sy >= 0) & (sy <= h - 1)  # source inside the previous frame
+        else:
+            assert inputs is not None, "give the input frames or their flows"
+            fb = optical_flow(inputs[t - 1], inputs[t])
+            ff = optical_flow(inputs[t], inputs[t - 1])
+            mask = occlusion_mask(fb, ff)
+        warped = warp(unit(outputs[t - 1]), fb)
+        d = ((unit(outputs[t]) - warped) ** 2).mean(-1)
+        if mask.any():
+            errs.append(float(d[mask].mean()))
+    return float(np.mean(errs)) if errs else 0.0
+
+
+def landmark_error(ref: Sequence[np.ndarray | None], rec: Sequence[np.ndarray | None]) -> tuple[float, int]:
+    """Mean Euclidean distance (x, y) over frames where both sets exist → (error, frames used)."""
+    d = [float(np.linalg.norm(a[:, :2] - b[:, :2], axis=1).mean()) for a, b in zip(ref, rec, strict=True)
+         if a is not None and b is not None]
+    return (float(np.mean(d)) if d else math.nan), len(d)
