@@ -22,7 +22,8 @@ Routes, all fitted by :func:`fit_edits` (``stylestream edits fit``):
   the spread of the encoded latents and with the pose/expression directions projected out.
 
 * **Measure gradient** (:func:`gradient_direction`): the mean gradient of the face-mesh measure of the render
-  with respect to W+ — the steepest first-order direction for that measure.
+  with respect to W+ (on training frames, not the scoring frames) — the steepest first-order direction for that
+  measure. Expressions only: the mesh's 2-D pose proxies could be met by deforming the face instead of turning it.
 
 Which route ships for an attribute is decided by measurement (:func:`score_direction`): the candidate that
 moves its face-mesh measure furthest per unit of non-targeted landmark motion wins.
@@ -705,7 +706,9 @@ def fit_edits(bundle: Any, cfg: FitConfig, mesh: Mesh | None, command: str = "")
             cands["supervised"] = -cands["supervised"]  # eyes_open = −blink
         if measure in igan:
             cands["interfacegan"] = igan[measure]
-        if mesh is not None and cfg.gradient_route:
+        # not for the pose: the mesh's 2-D pose proxies can be satisfied by deforming the face instead of
+        # turning it; the supervised labels are real 3-D pose
+        if mesh is not None and cfg.gradient_route and measure not in POSE_MEASURES:
             cands["gradient"] = gradient_direction(g, mesh, grad_ws, measure, coarse,
                                                    float(cands["supervised"].norm()))
         chosen, scores, gains = "supervised", {}, {}
@@ -713,7 +716,7 @@ def fit_edits(bundle: Any, cfg: FitConfig, mesh: Mesh | None, command: str = "")
             for route, d in cands.items():
                 sc = score_direction(g, mesh, val_ws, d, measure, (-1.0, 0.0, 1.0), m_std[measure])
                 # calibrate: strength 1 should move the measure by one std of the data (gain capped)
-                gains[route] = float(min(max(1.0 / max(sc.slope_sigma, 1e-6), 0.25), cfg.max_gain))
+                gains[route] = float(min(max(1.0 / max(sc.slope_sigma, 1e-6), 0.1), cfg.max_gain))
                 scores[route] = score_direction(g, mesh, val_ws, d * gains[route], measure, (-1.0, 0.0, 1.0),
                                                 m_std[measure])
             valid = {r: s for r, s in scores.items() if s.slope > 0}
@@ -749,7 +752,18 @@ def fit_edits(bundle: Any, cfg: FitConfig, mesh: Mesh | None, command: str = "")
     log.info("pose/expression network: %d steps", cfg.pe_steps)
     pe_cfg = PETrainConfig(steps=cfg.pe_steps, landmark=cfg.pe_landmark if mesh is not None else 0.0,
                            seed=cfg.seed)
-    net, pe_report = train_pose_expression(bundle, data, fit, pe_cfg, mesh)
+    # the linear part of the network starts from the shipped expression directions, converted to ΔW per unit
+    # of the parameter (measure-per-parameter slope on the ground truth), where they beat the regression
+    init = LinearFit(fit.layers, fit.mean, fit.B.clone(), fit.readout_w, fit.readout_b, fit.param_std, fit.r2)
+    gt_measures = face_measures(data.landmarks)
+    for name, (measure, param, _) in EXPRESSION_EDITS.items():
+        k = PARAMS.index(param)
+        if k < 3 or report["routes"].get(name, {}).get("chosen") == "supervised":
+            continue
+        y, m = data.params[:, k], gt_measures[measure]
+        per_param = float(((m - m.mean()) * (y - y.mean())).mean() / y.var().clamp_min(1e-8))
+        init.B[k] = tensors[tensor_key(name)] * (per_param / max(m_std[measure], 1e-8))
+    net, pe_report = train_pose_expression(bundle, data, init, pe_cfg, mesh)
     report["pose_expression"] = pe_report
     tensors.update(net.to_extra())
     tensors["pose_expression.w_readout.weight"] = fit.readout_w.contiguous()

@@ -36,7 +36,8 @@ class PETrainConfig:
 
     steps: int = 200  # Adam steps (0: keep the linear initialisation)
     batch: int = 16  # frame pairs per step
-    gap: int = 10  # frames between the two frames of a pair
+    gap: int = 10  # frames between the two frames of a pair (the paper's ~10)
+    long_gap: int = 30  # pairs this far apart are added too (larger pose changes to learn; 0: none)
     hidden: int = 256  # MLP width
     lr: float = 1e-3  # Adam learning rate
     recon: float = 1.0  # weight of the L2 reconstruction term
@@ -45,10 +46,13 @@ class PETrainConfig:
     seed: int = 0  # batch sampling
 
 
-def _pairs(data: Any, gap: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pairs(data: Any, gap: int, long_gap: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     a, b = data.pairs(gap)
     if a.numel() == 0:
         raise ValueError(f"no frame pairs {gap} apart in the data (clips too short)")
+    if long_gap > 0:
+        a2, b2 = data.pairs(long_gap)
+        a, b = torch.cat([a, a2]), torch.cat([b, b2])
     return a, b
 
 
@@ -82,7 +86,7 @@ def train_pose_expression(bundle: Any, data: Any, fit: Any, cfg: PETrainConfig, 
     n = g.layout.num_coarse
     w_dim = g.w_dim
     net = PoseExpressionNet(n, w_dim, cfg.hidden)
-    a_all, b_all = _pairs(data, cfg.gap)
+    a_all, b_all = _pairs(data, cfg.gap, cfg.long_gap)
     dp_all = (data.params[b_all] - data.params[a_all]).abs()
     net.delta_max = [float(x) for x in torch.quantile(dp_all, 0.98, dim=0)]  # run time clamps Δp to this
     with torch.no_grad():
