@@ -559,9 +559,10 @@ def stylespace_channels(g: Any, ws: torch.Tensor, landmarks: torch.Tensor, crop_
     return out
 
 
-def pick_channels(scores: Sequence[ChannelScore], regions: Sequence[str], min_magnitude_quantile: float = 0.5
-                  ) -> dict[str, ChannelScore]:
-    """Per region, the most localised channel among those with a response above the median."""
+def pick_channels(scores: Sequence[ChannelScore], regions: Sequence[str], min_magnitude_quantile: float = 0.5,
+                  min_inside: float = 0.15) -> dict[str, ChannelScore]:
+    """Per region, the most localised channel among those with a response above the median; a region whose best
+    channel puts less than ``min_inside`` of its effect inside gets none (it would not be a regional edit)."""
     mags = torch.tensor([s.magnitude for s in scores])
     thr = float(torch.quantile(mags, min_magnitude_quantile)) if len(scores) else 0.0
     best: dict[str, ChannelScore] = {}
@@ -570,7 +571,7 @@ def pick_channels(scores: Sequence[ChannelScore], regions: Sequence[str], min_ma
         if not cand:
             continue
         # localisation measured for this region (recompute from stored best only when it is the best region)
-        own = [s for s in cand if s.region == r]
+        own = [s for s in cand if s.region == r and s.inside >= min_inside]
         if own:
             best[r] = max(own, key=lambda s: s.localisation * math.sqrt(s.magnitude))
     return best
