@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import subprocess
 import sys
@@ -146,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             r["size"] = size
             rows.append(r)
             print(f"{size}: {r['fps']:.1f} fps, e2e latency p50 {r['latency_ms']['p50']:.0f} ms", file=sys.stderr)
-    report = {"provenance": {**provenance("cpu"), "command": command_line(), "load_avg": os.getloadavg()},
+    report = {"provenance": {**provenance("cpu"), "command": command_line()},
               "bundle": label,
               "server_command": " ".join(cmd[2:]), "codec": args.codec, "passthrough": args.passthrough,
               "sent_fps": args.fps, "results": rows}

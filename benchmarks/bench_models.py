@@ -120,7 +120,7 @@ def markdown_table(result: dict) -> str:
     lines = [
         f"Measured {p['date']} on {where} ({p['cpu_count']} cores, {p['torch_threads']} torch threads), "
         f"device {p['device']}, torch {p['torch']}, {result['backend']}, {result['precision']}, "
-        f"commit {p['git_commit']}.",
+        f"commit {p['git_commit']}, load average {p.get('load_avg', ['?'])[0]}.",
         "",
         f"Command: `{result['command']}`",
         "",

@@ -71,7 +71,8 @@ def run_once(args: argparse.Namespace, mode: str) -> dict:
 def markdown(result: dict) -> str:
     p = result["provenance"]
     lines = [f"Measured {p['date']} on {p.get('gpu') or p['cpu']} ({p['cpu_count']} cores), torch {p['torch']}, "
-             f"commit {p['git_commit']}.", "", f"Command: `{result['command']}`", ""]
+             f"commit {p['git_commit']}, load average {p.get('load_avg', ['?'])[0]}.",
+             "", f"Command: `{result['command']}`", ""]
     lines += ["| mode | input | bundle | engine | fps | frames in/out | drops | latency p50 / p99 ms |",
               "|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:

@@ -59,6 +59,7 @@ def provenance(device: str = "cpu") -> dict:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "device": device,
+        "load_avg": [round(v, 2) for v in os.getloadavg()],  # other work on the machine skews CPU timings
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
