@@ -65,7 +65,7 @@ def run_once(args: argparse.Namespace, mode: str) -> dict:
     return {"mode": mode, "input": args.input, "bundle": which, "source_fps": source.fps,
             "size": [source.width, source.height], "engine": {"backend": engine.name, "device": str(engine.device),
                                                              "precision": getattr(engine, "precision", "")},
-            **stats.to_dict()}
+            **stats.to_dict(), "latency_samples_ms": [round(v, 2) for v in stats.latency_ms[:5000]]}
 
 
 def markdown(result: dict) -> str:
