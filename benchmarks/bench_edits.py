@@ -73,11 +73,11 @@ def _to_u8(x: torch.Tensor, size: int) -> np.ndarray:
     import cv2
 
     img = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    return cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC)
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_NEAREST)  # pixels as rendered (and small PNGs)
 
 
 def draw_strip(path: Path, originals: torch.Tensor, renders: list[torch.Tensor], labels: list[str], title: str,
-               tile: int = 160) -> Path:
+               tile: int = 128) -> Path:
     """Rows = frames; columns = original crop, then one render per strength. originals [R, 3, S, S],
     renders: per strength [R, 3, S, S]."""
     import cv2
@@ -92,7 +92,7 @@ def draw_strip(path: Path, originals: torch.Tensor, renders: list[torch.Tensor],
     cv2.putText(top, title, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     sheet = np.concatenate([top, head, *rows], 0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     return path
 
 
