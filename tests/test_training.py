@@ -334,5 +334,7 @@ def test_default_bundle_reconstructs_better_than_untrained(held_out_crops):
 
     base = new_bundle(b.generator.cfg, b.fren.cfg, seed=0)
     p_trained, p_base = psnr(b), psnr(base)
-    # Untrained: ~10 dB. See docs/training.md for the measured held-out PSNR (threshold well below it).
-    assert p_trained > 20.0 and p_trained > p_base + 8.0, (p_trained, p_base)
+    # Measured on these 8 held-out frames: trained 25.3 dB, untrained (seeds 0-2) 4.6-6.6 dB. 20 dB is where the
+    # training sample grids first showed a recognisable face (docs/training.md); the 5 dB margin absorbs BLAS /
+    # platform differences but fails on any bundle that does not reconstruct.
+    assert p_trained > 20.0 and p_trained > p_base + 10.0, (p_trained, p_base)

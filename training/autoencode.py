@@ -204,9 +204,13 @@ def train_autoencoder(cfg: AutoencodeConfig, command: str = "") -> Path:
             st["d"], st["opt_d"] = disc.state_dict(), opt_d.state_dict()
         common.save_state(run, st)
 
+    init_prov = load_bundle(cfg.init).provenance if cfg.init and d.main else None
+
     def export() -> Path:
         prov = {"made_by": "training.autoencode", "command": command, "steps": step,
                 "train_wall_s": round(time.monotonic() - t_start, 1), "data": cfg.data, "config": asdict(cfg)}
+        if init_prov is not None:
+            prov["init"] = init_prov  # how the starting bundle was made
         return export_bundle(g, fren, run / "bundle", cfg.bundle_name, prov)
 
     try:
