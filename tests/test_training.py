@@ -222,6 +222,25 @@ def test_gan_steps_run_and_resume_bit_exactly(tmp_path, crop_dir):
     assert (tmp_path / "s" / "samples" / "fakes-000004.png").exists()
 
 
+def test_gan_runs_data_parallel_under_torchrun(tmp_path, crop_dir):
+    """Two CPU processes (Gloo) through torchrun: ranks find each other, gradients all-reduce, rank 0 writes."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+           "-m", "realtime.cli", "train", "generator", "--out", str(tmp_path / "ddp"), "--data", str(crop_dir),
+           "--generator", G_JSON, "--steps", "2", "--batch", "2", "--cache", "", "--d-channel-base", "128",
+           "--d-channel-max", "16", "--threads", "1"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    st = torch.load(tmp_path / "ddp" / "state.pt", weights_only=True)
+    assert st["step"] == 2
+
+
 def test_discriminator_minibatch_std_and_shapes():
     from training.networks import Discriminator, MinibatchStd
 

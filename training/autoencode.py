@@ -154,7 +154,7 @@ def train_autoencoder(cfg: AutoencodeConfig, command: str = "") -> Path:
     train, held = _held_out(cfg, data, size)
     g.to(device).train()
     fren.to(device).train()
-    g_ddp, fren_ddp = common.wrap_ddp(g, d, device), common.wrap_ddp(fren, d, device)
+    common.broadcast_params([g, fren], d)
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=(0.0, 0.99), eps=1e-8)
     opt_e = torch.optim.Adam(fren.parameters(), lr=cfg.lr_e, betas=(0.9, 0.99), eps=1e-8)
     disc = opt_d = None
@@ -162,6 +162,7 @@ def train_autoencoder(cfg: AutoencodeConfig, command: str = "") -> Path:
         from .networks import Discriminator
 
         disc = Discriminator(size).to(device).train()
+        common.broadcast_params([disc], d)
         opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_g, betas=(0.0, 0.99), eps=1e-8)
     l2, ssim_l, perc, lat = L2Loss(), SSIMLoss(), RandomConvPerceptual().to(device), LatentLoss()
     mesh = load_face_mesh(device) if cfg.landmark > 0 else None
@@ -221,8 +222,8 @@ def train_autoencoder(cfg: AutoencodeConfig, command: str = "") -> Path:
                 flip = torch.rand(cfg.batch, generator=gen) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             x = x.to(device)
-            ws = fren_ddp(x)  # [B, num_ws, w_dim]
-            y = g_ddp.synthesis(ws) if d.world == 1 else common.unwrap(g_ddp).synthesis(ws)
+            ws = fren(x)  # [B, num_ws, w_dim]
+            y = g.synthesis(ws)
             scalars: dict[str, float] = {}
             loss = x.new_zeros(())
             for name, wgt, fn in (("l2", cfg.l2, l2), ("ssim", cfg.ssim, ssim_l), ("perc", cfg.perceptual, perc)):
@@ -237,7 +238,7 @@ def train_autoencoder(cfg: AutoencodeConfig, command: str = "") -> Path:
             if cfg.cycle:
                 z = torch.randn(cfg.batch // 2, g.z_dim, generator=gen).to(device)
                 w_true = g.mapping(z, update_w_avg=False)
-                w_hat = fren_ddp(g.synthesis(w_true).clamp(-1, 1))
+                w_hat = fren(g.synthesis(w_true).clamp(-1, 1))
                 v = lat(w_hat, w_true.detach())
                 loss = loss + cfg.cycle * v
                 scalars["cycle"] = v.item()
@@ -248,6 +249,8 @@ def train_autoencoder(cfg: AutoencodeConfig, command: str = "") -> Path:
             opt_g.zero_grad(set_to_none=True)
             opt_e.zero_grad(set_to_none=True)
             loss.backward()
+            common.sync_grads(list(g.parameters()), d)
+            common.sync_grads(list(fren.parameters()), d)
             opt_g.step()
             opt_e.step()
             if disc is not None and opt_d is not None:
@@ -259,6 +262,7 @@ def train_autoencoder(cfg: AutoencodeConfig, command: str = "") -> Path:
                     d_loss = d_loss + grad.pow(2).sum([1, 2, 3]).mean() * (cfg.r1_gamma / 2) * cfg.r1_every
                 opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
+                common.sync_grads(list(disc.parameters()), d)
                 opt_d.step()
                 scalars["d"] = d_loss.item()
             step += 1

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from models.errors import UserError
 
@@ -56,18 +55,34 @@ def setup_distributed(device: str) -> tuple[Dist, torch.device]:
     return d, dev
 
 
-def wrap_ddp(module: nn.Module, d: Dist, device: torch.device) -> nn.Module:
-    """DistributedDataParallel around ``module`` when world > 1, else the module itself."""
+def sync_grads(params: list[torch.nn.Parameter], d: Dist) -> None:
+    """All-reduce (average) gradients across processes, as stylegan2-ada-pytorch's training loop does (one flat
+    buffer; a parameter without a gradient counts as zeros so every rank reduces the same layout)."""
     if d.world == 1:
-        return module
-    from torch.nn.parallel import DistributedDataParallel as DDP
+        return
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= d.world
+    torch.nan_to_num(flat, nan=0, posinf=1e5, neginf=-1e5, out=flat)
+    off = 0
+    for g in grads:
+        g.copy_(flat[off: off + g.numel()].view_as(g))
+        off += g.numel()
 
-    return DDP(module, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
-               find_unused_parameters=True)
 
-
-def unwrap(module: nn.Module) -> nn.Module:
-    return getattr(module, "module", module)
+def broadcast_params(modules: list[torch.nn.Module], d: Dist) -> None:
+    if d.world == 1:
+        return
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            dist.broadcast(t.data, src=0)
 
 
 def cleanup_distributed() -> None:

@@ -232,9 +232,7 @@ class EncoderTrainer:
                 out["latent"] = v.item()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        from .train_generator import sync_grads
-
-        sync_grads([p for p in self.net.parameters() if p.requires_grad], self.dist)
+        common.sync_grads([p for p in self.net.parameters() if p.requires_grad], self.dist)
         self.opt.step()
         out["loss"] = loss.item()
         self.step_idx += 1

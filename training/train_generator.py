@@ -109,35 +109,6 @@ def augment(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     return torch.where(mask(), (x - grey) * s + grey, x)
 
 
-def sync_grads(params: list[torch.nn.Parameter], d: common.Dist) -> None:
-    """All-reduce (average) gradients across processes, as stylegan2-ada-pytorch's training loop does."""
-    if d.world == 1:
-        return
-    import torch.distributed as dist
-
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.flatten() for g in grads])
-    dist.all_reduce(flat)
-    flat /= d.world
-    torch.nan_to_num(flat, nan=0, posinf=1e5, neginf=-1e5, out=flat)
-    off = 0
-    for g in grads:
-        g.copy_(flat[off: off + g.numel()].view_as(g))
-        off += g.numel()
-
-
-def broadcast_params(modules: list[torch.nn.Module], d: common.Dist) -> None:
-    if d.world == 1:
-        return
-    import torch.distributed as dist
-
-    for m in modules:
-        for t in list(m.parameters()) + list(m.buffers()):
-            dist.broadcast(t.data, src=0)
-
-
 # ----------------------------------------------------------------------------------------------- training
 
 
@@ -169,7 +140,7 @@ class GANTrainer:
         self.g = g.to(device).train()
         self.d = Discriminator(g.img_resolution, cfg.d_channel_base, cfg.d_channel_max).to(device).train()
         self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
-        broadcast_params([self.g, self.d, self.g_ema], d)
+        common.broadcast_params([self.g, self.d, self.g_ema], d)
         if cfg.freeze_mapping:
             self.g.mapping.requires_grad_(False)
         self.g_params = [p for p in self.g.parameters() if p.requires_grad]
@@ -234,7 +205,7 @@ class GANTrainer:
             (pl + img[:, 0, 0, 0].sum() * 0).backward()
             out["pl"] = pl.item()
         self.d.requires_grad_(True)
-        sync_grads(self.g_params, self.dist)
+        common.sync_grads(self.g_params, self.dist)
         self.opt_g.step()
         # D main
         with torch.no_grad():
@@ -252,7 +223,7 @@ class GANTrainer:
             out["r1"] = r1.item()
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
-        sync_grads(list(self.d.parameters()), self.dist)
+        common.sync_grads(list(self.d.parameters()), self.dist)
         self.opt_d.step()
         out["d_loss"] = d_loss.item()
         out["d_real"] = real_logits.mean().item()
