@@ -283,9 +283,10 @@ def train_generator(cfg: GeneratorTrainConfig, command: str = "") -> Path:
                 "train_wall_s": round(time.monotonic() - t0, 1), "data": cfg.data, "config": asdict(cfg)}
         ib = tr.init_bundle
         g_out = copy.deepcopy(tr.g_ema).cpu()
+        # The init bundle's encoders are carried over as a starting point, but they were trained for the old G:
+        # marked untrained until `stylestream train encoder` has run on this bundle.
         b = Bundle(generator=g_out, fren=ib.fren if ib else None, vien=ib.vien if ib else None,
-                   trained={"generator": True, "fren": bool(ib and ib.trained.get("fren")),
-                            "vien": bool(ib and ib.trained.get("vien"))},
+                   trained={"generator": True, "fren": False, "vien": False},
                    provenance={**(ib.provenance if ib else {}), "generator_training": prov}, name=cfg.bundle_name)
         return b.save(run / "bundle")
 
