@@ -100,8 +100,9 @@ class Bundle:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the bundle folder atomically. An existing *bundle* at ``path`` is replaced; anything else there
-        is refused (we never delete a folder that is not ours)."""
+        """Write the bundle folder atomically. An existing *bundle* at ``path`` is replaced (files it holds besides
+        bundle.json and *.safetensors, e.g. a README, are kept); anything else there is refused (we never delete a
+        folder that is not ours)."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -124,6 +125,14 @@ class Bundle:
                           str(tmp / "extra.safetensors"), metadata={"format": FORMAT_NAME})
             (tmp / MANIFEST).write_text(json.dumps(self.manifest(), indent=2) + "\n")
             if path.exists():
+                # Keep what we do not manage (a README, notes) when replacing a bundle.
+                for item in path.iterdir():
+                    if item.name == MANIFEST or item.suffix == ".safetensors" or (tmp / item.name).exists():
+                        continue
+                    if item.is_dir():
+                        shutil.copytree(item, tmp / item.name)
+                    else:
+                        shutil.copy2(item, tmp / item.name)
                 old = parent / f".{path.name}.old-{os.getpid()}"
                 path.rename(old)
                 tmp.rename(path)

@@ -55,7 +55,12 @@ def test_save_replaces_a_bundle_but_refuses_other_folders(tmp_path, saved):
         b.save(tmp_path / "other")
     assert (tmp_path / "other" / "precious.txt").exists()
     b.save(tmp_path / "again")
+    (tmp_path / "again" / "README.md").write_text("how this bundle was made")
+    (tmp_path / "again" / "extra.safetensors").write_bytes(b"stale")  # ours: replaced, not kept
     b.save(tmp_path / "again")  # replacing our own bundle is fine
+    new_bundle("tiny-64", None).save(tmp_path / "again")  # … also with one that has no extra tensors
+    assert (tmp_path / "again" / "README.md").read_text() == "how this bundle was made"
+    assert not (tmp_path / "again" / "extra.safetensors").exists()
     assert load_bundle(tmp_path / "again").name == b.name
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
 
