@@ -1,4 +1,4 @@
-# `make test` does all the set-up on a fresh machine: it creates .venv, installs, then runs the tests.
+# `make test` and `make demo` do all the set-up on a fresh machine: each creates .venv and installs first.
 # Override TORCH_SPEC for a CUDA build, e.g.  make TORCH_SPEC="torch==2.11.0" test
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.stylestream-installed
 
-.PHONY: venv test lint serve clean
+.PHONY: venv test demo lint serve clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml Makefile
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/stylestream demo
 
 serve: $(STAMP)
 	$(VENV)/bin/stylestream serve

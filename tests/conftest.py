@@ -13,7 +13,9 @@ import torch  # noqa: E402
 
 # In-process CLI calls must not re-route stderr (pytest's capture owns it); see realtime/mediapipe_runtime.py.
 os.environ.setdefault("STYLESTREAM_MEDIAPIPE_LOGS", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread: the pipeline's stages already run on parallel threads, and on the shared 2-core machines
+# torch's 2-thread pool ran 10-50x slower under contention (measured by three of our benchmarks).
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
