@@ -1,14 +1,15 @@
 """Reconstruction fidelity and temporal consistency of a bundle on a held-out synthetic clip.
 
-    python -m benchmarks.bench_fidelity --bundle bundles/default --json docs/bench/fidelity.json \
-        --markdown docs/fidelity.md
+    stylestream bench fidelity --bundle bundles/default --json docs/bench/fidelity.json \
+        --markdown docs/fidelity.md --strip docs/img/fidelity_strip.png --plot docs/img/fidelity_tc.png
 
 The clip (default ``synthetic:seed=9001,frames=90``: a seed and motion never used in training) is aligned with
 its ground-truth landmarks (training/data.py). Modes:
 
 * ``fren``  — FrEN on every frame (the single-frame baseline);
 * ``vien``  — Video2StyleGAN reuse: FrEN on frame 0, then ViEN(frame t, W+ of t−1) — fine layers carried forever;
-* ``vien+key``: as ``vien`` but FrEN refreshes the fine layers every ``--key-every`` frames (the runtime's policy).
+* ``vien+key``: as ``vien`` but FrEN refreshes the fine layers every ``--key-every`` frames (the runtime's policy);
+* ``fren+smooth`` — FrEN on every frame, then a non-causal Gaussian over the W+ codes (offline baseline).
 
 Metrics per mode (crops in [0, 1]): PSNR, SSIM (Gaussian 11×11), landmark error — mean distance in crop pixels
 between MediaPipe's runtime landmarks on the reconstruction and on the input crop (both upscaled 4× for the
@@ -28,20 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def temporal_consistency(frames: torch.Tensor, radius: int = 3) -> float:
-    """frames [T, 3, S, S] in [0, 1] → mean RMSE between each frame and its neighbours within ±radius."""
-    vals = []
-    for k in range(1, radius + 1):
-        d = (frames[k:] - frames[:-k]).pow(2).mean(dim=(1, 2, 3)).sqrt()
-        vals.append(d)
-    return float(torch.cat(vals).mean())  # each pair counted once per direction: same mean as both directions
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean PSNR (dB) over frames of [T, 3, S, S] in [0, 1]."""
-    mse = (a - b).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
-    return float((10 * torch.log10(1.0 / mse)).mean())
+from benchmarks.metrics import landmark_error, mean_frame_psnr, temporal_consistency, warping_error
 
 
 def mediapipe_landmarks(frames: torch.Tensor, upscale: int = 4) -> list[np.ndarray | None]:
@@ -60,23 +48,27 @@ def mediapipe_landmarks(frames: torch.Tensor, upscale: int = 4) -> list[np.ndarr
     return out
 
 
-def landmark_error(ref: list[np.ndarray | None], rec: list[np.ndarray | None]) -> tuple[float, int]:
-    """Mean landmark distance (px) over frames where both have a face, and how many frames had no face."""
-    errs, missing = [], 0
-    for a, b in zip(ref, rec, strict=True):
-        if a is None or b is None:
-            missing += 1
-            continue
-        errs.append(float(np.linalg.norm(a - b, axis=1).mean()))
-    return (float(np.mean(errs)) if errs else math.nan), missing
+def gaussian_smooth(ws: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Non-causal Gaussian over time of W+ codes [T, num_ws, w_dim] (edges: renormalised window)."""
+    r = max(1, math.ceil(3 * sigma))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=ws.dtype) / sigma) ** 2)
+    out = torch.empty_like(ws)
+    for t in range(ws.shape[0]):
+        lo, hi = max(0, t - r), min(ws.shape[0], t + r + 1)
+        w = k[lo - t + r : hi - t + r]
+        out[t] = (ws[lo:hi] * w.view(-1, 1, 1)).sum(0) / w.sum()
+    return out
 
 
 @torch.no_grad()
-def reconstruct(bundle, x: torch.Tensor, mode: str, key_every: int = 0) -> torch.Tensor:
+def reconstruct(bundle, x: torch.Tensor, mode: str, key_every: int = 0, smooth_sigma: float = 2.0) -> torch.Tensor:
     """x [T, 3, S, S] in [-1, 1] → reconstructions [T, 3, S, S] in [-1, 1]."""
     g = bundle.generator
-    if mode == "fren":
-        return torch.cat([g.synthesis(bundle.fren(x[t:t + 16])) for t in range(0, x.shape[0], 16)]).clamp(-1, 1)
+    if mode in ("fren", "fren+smooth"):
+        ws = torch.cat([bundle.fren(x[t:t + 16]) for t in range(0, x.shape[0], 16)])
+        if mode == "fren+smooth":
+            ws = gaussian_smooth(ws, sigma=smooth_sigma)
+        return torch.cat([g.synthesis(ws[t:t + 16]) for t in range(0, x.shape[0], 16)]).clamp(-1, 1)
     if bundle.vien is None:
         raise SystemExit("the bundle has no ViEN")
     ws = bundle.fren(x[:1])
@@ -90,43 +82,56 @@ def reconstruct(bundle, x: torch.Tensor, mode: str, key_every: int = 0) -> torch
     return torch.cat(outs).clamp(-1, 1)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", default="bundles/default")
     p.add_argument("--clip", default="synthetic:seed=9001,frames=90", help="held-out data spec (one clip)")
     p.add_argument("--key-every", type=int, default=30, help="FrEN key-frame interval of the vien+key mode")
+    p.add_argument("--smooth-sigma", type=float, default=2.0, help="σ (frames) of the fren+smooth baseline")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None, help="write the table (with provenance) here")
     p.add_argument("--strip", type=Path, default=None, help="write a PNG strip: input / FrEN / ViEN rows")
-    args = p.parse_args(argv)
+    p.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart of TC and warping error per mode")
+
+
+MODES = ("fren", "vien", "vien+key", "fren+smooth")
+
+
+def _u8(frames01: torch.Tensor) -> list[np.ndarray]:
+    return [(f.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8) for f in frames01]
+
+
+def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
 
     from benchmarks.provenance import command_line, provenance
     from models.bundle import load_bundle
     from training.data import load_crops
+    from training.losses import ssim
 
     b = load_bundle(args.bundle)
     crops = load_crops([args.clip], b.crop_size)
     x = crops.float_images(torch.arange(len(crops)))
     x01 = (x + 1) / 2
-    from training.losses import ssim
-
+    in_u8 = _u8(x01)
     ref_lm = mediapipe_landmarks(x01)
-    rows = {"input": {"tc": temporal_consistency(x01)}}
+    rows = {"input": {"tc": temporal_consistency(x01, data_range=1.0), "warp_err": warping_error(in_u8, in_u8)}}
     recs = {}
-    for mode, key in (("fren", 0), ("vien", 0), ("vien+key", args.key_every)):
+    for mode in MODES:
         t0 = time.perf_counter()
-        y = reconstruct(b, x, "fren" if mode == "fren" else "vien", key)
+        y = reconstruct(b, x, "vien" if mode.startswith("vien") else mode,
+                        args.key_every if mode == "vien+key" else 0, args.smooth_sigma)
         ms = (time.perf_counter() - t0) / len(x) * 1e3
         y01 = (y + 1) / 2
         recs[mode] = y
-        lm_err, missing = landmark_error(ref_lm, mediapipe_landmarks(y01))
-        rows[mode] = {"psnr": psnr(y01, x01), "ssim": float(ssim(y, x).mean()), "landmark_px": lm_err,
-                      "landmark_missing": missing, "tc": temporal_consistency(y01), "ms_per_frame": ms}
+        lm_err, used = landmark_error(ref_lm, mediapipe_landmarks(y01))
+        rows[mode] = {"psnr": mean_frame_psnr(y01, x01), "ssim": float(ssim(y, x).mean()), "landmark_px": lm_err,
+                      "landmark_missing": len(x) - used, "tc": temporal_consistency(y01, data_range=1.0),
+                      "warp_err": warping_error(_u8(y01), in_u8), "ms_per_frame": ms}
     f, v = rows["fren"], rows["vien"]
     summary = {"tc_reduction": 1 - v["tc"] / f["tc"], "psnr_cost": 1 - v["psnr"] / f["psnr"]}
     out = {"bundle": str(args.bundle), "clip": args.clip, "frames": len(x), "crop_size": b.crop_size,
+           "smooth_sigma": args.smooth_sigma, "key_every": args.key_every,
            "rows": rows, "summary": summary, "provenance": {**provenance(), "command": command_line()}}
     text = json.dumps(out, indent=2)
     print(text)
@@ -138,9 +143,39 @@ def main(argv: list[str] | None = None) -> int:
 
         idx = torch.arange(0, min(len(x), 48), 6)
         save_grid(args.strip, [x[idx], recs["fren"][idx], recs["vien"][idx]], scale=2)
+    if args.plot:
+        plot(out, args.plot)
     if args.markdown:
         args.markdown.write_text(markdown(out))
     return 0
+
+
+def plot(out: dict, path: Path) -> None:
+    """Bar chart: TC and warping error per mode (the input clip's own values as reference lines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = out["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, key, label in ((axes[0], "tc", "TC (mean RMSE to ±3 neighbours)"),
+                           (axes[1], "warp_err", "warping error (Lai et al.)")):
+        ax.bar(list(MODES), [r[m][key] for m in MODES], color=plt.cm.tab10(range(len(MODES))))
+        ax.axhline(r["input"][key], color="k", ls="--", lw=1, label="input clip")
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
 
 
 def markdown(out: dict) -> str:
@@ -155,25 +190,31 @@ def markdown(out: dict) -> str:
         pv["command"],
         "```",
         "",
-        "| mode | PSNR dB ↑ | SSIM ↑ | landmark err px ↓ (no face) | TC ↓ |",
-        "|---|---|---|---|---|",
+        "| mode | PSNR dB ↑ | SSIM ↑ | landmark err px ↓ (no face) | TC ↓ | warping error ↓ |",
+        "|---|---|---|---|---|---|",
     ]
-    for mode in ("fren", "vien", "vien+key"):
+    for mode in [m for m in MODES if m in r]:
         m = r[mode]
         lines.append(f"| {mode} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['landmark_px']:.2f} ({m['landmark_missing']}) "
-                     f"| {m['tc']:.4f} |")
+                     f"| {m['tc']:.4f} | {m.get('warp_err', float('nan')):.5f} |")
     lines += [
-        f"| input clip | – | – | – | {r['input']['tc']:.4f} |",
+        f"| input clip | – | – | – | {r['input']['tc']:.4f} | {r['input'].get('warp_err', float('nan')):.5f} |",
         "",
         f"ViEN vs FrEN: TC {100 * s['tc_reduction']:+.1f} % reduction (goal ≥ 40 %), PSNR cost "
         f"{100 * s['psnr_cost']:.1f} % (goal ≤ 5 %).",
         "",
         "Modes: `fren` = FrEN on every frame; `vien` = FrEN on frame 0, then ViEN with the previous W+ (fine layers "
-        "carried from frame 0); `vien+key` = as `vien`, FrEN refreshes the fine layers every key-frame interval. "
+        "carried from frame 0); `vien+key` = as `vien`, FrEN refreshes the fine layers every key-frame interval; "
+        f"`fren+smooth` = FrEN on every frame, then a non-causal Gaussian (σ = {out.get('smooth_sigma', 2.0):g} "
+        "frames) over the W+ codes (an offline baseline). Warping error (Lai et al. 2018): masked MSE between a "
+        "reconstruction and the previous one warped by the input's optical flow (Farnebäck, forward-backward "
+        "occlusion check), images in [0, 1]. "
         "Landmark error: MediaPipe runtime on the reconstruction vs on the input crop (4× upscaled for detection, "
         "measured in crop pixels). TC: mean RMSE (images in [0, 1]) between a frame and its ±1…3 neighbours.",
         "",
         "![input / FrEN / ViEN](img/fidelity_strip.png)",
+        "",
+        "![TC and warping error per mode](img/fidelity_tc.png)",
         "",
         "Rows: input crops (every 6th frame), FrEN on every frame, ViEN with reuse. What the numbers mean and why "
         "the TC goal is not met: [training.md](training.md#fidelity-of-the-default-bundle). This file is written "

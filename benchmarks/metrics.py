@@ -2,7 +2,8 @@
 
 All image inputs are float tensors in [-1, 1] (``data_range`` 2) unless said otherwise.
 
-* :func:`psnr` — peak signal-to-noise ratio in dB (``inf`` for identical inputs).
+* :func:`psnr` — peak signal-to-noise ratio in dB (``inf`` for identical inputs); :func:`mean_frame_psnr` —
+  the per-frame mean used for videos.
 * :func:`ssim` — structural similarity (the training losses' implementation, one definition).
 * :func:`temporal_consistency` — Video2StyleGAN's TC: mean RMSE between each frame and its aligned neighbours
   within ±``radius`` frames (6 neighbours for radius 3). 0 for a static clip.
@@ -27,6 +28,12 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> float:
     if mse == 0:
         return math.inf
     return 10.0 * math.log10(data_range**2 / mse)
+
+
+def mean_frame_psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> float:
+    """Video PSNR: the mean over frames of each frame's PSNR. a, b: [T, C, H, W]."""
+    mse = (a.float() - b.float()).square().flatten(1).mean(1).clamp_min(1e-10)
+    return float((10 * torch.log10(data_range**2 / mse)).mean())
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> float:

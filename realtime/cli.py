@@ -19,7 +19,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("serve", "realtime.cmd_serve", "live WebRTC server: browser page, webcam in, filtered video out (or --source)"),
     ("import-weights", "realtime.cmd_weights", "convert an official StyleGAN2 .pkl / rosinality .pt into a bundle"),
     ("info", "realtime.cmd_info", "describe a bundle (configs, parameter counts, what is trained)"),
-    ("bench", "realtime.cmd_bench", "measure speed: `bench models`, `bench pipeline`"),
+    ("bench", "realtime.cmd_bench", "measure: `bench models`, `bench pipeline` (speed), `bench fidelity`"),
     ("export", "realtime.cmd_export", "export the networks to ONNX / TensorRT / a Triton model repository"),
     ("train", "realtime.cmd_train", "train a generator and encoders: `train autoencode|generator|encoder`"),
     ("edits", "realtime.cmd_edits", "fit, list and measure a bundle's edits: `edits fit|list|measure`"),

@@ -1,4 +1,4 @@
-"""`stylestream bench models|pipeline`: speed of the models and of the whole filter (benchmarks/)."""
+"""`stylestream bench models|pipeline|fidelity`: speed of the models and the filter, and fidelity (benchmarks/)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
-    from benchmarks import bench_models, bench_pipeline
+    from benchmarks import bench_fidelity, bench_models, bench_pipeline
 
     bench_models.add_arguments(sub.add_parser("models", help="ms per call of generator and encoders"))
     bench_pipeline.add_arguments(sub.add_parser("pipeline", help="end-to-end fps, per-stage ms, latency, drops"))
+    bench_fidelity.add_arguments(sub.add_parser("fidelity", help="PSNR, SSIM, landmarks, TC, warping error"))
 
 
 def main(args: argparse.Namespace) -> int:

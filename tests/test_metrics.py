@@ -59,3 +59,12 @@ def test_landmark_error_ignores_missing():
     b[:, 1] += 4.0
     err, n = landmark_error([a, None, a], [b, b, None])
     assert n == 1 and abs(err - 5.0) < 1e-6
+
+
+def test_latent_gaussian_smoothing_keeps_constants_and_damps_jitter():
+    from benchmarks.bench_fidelity import gaussian_smooth
+
+    const = torch.ones(20, 4, 8)
+    assert torch.allclose(gaussian_smooth(const, sigma=2.0), const)
+    jitter = torch.randn(40, 4, 8)
+    assert gaussian_smooth(jitter, sigma=2.0).std() < 0.6 * jitter.std()
