@@ -229,10 +229,11 @@ def measure_edits(bundle: Any, mesh: Any, seeds: list[int], frames: int, stride:
         row["seconds"] = round(time.time() - t0, 1)
         rows[name] = row
         if img_dir is not None and strip_frames:
-            labels = [f"{name if base is None else 'smile+keep'} {s:+g}" for s in strengths]
+            labels = [f"{'' if base is None else 'smile '}{s:+g}" for s in strengths]
             draw_strip(img_dir / f"edits_{name}.png", data.crops[strip_idx] if bundle.crop_size == res else
                        recon[strip_idx], [x[strip_idx] for x in imgs], labels,
-                       f"{name} ({spec.kind}): {spec.description}"[:90])
+                       (f"{name} ({spec.kind}) at each strength: {spec.description}" if base is None else
+                        "smile at each strength, keep_mouth = 1")[:110])
         log.info("%s: slope %+.4f/unit, monotonic %s, non-target %.2f px/unit (%.0fs)", name,
                  row["slope_per_unit"], row["monotonic_mean"], row["non_target_px_per_unit"], row["seconds"])
     stack.set_strengths({}, reset=True)
@@ -247,7 +248,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         if "slope_sigma" in r:
             per += f" ({r['slope_sigma']:+.2f}σ)"
         means = " / ".join(f"{x:.3f}" for x in r["means"])
-        lines.append(f"| {name} | {r['kind']} | {r.get('route', '')} | {r.get('measure', '')} | {means} | {per} | "
+        measure = str(r.get("measure", "")).replace("|", "\\|")
+        lines.append(f"| {name} | {r['kind']} | {r.get('route', '')} | {measure} | {means} | {per} | "
                      f"{'yes' if r['monotonic_mean'] else 'no'} / {100 * r['monotonic_frames']:.0f}% | "
                      f"{r['non_target_px_per_unit']:.2f} ({r['non_target_region']}) |")
     b = result["baseline"]

@@ -73,13 +73,39 @@ def _fit(args: argparse.Namespace) -> int:
     specs, tensors, report = fit_edits(bundle, cfg, mesh, command=command_line())
     merge_into_bundle(bundle, specs, tensors)
     out = args.out or args.bundle
-    bundle.save(out)
+    if out == args.bundle:
+        _save_in_place(bundle, args.bundle)
+    else:
+        bundle.save(out)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(report, indent=1, default=float) + "\n")
     print(f"{len(specs)} edits written to {out} ({report.get('fit_seconds', 0):.0f} s): "
           + ", ".join(s.name for s in specs))
     return 0
+
+
+def _save_in_place(bundle: object, path: Path) -> None:
+    """Bundle.save into a sibling folder, carry over the folder's other files (README, …), swap atomically."""
+    import os
+    import shutil
+
+    from models.errors import BundleError
+
+    tmp = path.parent / f".{path.name}.edits-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        bundle.save(tmp)  # type: ignore[attr-defined]
+        for f in path.iterdir():
+            if f.is_file() and not (tmp / f.name).exists():
+                shutil.copy2(f, tmp / f.name)
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BundleError(f"cannot write bundle {path}: {exc.strerror or exc}") from None
 
 
 def _list(args: argparse.Namespace) -> int:
