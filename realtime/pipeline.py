@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.editing import EditStack
+from models.editing import EditContext, EditStack
 
 from .engines import Engine
 from .frames import Frame, Output, Track, now_ns
@@ -281,7 +281,8 @@ class FrameProcessor:
             style_deltas = None
             if self.edits is not None and self.edits.active():
                 with self.times.measure("edit", timings):
-                    ws, style_deltas = self.edits.apply(ws)
+                    ctx = EditContext(landmarks=track.landmarks, to_frame=to_frame, crop_size=eng.crop_size)
+                    ws, style_deltas = self.edits.apply(ws, context=ctx)
             with self.times.measure("generate", timings):
                 fake = eng.synthesize(ws, style_deltas)  # [1, 3, R, R]
             with self.times.measure("composite", timings):
