@@ -315,7 +315,39 @@ def ensure_onnx(bundle: Bundle, model_dir: str | os.PathLike | None, precision: 
     return d
 
 
-class OrtEngine(_Geometry):
+class _ExportedEngine(_Geometry):
+    """The Engine methods of every backend that runs the exported graphs (ONNX Runtime, TensorRT, Triton):
+    subclasses provide ``_call(model, feed)`` → the model's single output, float32 on ``self.device``."""
+
+    has_vien: bool
+    _style_fallback: _StyleFallback
+
+    def _call(self, model: str, feed: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def encode_key(self, crops: torch.Tensor) -> torch.Tensor:
+        self._check_crops(crops)
+        return self._call("fren", {"crops": crops})
+
+    @torch.inference_mode()
+    def encode_reuse(self, crops: torch.Tensor, prev_ws: torch.Tensor) -> torch.Tensor:
+        self._check_crops(crops)
+        if not self.has_vien:
+            ws = self.encode_key(crops)
+            return torch.cat([ws[:, : self.num_coarse], prev_ws[:, self.num_coarse:].to(ws)], dim=1)
+        self._check_ws(prev_ws, "prev_ws", crops.shape[0])
+        return self._call("vien", {"crops": crops, "prev_ws": prev_ws})
+
+    @torch.inference_mode()
+    def synthesize(self, ws: torch.Tensor, style_deltas: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        self._check_ws(ws)
+        if style_deltas:
+            return self._style_fallback(ws, style_deltas)
+        return self._call("synthesis", {"ws": ws})
+
+
+class OrtEngine(_ExportedEngine):
     """ONNX Runtime on the exported FrEN / ViEN / synthesis models.
 
     CPU: the CPU execution provider, numpy views of the torch tensors (no copies beyond ORT's own). CUDA (needs
@@ -407,33 +439,16 @@ class OrtEngine(_Geometry):
         binding.synchronize_outputs()
         return out_t
 
-    @torch.inference_mode()
-    def encode_key(self, crops: torch.Tensor) -> torch.Tensor:
-        self._check_crops(crops)
-        return self._run("fren", {"crops": crops}, (crops.shape[0], self.num_ws, self.w_dim))
-
-    @torch.inference_mode()
-    def encode_reuse(self, crops: torch.Tensor, prev_ws: torch.Tensor) -> torch.Tensor:
-        self._check_crops(crops)
-        if not self.has_vien:
-            ws = self.encode_key(crops)
-            return torch.cat([ws[:, : self.num_coarse], prev_ws[:, self.num_coarse:].to(ws)], dim=1)
-        self._check_ws(prev_ws, "prev_ws", crops.shape[0])
-        return self._run("vien", {"crops": crops, "prev_ws": prev_ws}, (crops.shape[0], self.num_ws, self.w_dim))
-
-    @torch.inference_mode()
-    def synthesize(self, ws: torch.Tensor, style_deltas: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        self._check_ws(ws)
-        if style_deltas:
-            return self._style_fallback(ws, style_deltas)
-        r = self.resolution
-        return self._run("synthesis", {"ws": ws}, (ws.shape[0], 3, r, r))
+    def _call(self, model: str, feed: dict[str, torch.Tensor]) -> torch.Tensor:
+        b, r = next(iter(feed.values())).shape[0], self.resolution
+        shape = (b, 3, r, r) if model == "synthesis" else (b, self.num_ws, self.w_dim)
+        return self._run(model, feed, shape)
 
     def close(self) -> None:
         self.sessions.clear()
 
 
-class TrtEngine(_Geometry):
+class TrtEngine(_ExportedEngine):
     """TensorRT engines (export/tensorrt.py) built from the ONNX exports, run on torch's current CUDA stream.
 
     Engines are cached on disk (``cache_dir``, default ~/.cache/stylestream/tensorrt) under names that encode the
@@ -469,32 +484,15 @@ class TrtEngine(_Geometry):
     def _dev(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device, torch.float32)
 
-    @torch.inference_mode()
-    def encode_key(self, crops: torch.Tensor) -> torch.Tensor:
-        self._check_crops(crops)
-        return self.models["fren"]({"crops": self._dev(crops)})["ws"].float()
-
-    @torch.inference_mode()
-    def encode_reuse(self, crops: torch.Tensor, prev_ws: torch.Tensor) -> torch.Tensor:
-        self._check_crops(crops)
-        if not self.has_vien:
-            ws = self.encode_key(crops)
-            return torch.cat([ws[:, : self.num_coarse], self._dev(prev_ws)[:, self.num_coarse:]], dim=1)
-        self._check_ws(prev_ws, "prev_ws", crops.shape[0])
-        return self.models["vien"]({"crops": self._dev(crops), "prev_ws": self._dev(prev_ws)})["ws"].float()
-
-    @torch.inference_mode()
-    def synthesize(self, ws: torch.Tensor, style_deltas: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        self._check_ws(ws)
-        if style_deltas:
-            return self._style_fallback(ws, style_deltas)
-        return self.models["synthesis"]({"ws": self._dev(ws)})["image"].float()
+    def _call(self, model: str, feed: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.models[model]({k: self._dev(v) for k, v in feed.items()})
+        return out["image" if model == "synthesis" else "ws"].float()
 
     def close(self) -> None:
         self.models.clear()
 
 
-class TritonEngine(_Geometry):
+class TritonEngine(_ExportedEngine):
     """Client of a Triton Inference Server serving the repository from ``stylestream export --to triton``.
 
     ``url``: ``http://host:8000`` (default scheme) or ``grpc://host:8001``. Model names follow export/triton.py
@@ -570,26 +568,8 @@ class TritonEngine(_Geometry):
                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
         return torch.from_numpy(np.ascontiguousarray(res.as_numpy(output), dtype=np.float32)).to(self.device)
 
-    @torch.inference_mode()
-    def encode_key(self, crops: torch.Tensor) -> torch.Tensor:
-        self._check_crops(crops)
-        return self._infer("fren", {"crops": crops}, "ws")
-
-    @torch.inference_mode()
-    def encode_reuse(self, crops: torch.Tensor, prev_ws: torch.Tensor) -> torch.Tensor:
-        self._check_crops(crops)
-        if not self.has_vien:
-            ws = self.encode_key(crops)
-            return torch.cat([ws[:, : self.num_coarse], prev_ws[:, self.num_coarse:].to(ws)], dim=1)
-        self._check_ws(prev_ws, "prev_ws", crops.shape[0])
-        return self._infer("vien", {"crops": crops, "prev_ws": prev_ws}, "ws")
-
-    @torch.inference_mode()
-    def synthesize(self, ws: torch.Tensor, style_deltas: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        self._check_ws(ws)
-        if style_deltas:
-            return self._style_fallback(ws, style_deltas)
-        return self._infer("synthesis", {"ws": ws}, "image")
+    def _call(self, model: str, feed: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._infer(model, feed, "image" if model == "synthesis" else "ws")
 
     def close(self) -> None:
         close = getattr(self.client, "close", None)
