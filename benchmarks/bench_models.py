@@ -34,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, nargs="*", default=[1], help="batch sizes")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     p.add_argument("--impl", choices=["export", "reference"], default="export", help="modulated-conv form")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "tensorrt"],
+                   help="torch: the modules eagerly; onnx/tensorrt: through the Engine interface (each generator "
+                        "is paired with each encoder in one random bundle, exported once)")
+    p.add_argument("--face-mesh", action="store_true", help="also time the torch face-mesh landmark network")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
@@ -64,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     console = Console(stderr=True)
     torch.manual_seed(0)
-    for name in args.generator:
+    if args.backend != "torch":
+        rows = _engine_rows(args, console)
+    for name in (args.generator if args.backend == "torch" else []):
         cfg = GENERATOR_PRESETS[name]
         g = Generator(cfg).eval().requires_grad_(False).to(dev)
         if dtype != torch.float32:
@@ -76,7 +82,17 @@ def run(args: argparse.Namespace) -> int:
             rows.append({"model": "generator", "config": name, "resolution": cfg.img_resolution,
                          "params": count_parameters(g), "batch": b, **summarise(ms)})
         del g
-    for name in args.encoder:
+    if args.face_mesh:
+        from models.face_mesh import FaceLandmarks
+
+        fl = FaceLandmarks().eval().to(dev)
+        for b in args.batch:
+            x = torch.rand(b, 3, 192, 192, device=dev)
+            with console.status(f"face mesh batch {b}"), torch.inference_mode():
+                ms = time_calls(lambda fl=fl, x=x: fl(x), dev, args.warmup, args.iters)
+            rows.append({"model": "face mesh", "config": "mediapipe-468", "resolution": 192,
+                         "params": count_parameters(fl), "batch": b, **summarise(ms)})
+    for name in (args.encoder if args.backend == "torch" else []):
         cfg = ENCODER_PRESETS[name]
         layout = GENERATOR_PRESETS["ffhq-config-f"].layout() if cfg.img_size >= 256 else \
             GENERATOR_PRESETS["tiny-128"].layout()
@@ -92,10 +108,11 @@ def run(args: argparse.Namespace) -> int:
                 rows.append({"model": label, "config": name, "resolution": cfg.img_size,
                              "params": count_parameters(enc), "batch": b, **summarise(ms)})
     result = {"benchmark": "models", "command": command_line(),
-              "precision": args.precision, "impl": args.impl, "backend": "torch-eager",
+              "precision": args.precision, "impl": args.impl,
+              "backend": "torch-eager" if args.backend == "torch" else args.backend,
               "provenance": provenance(dev), "results": rows}
     t = Table(title=f"model latency on {result['provenance'].get('gpu', result['provenance']['cpu'])} "
-                    f"({dev}, {args.precision}, torch eager)")
+                    f"({dev}, {args.precision}, {result['backend']})")
     for col in ("model", "config", "res", "params", "batch", "median ms", "p90 ms"):
         t.add_column(col, justify="right" if col not in ("model", "config") else "left")
     for r in rows:
@@ -111,6 +128,36 @@ def run(args: argparse.Namespace) -> int:
         args.markdown.write_text(markdown_table(result))
         console.print(f"wrote {args.markdown}")
     return 0
+
+
+def _engine_rows(args: argparse.Namespace, console) -> list[dict]:
+    """Time encode_key / encode_reuse / synthesize of an exported backend on random bundles."""
+    from models.bundle import new_bundle
+    from models.stylegan2 import count_parameters
+    from realtime.engines import make_engine
+
+    rows = []
+    for gname in args.generator:
+        for ename in args.encoder:
+            bundle = new_bundle(gname, ename)
+            with console.status(f"exporting {gname} + {ename} for {args.backend}"):
+                eng = make_engine(bundle, backend=args.backend, device=args.device, precision=args.precision)
+            s = bundle.crop_size
+            for b in args.batch:
+                x = torch.rand(b, 3, s, s, device=eng.device) * 2 - 1
+                ws = eng.encode_key(x)
+                calls = {("generator", gname, bundle.generator): lambda e=eng, ws=ws: e.synthesize(ws),
+                         ("FrEN", ename, bundle.fren): lambda e=eng, x=x: e.encode_key(x),
+                         ("ViEN", ename, bundle.vien): lambda e=eng, x=x, ws=ws: e.encode_reuse(x, ws)}
+                for (model, cfg_name, module), fn in calls.items():
+                    with console.status(f"{model} {cfg_name} batch {b} ({args.backend})"):
+                        ms = time_calls(fn, args.device, args.warmup, args.iters)
+                    res = bundle.generator.img_resolution if model == "generator" else s
+                    rows.append({"model": model, "config": cfg_name if model == "generator" else
+                                 f"{cfg_name} (for {gname})", "resolution": res,
+                                 "params": count_parameters(module), "batch": b, **summarise(ms)})
+            eng.close()
+    return rows
 
 
 def markdown_table(result: dict) -> str:

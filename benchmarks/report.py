@@ -5,7 +5,7 @@
 Every table carries the provenance and the exact command of the run that produced it; nothing here measures.
 Inputs (each optional; a missing one is reported as not measured):
 
-* ``docs/bench/models-cpu.json`` / ``models-cuda.json`` — ``stylestream bench models``
+* ``docs/bench/models-cpu*.json`` / ``models-cuda*.json`` — ``stylestream bench models [--backend onnx]``
 * ``docs/bench/pipeline-cpu.json`` / ``pipeline-cuda.json`` — ``stylestream bench pipeline``
 * ``docs/bench/live-*.json`` — ``python -m benchmarks.bench_live`` (WebRTC loopback)
 """
@@ -104,20 +104,26 @@ def build(docs: Path = DOCS) -> str:
            "jobs shared while they ran (the load average is recorded); compare ratios measured in one run, and "
            "absolute times only on the same machine.", ""]
     for dev in ("cpu", "cuda"):
-        m = _load(bench / f"models-{dev}.json")
         out += [f"## Models, {dev.upper()}", ""]
-        out += [markdown_table(m)] if m else [f"Not measured on {dev.upper()} yet: "
-                                              f"`stylestream bench models --device {dev} --json "
-                                              f"docs/bench/models-{dev}.json`.", ""]
-        p = _load(bench / f"pipeline-{dev}.json")
+        tables = [m for f in sorted(bench.glob(f"models-{dev}*.json")) if (m := _load(f))]
+        for m in tables:
+            out += [f"### {m.get('backend', 'torch-eager')}, {m.get('precision', 'fp32')}", "", markdown_table(m)]
+        if not tables:
+            out += [f"Not measured on {dev.upper()} yet: `stylestream bench models --device {dev} --json "
+                    f"docs/bench/models-{dev}.json` (add `--backend onnx` for ONNX Runtime).", ""]
         out += [f"## Whole pipeline, {dev.upper()}", ""]
-        if p:
-            out += [pipeline_markdown(p)]
-            plot_stages(p, img / f"pipeline_stages_{dev}.png")
-            plot_latency_cdf(p, img / f"pipeline_latency_{dev}.png")
-            out += [f"![per-stage ms](img/pipeline_stages_{dev}.png)", "",
-                    f"![latency CDF](img/pipeline_latency_{dev}.png)", ""]
-        else:
+        files = sorted(bench.glob(f"pipeline-{dev}*.json"))
+        for f in files:
+            p = _load(f)
+            if not p:
+                continue
+            stem = f.stem.replace("pipeline-", "")
+            out += [f"### {f.name}", "", pipeline_markdown(p)]
+            plot_stages(p, img / f"pipeline_stages_{stem}.png")
+            plot_latency_cdf(p, img / f"pipeline_latency_{stem}.png")
+            out += [f"![per-stage ms](img/pipeline_stages_{stem}.png)", "",
+                    f"![latency CDF](img/pipeline_latency_{stem}.png)", ""]
+        if not files:
             out += [f"Not measured on {dev.upper()} yet: `stylestream bench pipeline --device {dev} --json "
                     f"docs/bench/pipeline-{dev}.json`.", ""]
     live = [(f.name, d) for f in sorted(bench.glob("live-*.json")) if (d := _load(f))]
