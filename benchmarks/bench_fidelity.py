@@ -92,6 +92,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", type=Path, default=None, help="write the table (with provenance) here")
     p.add_argument("--strip", type=Path, default=None, help="write a PNG strip: input / FrEN / ViEN rows")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart of TC and warping error per mode")
+    p.add_argument("--lpips-net", default="vgg", choices=["vgg", "alex"], help="LPIPS trunk (with --lpips-backbone)")
+    p.add_argument("--lpips-backbone", type=Path, default=None,
+                   help="local torchvision-style vgg16/alexnet state dict: adds LPIPS (nothing is downloaded)")
+    p.add_argument("--lpips-lin", type=Path, default=None, help="optional LPIPS linear heads (lpips' v0.1 .pth)")
 
 
 MODES = ("fren", "vien", "vien+key", "fren+smooth")
@@ -114,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
     x = crops.float_images(torch.arange(len(crops)))
     x01 = (x + 1) / 2
     in_u8 = _u8(x01)
+    lpips = None
+    if args.lpips_backbone is not None:
+        from training.losses import LPIPSLoss
+
+        lpips = LPIPSLoss(args.lpips_net, args.lpips_backbone, args.lpips_lin).eval()
     ref_lm = mediapipe_landmarks(x01)
     rows = {"input": {"tc": temporal_consistency(x01, data_range=1.0), "warp_err": warping_error(in_u8, in_u8)}}
     recs = {}
@@ -128,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
         rows[mode] = {"psnr": mean_frame_psnr(y01, x01), "ssim": float(ssim(y, x).mean()), "landmark_px": lm_err,
                       "landmark_missing": len(x) - used, "tc": temporal_consistency(y01, data_range=1.0),
                       "warp_err": warping_error(_u8(y01), in_u8), "ms_per_frame": ms}
+        if lpips is not None:
+            with torch.no_grad():
+                rows[mode]["lpips"] = float(lpips(y, x).mean())
     f, v = rows["fren"], rows["vien"]
     summary = {"tc_reduction": 1 - v["tc"] / f["tc"], "psnr_cost": 1 - v["psnr"] / f["psnr"]}
     out = {"bundle": str(args.bundle), "clip": args.clip, "frames": len(x), "crop_size": b.crop_size,
@@ -197,6 +209,9 @@ def markdown(out: dict) -> str:
         m = r[mode]
         lines.append(f"| {mode} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['landmark_px']:.2f} ({m['landmark_missing']}) "
                      f"| {m['tc']:.4f} | {m.get('warp_err', float('nan')):.5f} |")
+    if any("lpips" in r[m] for m in MODES if m in r):
+        lines += ["", "LPIPS ↓ (user-supplied weights): " + ", ".join(
+            f"{m} {r[m]['lpips']:.4f}" for m in MODES if m in r and "lpips" in r[m])]
     lines += [
         f"| input clip | – | – | – | {r['input']['tc']:.4f} | {r['input'].get('warp_err', float('nan')):.5f} |",
         "",
