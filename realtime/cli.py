@@ -23,6 +23,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("export", "realtime.cmd_export", "export the networks to ONNX / TensorRT / a Triton model repository"),
     ("train", "realtime.cmd_train", "train a generator and encoders: `train autoencode|generator|encoder`"),
     ("edits", "realtime.cmd_edits", "fit, list and measure a bundle's edits: `edits fit|list|measure`"),
+    ("edit", "realtime.cmd_edit", "offline high-quality edit of a clip: adapt, edit, keep expressions, paste back"),
 ]
 
 

@@ -1,0 +1,236 @@
+"""Offline editing (StylePortraitVideo): Eq. 7 loss terms, video adaptation, `stylestream edit` end to end."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from training.directions import EYE_L, EYE_R, INNER_LIPS
+from training.expression import (
+    ExpressionConfig,
+    eye_mask,
+    eye_term,
+    lip_term,
+    optimise_expression,
+    reg_term,
+    temporal_term,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "default"
+needs_bundle = pytest.mark.skipif(not (BUNDLE / "bundle.json").exists(), reason="default bundle missing")
+
+
+def _landmarks(b: int = 2, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 468, 3, generator=g) * 40 + 12
+
+
+# ------------------------------------------------------------------------------------------------ loss terms
+def test_lip_term_zero_for_identical_and_known_for_shift() -> None:
+    lm = _landmarks()
+    assert float(lip_term(lm, lm.clone(), 64)) == 0.0
+    moved = lm.clone()
+    moved[:, list(INNER_LIPS), 1] += 3.2  # every inner-lip point 3.2 px down → (3.2 / 64)²
+    assert float(lip_term(moved, lm, 64)) == pytest.approx((3.2 / 64) ** 2, rel=1e-5)
+    other = lm.clone()
+    other[:, 1, :2] += 10.0  # a landmark outside the inner lips does not count
+    assert float(lip_term(other, lm, 64)) == 0.0
+
+
+def test_temporal_and_reg_terms() -> None:
+    dw = torch.full((5, 10, 64), 0.3)
+    assert float(temporal_term(dw)) == 0.0
+    assert float(reg_term(dw)) == pytest.approx(0.09)
+    assert float(reg_term(torch.zeros(3, 10, 64))) == 0.0
+    alt = torch.zeros(4, 10, 64)
+    alt[1::2] = 1.0  # 0,1,0,1 → every neighbour differs by 1
+    assert float(temporal_term(alt)) == pytest.approx(1.0)
+    # the previous chunk's last Δw links the chunks
+    assert float(temporal_term(dw, prev=torch.full((10, 64), 0.3))) == 0.0
+    assert float(temporal_term(dw, prev=torch.zeros(10, 64))) == pytest.approx(0.09 / 5)
+    assert float(temporal_term(dw[:1])) == 0.0
+
+
+def test_eye_mask_and_eye_term_only_see_the_eyes() -> None:
+    from training.losses import RandomConvPerceptual
+
+    lm = torch.zeros(1, 468, 3)
+    lm[0, :, 0], lm[0, :, 1] = 32.0, 46.0  # everything at the mouth …
+    lm[0, list(EYE_L), 0] = 22 + torch.cos(torch.linspace(0, 6.28, len(EYE_L))) * 4  # … but the eyes
+    lm[0, list(EYE_L), 1] = 26 + torch.sin(torch.linspace(0, 6.28, len(EYE_L))) * 2
+    lm[0, list(EYE_R), 0] = 42 + torch.cos(torch.linspace(0, 6.28, len(EYE_R))) * 4
+    lm[0, list(EYE_R), 1] = 26 + torch.sin(torch.linspace(0, 6.28, len(EYE_R))) * 2
+    from training.expression import BROW_ABOVE
+
+    lm[0, list(BROW_ABOVE[:5]), 0], lm[0, list(BROW_ABOVE[:5]), 1] = 22.0, 21.0
+    lm[0, list(BROW_ABOVE[5:]), 0], lm[0, list(BROW_ABOVE[5:]), 1] = 42.0, 21.0
+    m = eye_mask(lm, 64)
+    assert m.shape == (1, 1, 64, 64)
+    assert float(m[0, 0, 26, 22]) > 0.9 and float(m[0, 0, 26, 42]) > 0.9
+    assert float(m[0, 0, 50, 32]) < 0.01  # the mouth is outside
+    perc = RandomConvPerceptual()
+    a = torch.rand(1, 3, 64, 64) * 2 - 1
+    b = a.clone()
+    b[..., 44:, :] = -a[..., 44:, :]  # change only the lower face
+    assert float(eye_term(perc, a, b, m)) < 1e-3
+    c = a.clone()
+    c[..., 20:32, 14:50] = 1.0  # change the eyes
+    assert float(eye_term(perc, c, b, m)) > 1e-2
+
+
+# ------------------------------------------------------------------------------------------------ models
+@pytest.fixture(scope="module")
+def clip() -> tuple[object, torch.Tensor]:
+    from models.bundle import load_bundle
+    from realtime.align import align_crop
+    from realtime.sources import open_source
+    from realtime.tracking import track_sequence
+
+    if not (BUNDLE / "bundle.json").exists():
+        pytest.skip("default bundle missing")
+    with open_source("demo:portrait?seconds=0.4&fps=15&seed=9103&size=320x240") as src:
+        frames = list(src)
+    tracks = track_sequence(frames)
+    crops = torch.stack([torch.from_numpy(align_crop(f.image, t.quad, 64).image).permute(2, 0, 1)
+                         for f, t in zip(frames, tracks, strict=True) if t.has_face]).float()
+    assert crops.shape[0] >= 4
+    return load_bundle(BUNDLE), crops
+
+
+@needs_bundle
+def test_adaptation_lowers_reconstruction_error(clip: tuple[object, torch.Tensor], tmp_path: Path) -> None:
+    from models.bundle import load_bundle
+    from training.adapt import AdaptConfig, adapt_generator, invert_crops, reconstruction, save_adapted
+
+    torch.set_num_threads(1)
+    bundle = load_bundle(BUNDLE)
+    crops = clip[1]
+    ws = invert_crops(bundle, crops)
+    assert ws.shape == (crops.shape[0], 10, 64)
+    before = reconstruction(bundle, crops, ws)["psnr"]
+    summary = adapt_generator(bundle, crops, ws, AdaptConfig(iters=12, batch=4))
+    after = reconstruction(bundle, crops, ws)["psnr"]
+    assert after > before + 0.3, (before, after)
+    assert summary["loss_last"] < summary["loss_first"]
+    # the mapping network (and so the edit directions' W space) is untouched; the adapted bundle round-trips
+    ref = load_bundle(BUNDLE)
+    for (k, a), (_, b) in zip(bundle.generator.mapping.state_dict().items(),
+                              ref.generator.mapping.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    out = save_adapted(bundle, tmp_path / "adapted", summary, source="test")
+    again = load_bundle(out)
+    assert "adapted" in again.provenance
+    assert reconstruction(again, crops, ws)["psnr"] == pytest.approx(after, abs=1e-3)
+
+
+@needs_bundle
+def test_expression_optimisation_pulls_lips_to_target(clip: tuple[object, torch.Tensor]) -> None:
+    from models.editing import EditStack
+    from training.adapt import invert_crops
+    from training.losses import load_face_mesh
+
+    torch.set_num_threads(1)
+    mesh = load_face_mesh()
+    if mesh is None:
+        pytest.skip("face mesh weights missing")
+    bundle, crops = clip
+    crops = crops[:4]
+    ws = invert_crops(bundle, crops)
+    stack = EditStack.from_bundle(bundle)
+    stack.set_strengths({"smile": 2.0}, reset=True)
+    we, sd = stack.apply(ws)
+    with torch.no_grad():
+        target = mesh(crops)
+    cfg = ExpressionConfig(iters=6, lr=3e-3, chunk=3)  # two chunks (3 + 1 frames), linked by the temporal term
+    dw, summary = optimise_expression(bundle.generator, we, target, mesh, sd or None, cfg)
+    assert dw.shape == we.shape and torch.isfinite(dw).all() and float(dw.abs().sum()) > 0
+    assert summary["chunks"] == 2
+    with torch.no_grad():
+        g = bundle.generator
+        lip0 = float(lip_term(mesh(g.synthesis(we, noise_mode="const", style_deltas=sd or None)), target, 64))
+        lip1 = float(lip_term(mesh(g.synthesis(we + dw, noise_mode="const", style_deltas=sd or None)), target, 64))
+    assert lip1 < lip0
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _write_portrait_clip(path: Path, seconds: float = 0.6, fps: int = 10) -> int:
+    from realtime.sources import open_source
+    from tests.media import _add_audio, _write_audio
+
+    with open_source(f"demo:portrait?seconds={seconds}&fps={fps}&seed=9104&size=320x240") as src:
+        frames = [f.image for f in src]
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = 320, 240, "yuv420p"
+        vs.options = {"preset": "ultrafast", "crf": "12"}
+        a = _add_audio(out, "aac", 48000)
+        for i, img in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+            vf.pts, vf.time_base = i, Fraction(1, fps)
+            out.mux(vs.encode(vf))
+        out.mux(vs.encode(None))
+        _write_audio(out, a, seconds)
+    return len(frames)
+
+
+def _probe(path: Path) -> tuple[int, bool]:
+    with av.open(str(path)) as c:
+        has_audio = bool(c.streams.audio)
+        n = sum(1 for _ in c.decode(video=0))
+    return n, has_audio
+
+
+@needs_bundle
+def test_edit_cli_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from realtime.cli import main
+
+    src = tmp_path / "in.mp4"
+    n = _write_portrait_clip(src)
+    out, work = tmp_path / "out.mp4", tmp_path / "work"
+    argv = ["edit", str(src), "-o", str(out), "--edit", "smile=1.5", "--adapt", "--adapt-iters", "2",
+            "--preserve-expression", "--expr-iters", "1", "--work", str(work)]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "reused" not in first
+    frames, audio = _probe(out)
+    assert frames == n and audio
+    for name in ("tracks.npz", "latents.pt", "adapted/bundle.json", "deltas.pt", "state.json"):
+        assert (work / name).exists(), name
+    # the output differs from the input where the face is (the edit was applied)
+    with av.open(str(src)) as a, av.open(str(out)) as b:
+        fa = next(a.decode(video=0)).to_ndarray(format="rgb24").astype(np.float32)
+        fb = next(b.decode(video=0)).to_ndarray(format="rgb24").astype(np.float32)
+    assert np.abs(fa - fb).mean() > 0.2
+    assert main(argv) == 0
+    second = capsys.readouterr().out
+    for phase in ("track", "invert", "adapt", "optimise"):
+        assert f"{phase}: reused" in second, second
+    assert _probe(out)[0] == n
+    # a changed option redoes only what depends on it
+    assert main([*argv[:-2], "--expr-iters", "2", "--work", str(work)]) == 0
+    third = capsys.readouterr().out
+    assert "adapt: reused" in third and "optimise: reused" not in third
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["edit", "/nonexistent/clip.mp4", "-o", "OUT"], "not found"),
+    (["edit", "demo:portrait?seconds=0.2", "-o", "OUT", "--edit", "frown=1"], "unknown edit"),
+    (["edit", "demo:portrait?seconds=0.2", "-o", "OUT", "--preserve-expression"], "needs at least one --edit"),
+    (["edit", "demo:portrait?seconds=0.2"], "no output"),
+    (["edit", "demo:portrait?seconds=0.2", "-o", "OUT", "--edit", "smile"], "NAME=STRENGTH"),
+])
+def test_edit_cli_bad_input_is_one_line(argv: list[str], message: str, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from realtime.cli import main
+
+    argv = [str(tmp_path / "o.mp4") if a == "OUT" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "o.mp4").exists()
