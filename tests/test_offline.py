@@ -234,3 +234,27 @@ def test_edit_cli_bad_input_is_one_line(argv: list[str], message: str, tmp_path:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "o.mp4").exists()
+
+
+@needs_bundle
+def test_calibrator_adapts_in_background_and_swaps_in_place(clip: tuple[object, torch.Tensor]) -> None:
+    from models.bundle import load_bundle
+    from training.adapt import AdaptConfig, Calibrator, invert_crops, reconstruction
+
+    bundle = load_bundle(BUNDLE)
+    crops = clip[1]
+    ws = invert_crops(bundle, crops)
+    before = reconstruction(bundle, crops, ws)["psnr"]
+    ptrs = {k: v.data_ptr() for k, v in bundle.generator.synthesis.state_dict().items()}
+    cal = Calibrator(bundle.generator, frames=crops.shape[0], stride=1, cfg=AdaptConfig(iters=12))
+    assert not cal.apply_pending()  # nothing to swap yet
+    assert cal.start() and cal.recording
+    for i in range(crops.shape[0]):
+        assert reconstruction(bundle, crops, ws)["psnr"] == pytest.approx(before, abs=1e-4)  # live weights untouched
+        cal.record(crops[i:i + 1], ws[i:i + 1])
+    assert cal.state in ("adapting", "ready")
+    cal.join(60)
+    assert cal.state == "ready", cal.error
+    assert cal.apply_pending() and cal.state == "done"
+    assert reconstruction(bundle, crops, ws)["psnr"] > before + 0.3
+    assert ptrs == {k: v.data_ptr() for k, v in bundle.generator.synthesis.state_dict().items()}

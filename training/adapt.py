@@ -14,6 +14,7 @@ Continual adaptation: adapt a new clip of the same person starting from an adapt
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -166,3 +167,102 @@ def save_adapted(bundle: Any, path: str | Path, summary: dict[str, Any], source:
                                      "loss_first": summary.get("loss_first"), "loss_last": summary.get("loss_last"),
                                      "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
     return bundle.save(path)
+
+
+# ------------------------------------------------------------------------------------------------ live calibration
+class Calibrator:
+    """Live "calibrate": record a few seconds of (crop, latent) pairs from a running stream, adapt a *copy* of the
+    generator's synthesis network in a background thread, and hand the new weights to the device worker, which
+    swaps them in between two frames (:meth:`apply_pending`) — the stream never stops.
+
+    Use from the device-worker thread: ``start()`` on the user's action, ``record(crop, ws)`` after every
+    encoded frame while ``recording``, ``apply_pending(generator)`` before every synthesize. The swap copies the
+    tensors in place (``Tensor.copy_``), so parameter addresses — and CUDA graphs captured on them — stay valid.
+    ``state`` is one of idle / recording / adapting / ready / done / failed (for a status line)."""
+
+    def __init__(self, generator: Any, frames: int = 60, cfg: AdaptConfig | None = None, stride: int = 2,
+                 threads: int = 1):
+        self.generator = generator
+        self.frames, self.stride, self.threads = frames, max(1, stride), threads
+        self.cfg = cfg or AdaptConfig(iters=200)
+        self.state = "idle"
+        self.error = ""
+        self.progress = 0.0  # 0…1 while adapting
+        self.seconds = 0.0  # adaptation time of the last run
+        self._crops: list[torch.Tensor] = []
+        self._ws: list[torch.Tensor] = []
+        self._seen = 0
+        self._pending: dict[str, torch.Tensor] | None = None
+        self._lock = threading.Lock()
+        self._thread: Any = None
+
+    @property
+    def recording(self) -> bool:
+        return self.state == "recording"
+
+    def start(self) -> bool:
+        """Begin recording (ignored while a calibration is under way). Returns True when it started."""
+        if self.state in ("recording", "adapting"):
+            return False
+        self._crops, self._ws, self._seen, self.state, self.error = [], [], 0, "recording", ""
+        return True
+
+    def record(self, crop: torch.Tensor, ws: torch.Tensor) -> None:
+        """One aligned crop [1, 3, S, S] and its latent [1, num_ws, w_dim]; every ``stride``-th is kept. The
+        adaptation starts by itself once ``frames`` are kept."""
+        if self.state != "recording":
+            return
+        self._seen += 1
+        if (self._seen - 1) % self.stride:
+            return
+        self._crops.append(crop.detach().float().cpu().reshape(1, *crop.shape[-3:]))
+        self._ws.append(ws.detach().float().cpu().reshape(1, *ws.shape[-2:]))
+        if len(self._crops) >= self.frames:
+            self._launch()
+
+    def _launch(self) -> None:
+        import copy
+
+        crops, ws = torch.cat(self._crops), torch.cat(self._ws)
+        self._crops, self._ws = [], []
+        self.state, self.progress = "adapting", 0.0
+        work = copy.deepcopy(self.generator).cpu().float()  # adapt a copy; the live generator keeps serving
+
+        class _Shim:
+            generator = work
+
+        def run() -> None:
+            try:
+                torch.set_num_threads(self.threads)
+
+                def on(it: int, total: int, loss: float) -> None:
+                    self.progress = it / total
+
+                summary = adapt_generator(_Shim(), crops, ws, self.cfg, progress=on)
+                self.seconds = float(summary["seconds"])
+                with self._lock:
+                    self._pending = {k: v.detach().clone() for k, v in work.synthesis.state_dict().items()}
+                self.state = "ready"
+            except Exception as exc:  # reported on the status line; the stream goes on with the old weights
+                self.error, self.state = f"{type(exc).__name__}: {exc}", "failed"
+
+        self._thread = threading.Thread(target=run, name="calibrate", daemon=True)
+        self._thread.start()
+
+    def apply_pending(self, generator: Any | None = None) -> bool:
+        """Swap the adapted weights into ``generator`` (default: the one given at construction) if they are
+        ready. Call between frames on the thread that runs the generator. Returns True when it swapped."""
+        with self._lock:
+            state, self._pending = self._pending, None
+        if state is None:
+            return False
+        g = generator if generator is not None else self.generator
+        with torch.no_grad():
+            for k, v in g.synthesis.state_dict().items():
+                v.copy_(state[k].to(v.device, v.dtype))
+        self.state = "done"
+        return True
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
