@@ -159,8 +159,40 @@ def optimise_expression(g: Any, ws_edit: torch.Tensor, lip_target: torch.Tensor,
 
 
 # ------------------------------------------------------------------------------------------------ measurement
+def _clip_crops(spec: str, bundle: Any) -> torch.Tensor:
+    from realtime.align import align_crop
+    from realtime.sources import open_source
+    from realtime.tracking import track_sequence
+
+    with open_source(spec, live=False) as src:
+        frames = list(src)
+    tracks = track_sequence(frames)
+    return torch.stack([torch.from_numpy(align_crop(f.image, t.quad, bundle.crop_size).image).permute(2, 0, 1)
+                        for f, t in zip(frames, tracks, strict=True) if t.has_face]).float()
+
+
+def continual_check(adapted: Any, base: Any, mesh: Any, spec: str, iters: int = 20) -> dict[str, Any]:
+    """Continual adaptation: a new clip, adapted for ``iters`` iterations from the adapted bundle vs from the
+    base bundle (reconstruction PSNR / landmark error on the new clip)."""
+    import copy
+
+    from training.adapt import AdaptConfig, adapt_generator, invert_crops, reconstruction
+
+    crops = _clip_crops(spec, base)
+    ws = invert_crops(base, crops)
+    out: dict[str, Any] = {"spec": spec, "iters": iters}
+    for name, b in (("from_base", base), ("from_adapted", adapted)):
+        b = copy.deepcopy(b)
+        out[f"{name}_0"] = reconstruction(b, crops, ws, mesh)
+        t = time.perf_counter()
+        adapt_generator(b, crops, ws, AdaptConfig(iters=iters))
+        out[f"{name}_{iters}"] = reconstruction(b, crops, ws, mesh) | {"seconds": time.perf_counter() - t}
+    return out
+
+
 def measure_offline(spec: str, bundle_path: str, adapt_iters: int = 1000, expr_iters: int = 200,
-                    strength: float = 1.5, strip: str | None = None) -> dict[str, Any]:
+                    strength: float = 1.5, strip: str | None = None,
+                    continual_spec: str = "demo:portrait?seconds=2&fps=15&seed=9102") -> dict[str, Any]:
     """The docs/offline.md table: reconstruction before/after adaptation, the smile edit with and without the
     expression optimisation (inner-lip error against the original frames' face mesh, smile measure, eye-region
     change), timings per phase. ``strip``: write a side-by-side PNG there."""
@@ -228,6 +260,10 @@ def measure_offline(spec: str, bundle_path: str, adapt_iters: int = 1000, expr_i
         return {"inner_lip_px": float((lm[:, lips, :2] - lm_orig[:, lips, :2]).norm(dim=-1).mean()),
                 "smile": float(face_measures(lm)["smile"].mean()), "eye_region_abs_diff": eye}
 
+    with torch.no_grad():  # the same edit through the unadapted generator (strip column)
+        base_g = load_bundle(bundle_path).generator.eval()
+        edited_base = base_g.synthesis(we, noise_mode="const", style_deltas=sd).clamp(-1, 1)
+    res["continual"] = continual_check(bundle, load_bundle(bundle_path), mesh, continual_spec)
     res["edit"] = {"reconstruction": row(recon), f"smile {strength:+g}": row(edited),
                    f"smile {strength:+g} + expression opt": row(opt), "original_smile":
                    float(face_measures(lm_orig)["smile"].mean())}
@@ -237,13 +273,18 @@ def measure_offline(spec: str, bundle_path: str, adapt_iters: int = 1000, expr_i
         import cv2
 
         pick = np.linspace(0, len(keep) - 1, 5).round().astype(int)
-        cols = [crops, recon0_img, recon, edited, opt]
+        cols = [crops, recon0_img, recon, edited_base, edited, opt]
+        labels = ["original", "inverted", "adapted", "smile base G", "smile adapted", "+ expr. opt"]
 
         def u8(x: torch.Tensor) -> np.ndarray:
             a = ((x.permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
             return cv2.resize(a, (128, 128), interpolation=cv2.INTER_NEAREST)
 
         grid = np.concatenate([np.concatenate([u8(c[i]) for c in cols], axis=1) for i in pick], axis=0)
+        head = np.full((18, grid.shape[1], 3), 255, np.uint8)
+        for j, text in enumerate(labels):
+            cv2.putText(head, text, (128 * j + 4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
+        grid = np.concatenate([head, grid], axis=0)
         cv2.imwrite(strip, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     return res
 
