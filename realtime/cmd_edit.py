@@ -58,6 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--side-by-side", action="store_true", help="write original | edited side by side")
     o.add_argument("--stats-json", type=Path, default=None, help="write phase timings and reuse as JSON here")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for the torch loops (default 1)")
 
 
 # ------------------------------------------------------------------------------------------------ keys
@@ -147,7 +148,7 @@ def main(args: argparse.Namespace) -> int:
         if probe.is_live:
             raise UserError(f"{args.input!r} is a live source; `edit` needs a file or a demo: clip")
     work = WorkDir(args.work or Path(str(args.output) + ".work"))
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(max(1, args.threads))
     stats: dict[str, Any] = {"phases": {}, "reused": []}
     progress = Progress(TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console,
@@ -263,7 +264,6 @@ def main(args: argparse.Namespace) -> int:
                 def on_adapt(it: int, total: int, loss: float) -> None:
                     progress.update(task, completed=it, note=f"loss {loss:.4f}")
 
-                torch.set_num_threads(max(1, torch.get_num_threads()))
                 summary = adapt_generator(bundle, crops, ws, acfg, progress=on_adapt)
                 save_adapted(bundle, work.path / "adapted", summary, source=str(args.input))
                 work.mark("adapt", k_gen)
