@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from models.bundle import Bundle
+from models.bundle import Bundle, swap_dir_into_place
 from models.errors import UserError
 
 from .onnx import available_models, bundle_hash, export_bundle, onnx_filename, read_manifest
@@ -152,13 +152,7 @@ def _write_model_dir(path: Path, files: dict[str, str], onnx_file: Path | None, 
             (tmp / fname).write_text(text)
         if onnx_file is not None:
             shutil.copyfile(onnx_file, tmp / str(version) / "model.onnx")
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
+        swap_dir_into_place(tmp, path)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"cannot write Triton model {path}: {exc.strerror or exc}") from None

@@ -133,16 +133,23 @@ class Bundle:
                         shutil.copytree(item, tmp / item.name)
                     else:
                         shutil.copy2(item, tmp / item.name)
-                old = parent / f".{path.name}.old-{os.getpid()}"
-                path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(path)
+            swap_dir_into_place(tmp, path)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise BundleError(f"cannot write bundle {path}: {exc.strerror or exc}") from None
         return path
+
+
+def swap_dir_into_place(tmp: Path, path: Path) -> None:
+    """Replace ``path`` (if any) by the finished folder ``tmp`` with two renames; the old folder is removed after.
+    Raises OSError; the caller cleans ``tmp`` up."""
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(path)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
