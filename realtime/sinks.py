@@ -57,7 +57,7 @@ import numpy as np
 
 from models.errors import UserError
 from realtime.frames import Output, now_ns
-from realtime.sources import Source, _one_line
+from realtime.sources import Source, _one_line, _Pacer
 
 log = logging.getLogger(__name__)
 
@@ -152,25 +152,6 @@ class Sink:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r}, {self.width}x{self.height}@{self.fps:g})"
-
-
-class _Pacer:
-    """Holds frames back to a schedule; never delays a frame that is already late (no bursts to catch up)."""
-
-    def __init__(self) -> None:
-        self._wall0: float | None = None
-        self._t0 = 0.0
-
-    def wait(self, t: float) -> None:
-        now = time.perf_counter()
-        if self._wall0 is None:
-            self._wall0, self._t0 = now, t
-            return
-        delay = self._wall0 + (t - self._t0) - now
-        if delay > 0:
-            time.sleep(delay)
-        elif delay < -1.0:  # far behind (slow pipeline): re-anchor so later frames are not rushed
-            self._wall0, self._t0 = now, t
 
 
 # ============================================================================================ audio ==
@@ -353,7 +334,7 @@ class AVSink(Sink):
         super().__init__(spec, kind, width, height, fps, resize)
         self.width, self.height = max(2, self.width // 2 * 2), max(2, self.height // 2 * 2)  # yuv420p: even
         self._target, self._time_origin = target, time_origin
-        self._pacer = _Pacer() if pace else None
+        self._pacer = _Pacer(reanchor_after_s=1.0) if pace else None
         self._last_pts = -1
         self._last_t = 0.0
         self.pts_fixed = 0  # frames whose pts had to be bumped to keep the output strictly increasing

@@ -172,11 +172,15 @@ class Source:
 
 
 class _Pacer:
-    """Releases frames at their timestamp pace (``realtime`` mode); sleeps are interruptible by close()."""
+    """Holds frames back to their timestamp pace; never delays a frame that is already late (no catch-up bursts).
 
-    def __init__(self, stop: threading.Event, speed: float = 1.0) -> None:
+    ``stop``: an event whose setting interrupts the sleep (sources: close() from another thread).
+    ``reanchor_after_s``: when a frame is this far behind schedule, restart the schedule from it so later frames
+    are not rushed (sinks behind a slow pipeline); None: keep the original schedule (sources)."""
+
+    def __init__(self, stop: threading.Event | None = None, reanchor_after_s: float | None = None) -> None:
         self._stop = stop
-        self._speed = speed
+        self._reanchor = reanchor_after_s
         self._wall0: float | None = None
         self._t0 = 0.0
 
@@ -185,9 +189,14 @@ class _Pacer:
         if self._wall0 is None:
             self._wall0, self._t0 = now, t
             return
-        delay = self._wall0 + (t - self._t0) / self._speed - now
+        delay = self._wall0 + (t - self._t0) - now
         if delay > 0:
-            self._stop.wait(delay)
+            if self._stop is not None:
+                self._stop.wait(delay)
+            else:
+                time.sleep(delay)
+        elif self._reanchor is not None and delay < -self._reanchor:
+            self._wall0, self._t0 = now, t
 
 
 # ================================================================================================ PyAV ==
