@@ -391,6 +391,11 @@ class OrtEngine(_ExportedEngine):
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.device.type == "cpu":
+            # ORT's idle intra-op threads spin by default; on a small CPU they take the cores from the tracking
+            # and capture threads: the default bundle's pipeline runs 65–73 fps spinning, 92–104 fps not
+            # (docs/pipeline.md), and a live calibration's worker gets CPU time.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
