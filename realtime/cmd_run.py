@@ -49,6 +49,28 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     c.add_argument("--stats-json", type=Path, default=None, help="write the run summary as JSON here")
 
 
+def add_calibration_options(p: argparse.ArgumentParser) -> None:
+    """--calibrate-frames/-stride/-iters/-lr/-batch (live calibration in camera / serve), from CalibrationConfig."""
+    from training.adapt import CalibrationConfig
+
+    g = p.add_argument_group("live calibration (adapt the generator to the user in the background)")
+    for f in fields(CalibrationConfig):
+        g.add_argument("--calibrate-" + f.name.replace("_", "-"), dest="calibrate_" + f.name, type=type(f.default),
+                       default=f.default, help=f"{_field_comment(CalibrationConfig, f.name)} (default {f.default:g})")
+
+
+def calibration_config(args: argparse.Namespace):
+    from training.adapt import CalibrationConfig
+
+    if not hasattr(args, "calibrate_frames"):
+        return None
+    cfg = CalibrationConfig(**{f.name: getattr(args, "calibrate_" + f.name) for f in fields(CalibrationConfig)})
+    for f in fields(CalibrationConfig):
+        if getattr(cfg, f.name) <= 0:
+            raise UserError(f"--calibrate-{f.name.replace('_', '-')} must be > 0, got {getattr(cfg, f.name):g}")
+    return cfg
+
+
 def _field_comment(cls: type, name: str) -> str:
     """The one-line comment after a dataclass field, used as CLI help (configs document themselves once)."""
     import inspect
@@ -96,9 +118,10 @@ def build_processor(args: argparse.Namespace, bundle: Any):
     edits = EditStack.from_bundle(bundle)
     for name, value in parse_edit_args(args.edit).items():
         edits.set_strength(name, value)
+    calibration = calibration_config(args)
     engine = make_engine(bundle, backend=args.backend, device=args.device, precision=args.precision,
                          **backend_options(args))
-    return FrameProcessor(engine, pipeline_config(args), edits=edits)
+    return FrameProcessor(engine, pipeline_config(args), edits=edits, calibration=calibration)
 
 
 def print_edits(bundle: Any) -> int:
@@ -171,8 +194,12 @@ def write_report(path: Path, args: argparse.Namespace, stats: Any, processor: An
 
 
 def run_pipeline(args: argparse.Namespace, live_default: bool | None, progress: bool,
-                 source_options: dict[str, Any] | None = None) -> int:
-    """Shared body of `run` and `camera`: progress bar for file jobs, a status line for live sources."""
+                 source_options: dict[str, Any] | None = None, controls: Any = None) -> int:
+    """Shared body of `run` and `camera`: progress bar for file jobs, a status line for live sources.
+    ``controls(processor, console)`` (camera) returns a context manager with ``status() -> str`` (appended to the
+    status line) and ``on_output()`` (called in the sink thread after each frame)."""
+    import contextlib
+
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -210,8 +237,11 @@ def run_pipeline(args: argparse.Namespace, live_default: bool | None, progress: 
 
         started = time.perf_counter()
         last_status = [started]
+        ctl = controls(processor, console) if controls is not None else None
 
         def on_output(out, stats):
+            if ctl is not None:
+                ctl.on_output()
             now = time.perf_counter()
             if progress and (stats.frames_out % 5 == 0 or stats.frames_out == total):
                 bar.update(task, completed=stats.frames_out, fps=stats.frames_out / max(1e-6, now - started))
@@ -221,15 +251,17 @@ def run_pipeline(args: argparse.Namespace, live_default: bool | None, progress: 
                 lat = stats.latency_ms[-30:]
                 console.print(f"{stats.frames_out} frames, {stats.frames_out / max(1e-6, now - started):.1f} fps, "
                               f"latency {sum(lat) / max(1, len(lat)):.0f} ms, drops {pipeline.drops()}, "
-                              + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) + " ms")
+                              + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) + " ms"
+                              + (ctl.status() if ctl is not None else ""))
 
         pipeline = Pipeline(source, tracker, processor, sink, live=live, on_output=on_output,
                             max_frames=getattr(args, "max_frames", None))
         try:
-            with sink, tracker, _Interrupts(pipeline), bar:
+            with sink, tracker, _Interrupts(pipeline), bar, ctl if ctl is not None else contextlib.nullcontext():
                 stats = pipeline.run()
         finally:
-            processor.engine.close()
+            processor.release()
+            processor.base_engine.close()
         bar.update(task, completed=stats.frames_out)
     console.print(summary_table(stats, f"stylestream {'camera' if live else 'run'}: {args.input} → {args.output}"))
     report = args.stats_json

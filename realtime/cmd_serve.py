@@ -12,7 +12,7 @@ from typing import Any
 
 from models.errors import UserError
 
-from .cmd_run import add_pipeline_options, build_processor, load_bundle_arg, print_edits
+from .cmd_run import add_calibration_options, add_pipeline_options, build_processor, load_bundle_arg, print_edits
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"Mbps ceiling (default {t.max_bitrate / 1e6:g})")
     v.add_argument("--x264-preset", default=t.x264_preset, help=f"libx264 preset (default {t.x264_preset})")
     add_pipeline_options(p)
+    add_calibration_options(p)
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -89,7 +90,8 @@ def make_factories(processor: Any) -> tuple[Any, Any]:
             edits = EditStack(list(base_edits.specs.values()), base_edits.tensors, base_edits.style_channels)
             for name, value in base_edits.strengths().items():
                 edits.set_strength(name, value)
-        return FrameProcessor(engine, dataclasses.replace(processor.cfg), edits=edits)
+        return FrameProcessor(engine, dataclasses.replace(processor.cfg), edits=edits,
+                              calibration=processor.calibration_cfg)
 
     def make_tracker() -> Any:
         return FaceTracker(TrackerConfig(smoothing="one_euro", fps=30.0))

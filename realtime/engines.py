@@ -47,6 +47,7 @@ class Engine(Protocol):
     num_ws: int
     w_dim: int
     num_coarse: int
+    bundle: Bundle  # the models it runs
 
     def encode_key(self, crops: torch.Tensor) -> torch.Tensor: ...
 
@@ -91,8 +92,10 @@ class _Geometry:
     num_ws: int
     w_dim: int
     num_coarse: int
+    bundle: Bundle
 
     def _set_geometry(self, bundle: Bundle) -> None:
+        self.bundle = bundle  # the models this engine runs (live calibration adapts a copy of its generator)
         g = bundle.generator
         self.crop_size = bundle.crop_size
         self.resolution = g.img_resolution
@@ -605,14 +608,48 @@ def make_engine(bundle: Bundle, backend: str = "torch", device: str = "auto", pr
     bad = sorted(set(opts) - allowed[backend])
     if bad:
         raise UserError(f"backend {backend!r} does not take option(s) {', '.join(bad)}")
+    engine: Any
     if backend == "torch":
-        return TorchEngine(bundle, device=device, precision=precision, **opts)
+        engine = TorchEngine(bundle, device=device, precision=precision, **opts)
+    elif backend == "onnx":
+        engine = OrtEngine(bundle, device=device, precision=precision, **opts)
+    elif backend == "tensorrt":
+        engine = TrtEngine(bundle, device=device, precision=precision, **opts)
+    else:
+        url = opts.pop("triton_url", None) or opts.pop("url", None) or "localhost:8000"
+        engine = TritonEngine(bundle, url=url, device=device, precision=precision, **opts)
+    engine.recipe = (backend, opts)  # how it was made: engine_like() builds the same kind for another bundle
+    return engine
+
+
+def engine_like(like: Engine, bundle: Bundle, model_dir: str | os.PathLike | None = None) -> Engine:
+    """An engine for ``bundle`` — in practice ``like``'s bundle with an adapted generator (live calibration) — of
+    the same backend, device and precision as ``like``, for one stream.
+
+    torch: a new :class:`TorchEngine` (the encoders are the same modules, the generator is the new one). onnx: from
+    ``model_dir`` when the bundle was exported there already (the calibration worker does that), else exported into
+    a temporary folder (≈ 15 s for the default bundle on CPU) that is removed once ONNX Runtime has loaded the
+    models. tensorrt / triton: rebuilding TensorRT engines takes minutes and a Triton repository lives on the
+    server, so these streams run the torch engine on the same device instead (logged)."""
+    backend, opts = getattr(like, "recipe", ("torch", {}))
+    device = str(like.device)
+    precision = getattr(like, "precision", "auto")
+    opts = {k: v for k, v in opts.items() if k not in ("threads", "model_dir", "progress")}  # threads: process-wide
     if backend == "onnx":
-        return OrtEngine(bundle, device=device, precision=precision, **opts)
-    if backend == "tensorrt":
-        return TrtEngine(bundle, device=device, precision=precision, **opts)
-    url = opts.pop("triton_url", None) or opts.pop("url", None) or "localhost:8000"
-    return TritonEngine(bundle, url=url, device=device, precision=precision, **opts)
+        if model_dir is not None:
+            return make_engine(bundle, "onnx", device=device, precision=precision, model_dir=model_dir, **opts)
+        import tempfile
+
+        from export.onnx import export_bundle
+
+        with tempfile.TemporaryDirectory(prefix="stylestream-onnx-") as d:
+            export_bundle(bundle, d, precision=precision)
+            return make_engine(bundle, "onnx", device=device, precision=precision, model_dir=d, **opts)
+    if backend != "torch":
+        log.warning("%s backend: a calibrated stream runs the torch engine on %s (engines are not rebuilt live)",
+                    backend, device)
+        opts = {}
+    return make_engine(bundle, "torch", device=device, precision=precision, **opts)
 
 
 _OPTION_FLAGS: dict[str, tuple[str, ...]] = {  # option → backends that take it

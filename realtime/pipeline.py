@@ -193,14 +193,70 @@ class FrameProcessor:
     """align → encode (key / reuse) → edit → synthesize → paste back, for one frame of one stream."""
 
     def __init__(self, engine: Engine, config: PipelineConfig | None = None, edits: EditStack | None = None,
-                 times: StageTimes | None = None):
-        """One processor per stream: ``engine`` may be shared between streams, ``edits`` (live strengths) and
-        ``times`` belong to this stream."""
-        self.engine = engine
+                 times: StageTimes | None = None, calibration: Any = None):
+        """One processor per stream: ``engine`` may be shared between streams, ``edits`` (live strengths),
+        ``times`` and a live calibration (``calibration``: a :class:`training.adapt.CalibrationConfig`, default
+        settings when None) belong to this stream."""
+        self.base_engine = engine  # shared; never closed by the processor
+        self.engine = engine  # the base engine, or this stream's own after a live calibration
         self.cfg = config or PipelineConfig()
         self.edits = edits
         self.times = times or StageTimes()
         self.enabled = True  # live toggle: False passes frames through untouched
+        self.calibration_cfg = calibration
+        self.calibrator: Any = None  # training.adapt.Calibrator, made on the first calibrate()
+        self._revert = False
+
+    # -- live calibration (StylePortraitVideo adaptation on a few seconds of this stream) -----------------------
+
+    def calibrate(self) -> bool:
+        """Start a live calibration (any thread; no model work here): the next face frames are recorded, a copy of
+        the base generator is adapted to them in a background thread, and this stream switches to its own engine
+        between two frames. False when one is already under way."""
+        from training.adapt import Calibrator
+
+        from .engines import engine_like
+
+        if self.calibrator is None:
+            base = self.base_engine
+            device = base.device if base.device.type == "cuda" else torch.device("cpu")
+            onnx = getattr(base, "recipe", ("torch",))[0] == "onnx"  # the worker exports the adapted bundle too
+            self.calibrator = Calibrator(self.calibration_cfg, device=device,
+                                         export_precision=getattr(base, "precision", "fp32") if onnx else None,
+                                         build=lambda bundle, model_dir: engine_like(base, bundle, model_dir))
+        return bool(self.calibrator.start(self.base_engine.bundle))
+
+    def reset_calibration(self) -> None:
+        """Cancel a calibration under way and go back to the base engine (at the next frame)."""
+        if self.calibrator is not None:
+            self.calibrator.cancel()
+            self.calibrator.state = "idle"
+        self._revert = True
+
+    def calibration_status(self) -> dict[str, Any]:
+        return self.calibrator.status() if self.calibrator is not None else {"state": "idle", "progress": 0.0}
+
+    def _use_engine(self, engine: Engine) -> None:
+        old, self.engine = self.engine, engine
+        if old is not self.base_engine and old is not engine:
+            old.close()
+
+    def _poll_calibration(self) -> None:
+        """Device thread, between frames: revert or swap in a finished calibration's engine."""
+        if self._revert:
+            self._revert = False
+            self._use_engine(self.base_engine)
+        if self.calibrator is not None:
+            engine = self.calibrator.take()
+            if engine is not None:
+                self._use_engine(engine)
+
+    def release(self) -> None:
+        """End of the stream: cancel a calibration and close this stream's own engine (not the shared one)."""
+        if self.calibrator is not None:
+            self.calibrator.cancel()
+            self.calibrator.join(30)  # the adaptation stops at its next step
+        self._use_engine(self.base_engine)
 
     # -- latent policy ------------------------------------------------------------------------------------------
 
@@ -261,6 +317,7 @@ class FrameProcessor:
         compositor = state.extra.get("compositor")
         if compositor is None:
             compositor = state.extra["compositor"] = Compositor(CompositeConfig(color_match=self.cfg.color_match))
+        self._poll_calibration()
         eng = self.engine
         if not self.enabled:
             result, face = image, False
@@ -278,6 +335,8 @@ class FrameProcessor:
                     to_frame = c.to_frame
             with self.times.measure("encode", timings):
                 ws, src = self.encode(crop, state)
+            if self.calibrator is not None and self.calibrator.recording:
+                self.calibrator.record(crop, ws)  # the unedited latent: calibration reconstructs the user
             style_deltas = None
             if self.edits is not None and self.edits.active():
                 with self.times.measure("edit", timings):

@@ -32,6 +32,7 @@ The token may come as ``Authorization: Bearer T``, ``X-Stylestream-Token: T``, `
     {"type": "filter", "on": true}                  {"type": "edit", "name": "smile", "value": 1.5}
     {"type": "view", "mode": "filtered" | "side_by_side" | "original"}
     {"type": "request", "width": 1280, "height": 720, "fps": 60}   (processing size cap and frame-rate cap)
+    {"type": "calibrate", "action": "start" | "reset"}   (live calibration: record, adapt in the background, swap)
     {"type": "ping", "t": 123.4}                    {"type": "bye"}
 
 server → browser: ``hello`` (edits with ranges, mode, codec preference), ``stats`` (every ``stats_interval_s``),
@@ -305,12 +306,15 @@ class PeerWorker:
         self.inbox.close()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop both threads now and wait for them (call off the event loop: the device thread may be mid-frame)."""
+        """Stop both threads now and wait for them (call off the event loop: the device thread may be mid-frame),
+        then free the stream's own engine (live calibration)."""
         self.inbox.close()
         self.q_device.close()
         for t in self._threads:
             if t.is_alive() and t is not threading.current_thread():
                 t.join(timeout)
+        if not self.alive():
+            self.processor.release()
 
     def alive(self) -> bool:
         return any(t.is_alive() for t in self._threads)
@@ -415,6 +419,7 @@ class PeerWorker:
             "faces": st.faces, "face": self.face_now, "filter": self.processor.enabled, "view": self.view,
             "edits": self.processor.edits.strengths() if self.processor.edits is not None else {},
             "in_size": list(self.in_size), "out_size": list(self.out_size), "error": self.error,
+            "calibration": self.processor.calibration_status(),
         }
 
 
@@ -541,6 +546,19 @@ class Session:
                 if isinstance(fps, bool) or not isinstance(fps, int | float) or not 1 <= fps <= 240:
                     raise UserError('"request" fps must be a number in 1..240')
                 worker.max_fps = float(fps)
+        elif kind == "calibrate":
+            action = msg.get("action", "start")
+            if action == "start":
+                if not proc.enabled or worker.view == "original":
+                    raise UserError("turn the filter on to calibrate")
+                if self.server.calibrating(other_than=worker):
+                    raise UserError("another stream is calibrating; try again when it has finished")
+                if not proc.calibrate():
+                    raise UserError("a calibration is already under way")
+            elif action == "reset":
+                proc.reset_calibration()
+            else:
+                raise UserError('"calibrate" action must be "start" or "reset"')
         else:
             raise UserError(f"unknown message type {kind[:40]!r}")
         return {"type": "ack", "of": kind}
@@ -701,6 +719,14 @@ class LiveServer:
 
     def worker_for(self, session: Session) -> PeerWorker | None:
         return self.broadcast.worker if self.broadcast is not None else session.worker
+
+    def calibrating(self, other_than: PeerWorker | None = None) -> bool:
+        """Whether a stream other than ``other_than`` is recording or adapting (one calibration at a time: the
+        adaptation competes with every stream for the device)."""
+        workers = [self.broadcast.worker] if self.broadcast is not None else \
+            [s.worker for s in list(self.sessions.values()) if s.worker is not None]
+        return any(w is not other_than and w.processor.calibrator is not None and w.processor.calibrator.busy
+                   for w in workers)
 
     # -- app -----------------------------------------------------------------------------------------------
 

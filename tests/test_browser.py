@@ -110,7 +110,10 @@ def test_page_in_chromium_with_fake_camera(tmp_path):
     import aioice.ice
     from test_server import serving, tiny_factories
 
-    factories = tiny_factories(tmp_path / "tiny")  # the same tiny random bundle as the loopback tests
+    from training.adapt import CalibrationConfig
+
+    # the same tiny random bundle as the loopback tests, with a short calibration for the button
+    factories = tiny_factories(tmp_path / "tiny", calibration=CalibrationConfig(frames=4, stride=1, iters=20))
     clip = tmp_path / "face.y4m"
     write_y4m(clip, clip_frames(320, 240, count=30), fps=15)
     artefacts = Path(os.environ.get("STYLESTREAM_TEST_ARTIFACTS", REPO / "build" / "test-artifacts"))
@@ -161,6 +164,15 @@ def test_page_in_chromium_with_fake_camera(tmp_path):
                             break
                         await asyncio.sleep(0.25)
                     assert wide == 640, wide
+                    # the Calibrate button: the page shows the server's progress and then the result
+                    await cdp.evaluate("document.getElementById('calibrate').click()")
+                    text = ""
+                    for _ in range(240):
+                        text = await cdp.evaluate("document.getElementById('calibration-status').textContent")
+                        if text.startswith("calibrated"):
+                            break
+                        await asyncio.sleep(0.25)
+                    assert text.startswith("calibrated:") and "dB" in text, text
                     png = await cdp.call("Page.captureScreenshot", format="png")
                     shot.write_bytes(base64.b64decode(png["data"]))
                     await cdp.evaluate("document.getElementById('stop').click()")

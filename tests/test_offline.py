@@ -237,24 +237,64 @@ def test_edit_cli_bad_input_is_one_line(argv: list[str], message: str, tmp_path:
 
 
 @needs_bundle
-def test_calibrator_adapts_in_background_and_swaps_in_place(clip: tuple[object, torch.Tensor]) -> None:
+def test_calibrator_adapts_a_copy_in_background_and_hands_it_over_once(clip: tuple[object, torch.Tensor]) -> None:
     from models.bundle import load_bundle
-    from training.adapt import AdaptConfig, Calibrator, invert_crops, reconstruction
+    from training.adapt import CalibrationConfig, Calibrator, invert_crops, reconstruction
 
     bundle = load_bundle(BUNDLE)
     crops = clip[1]
+    n = crops.shape[0]
     ws = invert_crops(bundle, crops)
     before = reconstruction(bundle, crops, ws)["psnr"]
-    ptrs = {k: v.data_ptr() for k, v in bundle.generator.synthesis.state_dict().items()}
-    cal = Calibrator(bundle.generator, frames=crops.shape[0], stride=1, cfg=AdaptConfig(iters=12))
-    assert not cal.apply_pending()  # nothing to swap yet
-    assert cal.start() and cal.recording
-    for i in range(crops.shape[0]):
-        assert reconstruction(bundle, crops, ws)["psnr"] == pytest.approx(before, abs=1e-4)  # live weights untouched
+    built: list[object] = []
+    cal = Calibrator(CalibrationConfig(frames=n, stride=1, iters=12), build=lambda b, _d: built.append(b) or b)
+    assert cal.take() is None and cal.status()["state"] == "idle"  # nothing to hand over yet
+    assert cal.start(bundle) and cal.recording and cal.busy
+    assert not cal.start(bundle)  # one at a time
+    for i in range(n):
         cal.record(crops[i:i + 1], ws[i:i + 1])
-    assert cal.state in ("adapting", "ready")
+    assert cal.state in ("adapting", "building", "ready")
     cal.join(60)
     assert cal.state == "ready", cal.error
-    assert cal.apply_pending() and cal.state == "done"
-    assert reconstruction(bundle, crops, ws)["psnr"] > before + 0.3
-    assert ptrs == {k: v.data_ptr() for k, v in bundle.generator.synthesis.state_dict().items()}
+    result = cal.take()
+    assert result is built[0] and cal.state == "active" and cal.take() is None  # handed over once
+    assert result.generator is not bundle.generator and result.fren is bundle.fren  # a copy of G only
+    assert reconstruction(bundle, crops, ws)["psnr"] == pytest.approx(before, abs=1e-4)  # the base is untouched
+    after = reconstruction(result, crops, ws)["psnr"]
+    assert after > before + 0.3
+    st = cal.status()
+    assert st["psnr"]["before"] == pytest.approx(before, abs=0.01) and st["psnr"]["after"] == pytest.approx(after,
+                                                                                                          abs=0.01)
+    assert set(st["seconds"]) == {"record", "start", "adapt", "build"}
+    assert result.provenance["calibrated"]["frames"] == n
+
+
+@needs_bundle
+def test_calibrator_stride_cancel_and_failure(clip: tuple[object, torch.Tensor]) -> None:
+    from models.bundle import load_bundle
+    from training.adapt import CalibrationConfig, Calibrator, invert_crops
+
+    bundle = load_bundle(BUNDLE)
+    crops = clip[1][:4]
+    ws = invert_crops(bundle, crops)
+    cal = Calibrator(CalibrationConfig(frames=2, stride=2, iters=400))
+    assert cal.start(bundle)
+    for i in range(3):  # stride 2: frames 0 and 2 are kept, so the third record launches the adaptation
+        assert cal.recording
+        cal.record(crops[i:i + 1], ws[i:i + 1])
+    assert cal.state == "adapting"
+    cal.cancel()  # abandoned mid-adaptation: nothing is handed over
+    cal.join(60)
+    assert cal.state == "idle" and cal.take() is None
+
+    def broken(_bundle: object, _dir: object) -> object:
+        raise RuntimeError("no device left")
+
+    cal = Calibrator(CalibrationConfig(frames=1, stride=1, iters=2), build=broken)
+    assert cal.start(bundle)
+    cal.record(crops[:1], ws[:1])
+    cal.join(60)
+    assert cal.state == "failed" and "no device left" in cal.status()["error"] and cal.take() is None
+    assert cal.start(bundle)  # a failed calibration can be retried
+    with pytest.raises(ValueError, match="≥ 1"):
+        Calibrator(CalibrationConfig(frames=0))

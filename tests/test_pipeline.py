@@ -331,3 +331,38 @@ def test_camera_into_a_registered_virtual_camera_backend(tiny_bundle, capsys):
                            f"virtualcam:?backend={name}", "--bundle", str(tiny_bundle)], capsys)
     assert rc == 0, err
     assert 1 <= len(received) <= 10 and received[0].shape == (240, 320, 3)
+
+
+def test_camera_calibrates_live_saves_the_bundle_and_keeps_streaming(tmp_path, tiny_bundle):
+    """`camera --calibrate --save-calibrated`: the stream keeps being written while the generator adapts in the
+    background; the calibrated bundle is saved and loads; Ctrl-C still leaves a playable file."""
+    from models.bundle import load_bundle
+
+    out, saved = tmp_path / "cal.mp4", tmp_path / "calibrated"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([sys.executable, "-m", "realtime.cli", "camera", "--source",
+                          "demo:?seconds=120&fps=15&size=320x240", "-o", str(out), "--bundle", str(tiny_bundle),
+                          "--calibrate", "--calibrate-frames", "4", "--calibrate-stride", "1", "--calibrate-iters",
+                          "30", "--save-calibrated", str(saved), "--backend", "onnx"], cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and not (saved / "bundle.json").exists() and p.poll() is None:
+            time.sleep(0.3)
+        time.sleep(1.5)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    assert "calibration: active" in err and "saved the calibrated bundle" in err, err
+    cal = load_bundle(saved)
+    base = load_bundle(tiny_bundle)
+    assert cal.provenance["calibrated"]["psnr_after"] > cal.provenance["calibrated"]["psnr_before"]
+    moved = sum(float((a - b).abs().sum()) for a, b in zip(cal.generator.synthesis.parameters(),
+                                                            base.generator.synthesis.parameters(), strict=True))
+    assert moved > 0 and torch.equal(cal.fren.head[2].weight, base.fren.head[2].weight)
+    report = json.loads((tmp_path / "cal.mp4.stylestream.json").read_text())
+    assert probe(out).frames == report["stats"]["frames_out"] > 0
+    assert "Traceback" not in err

@@ -39,7 +39,7 @@ def tiny(tmp_path_factory) -> tuple[Any, Any, list[Any]]:
     return tiny_factories(tmp_path_factory.mktemp("bundle") / "tiny")
 
 
-def tiny_factories(path: Path) -> tuple[Any, Any, list[Any]]:
+def tiny_factories(path: Path, calibration: Any = None) -> tuple[Any, Any, list[Any]]:
     """(make_processor, make_tracker, edit specs) over a tiny random bundle with one strong edit, saved at path."""
     b = new_bundle("tiny-64", "tiny", seed=0)
     torch.nn.init.normal_(b.fren.head[2].weight, std=0.02)
@@ -49,7 +49,7 @@ def tiny_factories(path: Path) -> tuple[Any, Any, list[Any]]:
     b.save(path)
     bundle = load_bundle(path)
     engine = make_engine(bundle, "torch", "cpu", "fp32")
-    proc = FrameProcessor(engine, PipelineConfig(), edits=EditStack.from_bundle(bundle))
+    proc = FrameProcessor(engine, PipelineConfig(), edits=EditStack.from_bundle(bundle), calibration=calibration)
     make_processor, make_tracker = make_factories(proc)
     return make_processor, make_tracker, list(proc.edits.specs.values())
 
@@ -322,6 +322,55 @@ def test_viewer_mode_broadcasts_one_source(tiny):
                 await v.close()
             assert await wait_until(lambda: not server.sessions, 10)
         assert server.broadcast is not None and not server.broadcast.worker.alive()
+
+    asyncio.run(main())
+
+
+def test_live_calibration_swaps_the_generator_without_stopping_the_stream(tmp_path):
+    """A "calibrate" message: the stream records, adapts in a worker process and switches to its own engine while
+    frames keep coming; another stream cannot calibrate meanwhile and keeps the shared engine; "reset" goes back."""
+    from training.adapt import CalibrationConfig
+
+    tiny = tiny_factories(tmp_path / "tiny", calibration=CalibrationConfig(frames=4, stride=1, iters=40))
+    w, h = 256, 192
+    still = clip_frames(w, h, still=True)
+
+    def calibration(c: LiveClient) -> dict[str, Any]:
+        return (c.stats or {}).get("calibration", {})
+
+    async def main() -> None:
+        async with serving(tiny) as (server, url):
+            a, b = LiveClient(url, still, fps=15), LiveClient(url, still, fps=15)
+            for c in (a, b):
+                await c.connect()
+            assert await wait_until(lambda: all(c.stats and c.stats.get("faces", 0) > 2 for c in (a, b)), 40)
+            assert calibration(a)["state"] == "idle"
+            a.send({"type": "calibrate"})
+            assert await a.wait_message("ack", 5, lambda m: m.get("of") == "calibrate")
+            assert await wait_until(lambda: calibration(a).get("state") in ("adapting", "building", "ready",
+                                                                            "active"), 20), calibration(a)
+            b.send({"type": "calibrate", "action": "start"})  # one calibration at a time
+            err = await b.wait_message("error", 5)
+            assert err is not None and "another stream" in err["message"]
+            before = a.frames
+            assert await wait_until(lambda: calibration(a).get("state") == "active", 90), calibration(a)
+            assert a.frames - before >= 10, "the stream stopped while calibrating"
+            st = calibration(a)
+            assert st["psnr"]["after"] > st["psnr"]["before"] and {"record", "adapt"} <= set(st["seconds"])
+            sa, sb = (next(s for s in server.sessions.values() if s.id == c.session) for c in (a, b))
+            pa, pb = sa.worker.processor, sb.worker.processor
+            assert pa.engine is not pa.base_engine and pb.engine is pb.base_engine  # only a's stream changed
+            assert await a.wait_frames(5, timeout=20) >= 5  # and it goes on with its own engine
+            a.send({"type": "calibrate", "action": "sideways"})
+            assert await a.wait_message("error", 5)
+            a.send({"type": "calibrate", "action": "reset"})
+            assert await wait_until(lambda: pa.engine is pa.base_engine and calibration(a).get("state") == "idle",
+                                    10)
+            own = pa.calibrator.result
+            for c in (a, b):
+                await c.close()
+            assert await wait_until(lambda: not server.sessions, 10)
+            assert own is not None and pa.calibrator.state == "idle"
 
     asyncio.run(main())
 

@@ -82,9 +82,10 @@ def adapt_generator(bundle: Any, crops: torch.Tensor, ws: torch.Tensor, cfg: Ada
     cfg = cfg or AdaptConfig()
     g = bundle.generator
     res = g.img_resolution
-    target = resize_to(crops.float(), res)
-    ws = ws.detach().float()
-    perc = perceptual_loss(cfg)
+    dev = next(g.synthesis.parameters()).device
+    target = resize_to(crops.float().to(dev), res)
+    ws = ws.detach().float().to(dev)
+    perc = perceptual_loss(cfg).to(dev)
     params = [p for p in g.synthesis.parameters() if p.is_floating_point()]
     for p in params:
         p.requires_grad_(True)
@@ -122,7 +123,9 @@ def reconstruction(bundle: Any, crops: torch.Tensor, ws: torch.Tensor, mesh: Any
 
     g = bundle.generator.eval()
     res = g.img_resolution
-    target = resize_to(crops.float(), res)
+    dev = next(g.synthesis.parameters()).device
+    target = resize_to(crops.float().to(dev), res)
+    ws = ws.to(dev)
     psnrs, lm_all, lm_lip = [], [], []
     for k in range(0, ws.shape[0], batch):
         img = g.synthesis(ws[k:k + batch], noise_mode="const").clamp(-1, 1)
@@ -170,98 +173,276 @@ def save_adapted(bundle: Any, path: str | Path, summary: dict[str, Any], source:
 
 
 # ------------------------------------------------------------------------------------------------ live calibration
+@dataclass
+class CalibrationConfig:
+    """Live "calibrate" in ``serve`` / ``camera``: how much of the user to record and how long to adapt."""
+
+    frames: int = 30  # (crop, latent) pairs to record (30 pairs = 2 s at 30 fps with stride 2)
+    stride: int = 2  # keep every N-th face frame while recording (more pose/expression variety per pair)
+    iters: int = 200  # Adam steps of the background adaptation
+    lr: float = 1e-3  # Adam learning rate
+    batch: int = 4  # frames per Adam step
+    threads: int = 1  # CPU threads of the adaptation (its own thread's setting; the stream's are untouched)
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _calibration_child(conn: Any, bundle: Any, crops: torch.Tensor, ws: torch.Tensor, cfg: CalibrationConfig,
+                       device: str, export_dir: str | None, export_precision: str) -> None:
+    """The calibration worker process: adapt ``bundle``'s generator on the pairs, optionally export the adapted
+    bundle to ONNX, and send ``("progress", p)`` … ``("done", result)`` (or ``("error", msg)``) over ``conn``."""
+    import contextlib
+    import os
+    import signal
+    import warnings
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the stream; the parent stops us
+    warnings.filterwarnings("ignore")
+    if hasattr(os, "nice"):
+        with contextlib.suppress(OSError):
+            os.nice(10)  # the live stream in the parent keeps the CPU; this process takes what is left
+    try:
+        if device == "cpu":
+            torch.set_num_threads(max(1, cfg.threads))
+        dev = torch.device(device)
+        bundle.generator.to(dev)
+        crops, ws = crops.to(dev), ws.to(dev)
+        psnr = {"before": reconstruction(bundle, crops, ws)["psnr"]}
+        last = [0.0]
+
+        def on(it: int, total: int, loss: float) -> None:
+            if it / total - last[0] >= 0.01 or it == total:
+                last[0] = it / total
+                conn.send(("progress", it / total))
+
+        acfg = AdaptConfig(iters=cfg.iters, lr=cfg.lr, batch=cfg.batch)
+        summary = adapt_generator(bundle, crops, ws, acfg, progress=on)
+        psnr["after"] = reconstruction(bundle, crops, ws)["psnr"]
+        seconds = {"adapt": float(summary["seconds"])}
+        if export_dir is not None:
+            from export.onnx import export_bundle
+
+            conn.send(("exporting", 0.0))
+            t0 = time.perf_counter()
+            bundle.to("cpu")
+            export_bundle(bundle, export_dir, precision=export_precision)
+            seconds["export"] = time.perf_counter() - t0
+        import io
+
+        buf = io.BytesIO()  # plain bytes: tensors sent as multiprocessing objects die with this process's memory
+        torch.save({k: v.detach().cpu() for k, v in bundle.generator.state_dict().items()}, buf)
+        conn.send(("done", {"state": buf.getvalue(), "psnr": psnr, "seconds": seconds}))
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300]))
+    finally:
+        conn.close()
+
+
 class Calibrator:
-    """Live "calibrate": record a few seconds of (crop, latent) pairs from a running stream, adapt a *copy* of the
-    generator's synthesis network in a background thread, and hand the new weights to the device worker, which
-    swaps them in between two frames (:meth:`apply_pending`) — the stream never stops.
+    """Live "calibrate": record a few seconds of (crop, latent) pairs from a running stream, adapt a copy of the
+    bundle's generator in a worker process while the stream keeps running on the old weights, then hand the result
+    over between two frames — the stream never stops.
 
-    Use from the device-worker thread: ``start()`` on the user's action, ``record(crop, ws)`` after every
-    encoded frame while ``recording``, ``apply_pending(generator)`` before every synthesize. The swap copies the
-    tensors in place (``Tensor.copy_``), so parameter addresses — and CUDA graphs captured on them — stay valid.
-    ``state`` is one of idle / recording / adapting / ready / done / failed (for a status line)."""
+    Driven from the stream's device-worker thread: ``record(crop, ws)`` after every encoded face frame while
+    ``recording``; ``take()`` before every frame returns the finished result once (the adapted :class:`Bundle`,
+    or what ``build(bundle, export_dir)`` made of it — the live pipeline builds the stream's own engine there).
+    ``start()`` and ``cancel()`` may come from any thread (a data-channel message).
 
-    def __init__(self, generator: Any, frames: int = 60, cfg: AdaptConfig | None = None, stride: int = 2,
-                 threads: int = 1):
-        self.generator = generator
-        self.frames, self.stride, self.threads = frames, max(1, stride), threads
-        self.cfg = cfg or AdaptConfig(iters=200)
+    Why a process: the adaptation is thousands of small autograd steps; in a thread it holds the GIL often enough to
+    cost the live loop ~18 % of its frame rate on CPU (measured, docs/offline.md), while a spawned process at
+    nice +10 costs it nothing measurable when a core is free, can be stopped at once, and can also do the ONNX export
+    (``export_precision``) that an onnx-backed stream needs. The pairs and a CPU copy of the bundle go to it by
+    pickle; the adapted generator's weights come back the same way.
+
+    ``state``: idle → recording → adapting → building → ready → active (after ``take``), or failed; ``status()``
+    is the JSON-able view for stats lines. The adaptation runs on ``device`` (the engine's CUDA device, else CPU)."""
+
+    BUSY = ("recording", "adapting", "building")
+
+    def __init__(self, cfg: CalibrationConfig | None = None, device: torch.device | str = "cpu",
+                 build: Callable[[Any, Path | None], Any] | None = None, export_precision: str | None = None):
+        self.cfg = cfg or CalibrationConfig()
+        if self.cfg.frames < 1 or self.cfg.iters < 1 or self.cfg.stride < 1 or self.cfg.batch < 1:
+            raise ValueError(f"calibration needs frames, iters, stride and batch ≥ 1, got {self.cfg}")
+        self.device = torch.device(device)
+        self.build = build
+        self.export_precision = export_precision
         self.state = "idle"
         self.error = ""
-        self.progress = 0.0  # 0…1 while adapting
-        self.seconds = 0.0  # adaptation time of the last run
+        self.progress = 0.0  # 0…1 within the current state
+        self.seconds: dict[str, float] = {}  # record / start / adapt / export / build wall time of the last run
+        self.psnr: dict[str, float] = {}  # reconstruction PSNR on the recorded pairs: before / after
+        self.result: Any = None  # the last finished result (kept after take(), e.g. to save the bundle)
+        self.runs = 0
+        self._bundle: Any = None
         self._crops: list[torch.Tensor] = []
         self._ws: list[torch.Tensor] = []
         self._seen = 0
-        self._pending: dict[str, torch.Tensor] | None = None
+        self._t_record = 0.0
+        self._pending: Any = None
         self._lock = threading.Lock()
-        self._thread: Any = None
+        self._thread: threading.Thread | None = None
 
     @property
     def recording(self) -> bool:
         return self.state == "recording"
 
-    def start(self) -> bool:
-        """Begin recording (ignored while a calibration is under way). Returns True when it started."""
-        if self.state in ("recording", "adapting"):
-            return False
-        self._crops, self._ws, self._seen, self.state, self.error = [], [], 0, "recording", ""
-        return True
+    @property
+    def busy(self) -> bool:
+        return self.state in self.BUSY
+
+    def start(self, bundle: Any) -> bool:
+        """Begin recording for ``bundle`` (whose generator is copied and adapted). Ignored (False) while a
+        calibration is under way."""
+        with self._lock:
+            if self.busy:
+                return False
+            self.runs += 1
+            self._bundle, self._pending = bundle, None
+            self._crops, self._ws, self._seen = [], [], 0
+            self.state, self.error, self.progress, self.seconds, self.psnr = "recording", "", 0.0, {}, {}
+            return True
+
+    def cancel(self) -> None:
+        """Abandon a calibration under way (its worker is stopped, its result discarded) and forget a result not
+        yet taken. An active result stays active (the caller decides which engine to use)."""
+        with self._lock:
+            self.runs += 1
+            self._pending = None
+            self._crops, self._ws = [], []
+            if self.state != "active":
+                self.state = "idle"
+            self.progress = 0.0
 
     def record(self, crop: torch.Tensor, ws: torch.Tensor) -> None:
-        """One aligned crop [1, 3, S, S] and its latent [1, num_ws, w_dim]; every ``stride``-th is kept. The
-        adaptation starts by itself once ``frames`` are kept."""
+        """One aligned crop [1, 3, S, S] in [-1, 1] and its latent [1, num_ws, w_dim]; every ``stride``-th is
+        kept. The adaptation starts by itself once ``frames`` are kept."""
         if self.state != "recording":
             return
         self._seen += 1
-        if (self._seen - 1) % self.stride:
+        if self._seen == 1:
+            self._t_record = time.perf_counter()
+        if (self._seen - 1) % self.cfg.stride:
             return
         self._crops.append(crop.detach().float().cpu().reshape(1, *crop.shape[-3:]))
         self._ws.append(ws.detach().float().cpu().reshape(1, *ws.shape[-2:]))
-        if len(self._crops) >= self.frames:
+        self.progress = len(self._crops) / self.cfg.frames
+        if len(self._crops) >= self.cfg.frames:
             self._launch()
 
     def _launch(self) -> None:
-        import copy
-
         crops, ws = torch.cat(self._crops), torch.cat(self._ws)
         self._crops, self._ws = [], []
+        self.seconds["record"] = time.perf_counter() - self._t_record
         self.state, self.progress = "adapting", 0.0
-        work = copy.deepcopy(self.generator).cpu().float()  # adapt a copy; the live generator keeps serving
-
-        class _Shim:
-            generator = work
-
-        def run() -> None:
-            try:
-                torch.set_num_threads(self.threads)
-
-                def on(it: int, total: int, loss: float) -> None:
-                    self.progress = it / total
-
-                summary = adapt_generator(_Shim(), crops, ws, self.cfg, progress=on)
-                self.seconds = float(summary["seconds"])
-                with self._lock:
-                    self._pending = {k: v.detach().clone() for k, v in work.synthesis.state_dict().items()}
-                self.state = "ready"
-            except Exception as exc:  # reported on the status line; the stream goes on with the old weights
-                self.error, self.state = f"{type(exc).__name__}: {exc}", "failed"
-
-        self._thread = threading.Thread(target=run, name="calibrate", daemon=True)
+        run, bundle = self.runs, self._bundle
+        self._thread = threading.Thread(target=self._work, args=(run, bundle, crops, ws), name="stylestream-calibrate",
+                                        daemon=True)
         self._thread.start()
 
-    def apply_pending(self, generator: Any | None = None) -> bool:
-        """Swap the adapted weights into ``generator`` (default: the one given at construction) if they are
-        ready. Call between frames on the thread that runs the generator. Returns True when it swapped."""
+    def _work(self, run: int, bundle: Any, crops: torch.Tensor, ws: torch.Tensor) -> None:
+        import copy
+        import dataclasses
+        import multiprocessing
+        import shutil
+        import tempfile
+
+        export_dir = tempfile.mkdtemp(prefix="stylestream-calibrate-") if self.export_precision else None
+        proc = None
+        try:
+            t0 = time.perf_counter()
+            # A CPU float32 copy goes to the worker; the live bundle keeps serving (it is only read here).
+            def cpu_copy(m: Any) -> Any:
+                return copy.deepcopy(m).cpu().float().to(memory_format=torch.contiguous_format) if m else None
+
+            cpu = dataclasses.replace(bundle, generator=cpu_copy(bundle.generator), fren=cpu_copy(bundle.fren),
+                                      vien=cpu_copy(bundle.vien), extra={k: v.cpu() for k, v in bundle.extra.items()})
+            ctx = multiprocessing.get_context("spawn")  # fork is unsafe with the stream's threads
+            parent, child = ctx.Pipe(duplex=False)
+            device = "cpu" if self.device.type == "cpu" else str(self.device)
+            proc = ctx.Process(target=_calibration_child, name="stylestream-calibrate", daemon=True,
+                               args=(child, cpu, crops, ws, self.cfg, device, export_dir,
+                                     self.export_precision or "fp32"))
+            proc.start()
+            child.close()
+            result: dict[str, Any] | None = None
+            while result is None:
+                if self.runs != run:
+                    raise _Cancelled
+                if not parent.poll(0.2):
+                    if not proc.is_alive() and not parent.poll(0):
+                        raise RuntimeError(f"the calibration worker exited with code {proc.exitcode}")
+                    continue
+                kind, value = parent.recv()
+                if kind == "progress":
+                    self.seconds.setdefault("start", time.perf_counter() - t0)  # copy + process start
+                    self.progress = float(value)
+                elif kind == "exporting":
+                    self.state, self.progress = "building", 0.0
+                elif kind == "error":
+                    raise RuntimeError(value)
+                elif kind == "done":
+                    result = value
+            self.state = "building"
+            self.seconds.update(result["seconds"])
+            self.psnr.update(result["psnr"])
+            work = copy.deepcopy(bundle.generator)
+            import io
+
+            work.load_state_dict(torch.load(io.BytesIO(result["state"]), map_location="cpu", weights_only=True))
+            adapted = dataclasses.replace(bundle, generator=work)
+            adapted.provenance = {**bundle.provenance, "calibrated": {
+                "frames": int(ws.shape[0]), "iters": self.cfg.iters, "psnr_before": self.psnr["before"],
+                "psnr_after": self.psnr["after"], "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+            out: Any = adapted
+            if self.build is not None:
+                t1 = time.perf_counter()
+                out = self.build(adapted, Path(export_dir) if export_dir else None)
+                self.seconds["build"] = time.perf_counter() - t1
+            with self._lock:
+                if self.runs != run:
+                    raise _Cancelled
+                self._pending = out
+                self.state, self.progress = "ready", 1.0
+        except _Cancelled:
+            pass
+        except Exception as exc:  # reported on the status line; the stream goes on with the old weights
+            with self._lock:
+                if self.runs == run:
+                    self.error, self.state = f"{type(exc).__name__}: {exc}".splitlines()[0][:300], "failed"
+        finally:
+            if proc is not None:
+                if proc.is_alive():
+                    proc.terminate()
+                proc.join(5)
+            if export_dir is not None:
+                shutil.rmtree(export_dir, ignore_errors=True)
+
+    def take(self) -> Any:
+        """The finished result, once (None otherwise). Call on the thread that will use it, between frames."""
         with self._lock:
-            state, self._pending = self._pending, None
-        if state is None:
-            return False
-        g = generator if generator is not None else self.generator
-        with torch.no_grad():
-            for k, v in g.synthesis.state_dict().items():
-                v.copy_(state[k].to(v.device, v.dtype))
-        self.state = "done"
-        return True
+            result, self._pending = self._pending, None
+            if result is None:
+                return None
+            self.result = result
+            self.state = "active"
+            return result
+
+    def status(self) -> dict[str, Any]:
+        """JSON-able state for stats and status lines."""
+        out: dict[str, Any] = {"state": self.state, "progress": round(self.progress, 3)}
+        if self.state == "recording":
+            out["recorded"] = len(self._crops)
+            out["frames"] = self.cfg.frames
+        if self.seconds:
+            out["seconds"] = {k: round(v, 2) for k, v in self.seconds.items()}
+        if self.psnr:
+            out["psnr"] = {k: round(v, 2) for k, v in self.psnr.items()}
+        if self.error:
+            out["error"] = self.error
+        return out
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:

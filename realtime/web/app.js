@@ -13,6 +13,7 @@ const state = {
   lastStats: null,
   error: null,
   session: null,
+  calibration: null, // the server's calibration status (stats.calibration)
 };
 window.stylestream = state;
 
@@ -135,6 +136,7 @@ async function start() {
     channel = pc.createDataChannel("control");
     channel.onopen = () => {
       $("controls").disabled = false;
+      $("calibration").disabled = false;
       if (config.mode !== "viewer") send({ type: "request", ...captureSize() });
     };
     channel.onmessage = (e) => onMessage(e.data);
@@ -206,6 +208,7 @@ function stop(sayBye = true) {
   state.remotePlaying = false;
   if (state.phase === "connected" || state.phase === "connecting") state.phase = "closed";
   $("controls").disabled = true;
+  $("calibration").disabled = true;
   $("stop").disabled = true;
   $("start").disabled = !config;
   if (sayBye) setStatus("stopped");
@@ -221,6 +224,7 @@ function onMessage(raw) {
   if (msg.type === "stats") {
     state.lastStats = msg;
     showStats(msg);
+    showCalibration(msg.calibration);
   } else if (msg.type === "hello") {
     if (Array.isArray(msg.edits)) buildEdits(msg.edits);
   } else if (msg.type === "pong" && typeof msg.t === "number") {
@@ -267,6 +271,34 @@ function showStats(s) {
   );
 }
 
+const CALIBRATION_TEXT = {
+  idle: () => "not calibrated",
+  recording: (c) => `recording your face… ${c.recorded ?? 0}/${c.frames ?? "?"} (look around, talk)`,
+  adapting: (c) => `adapting the generator… ${Math.round(100 * (c.progress || 0))}% (the filter keeps running)`,
+  building: () => "preparing the calibrated model…",
+  ready: () => "switching…",
+  active: (c) => {
+    const p = c.psnr || {};
+    const sec = c.seconds || {};
+    const total = Object.values(sec).reduce((a, b) => a + b, 0);
+    return `calibrated: ${fmt(p.before)} → ${fmt(p.after)} dB on your frames, in ${fmt(total, 0)} s`;
+  },
+  failed: (c) => `calibration failed: ${c.error || "unknown error"}`,
+};
+
+function showCalibration(c) {
+  if (!c) return;
+  const busy = ["recording", "adapting", "building", "ready"].includes(c.state);
+  const text = (CALIBRATION_TEXT[c.state] || (() => c.state))(c);
+  const el = $("calibration-status");
+  el.textContent = text;
+  el.className = "status " + (c.state === "active" ? "ok" : c.state === "failed" ? "bad" : "");
+  $("calibrate").disabled = busy;
+  $("calibrate").textContent = c.state === "active" ? "Calibrate again" : "Calibrate";
+  $("calibrate-reset").disabled = c.state === "idle";
+  state.calibration = c;
+}
+
 function watchRemote() {
   const video = $("remote");
   const tick = () => {
@@ -296,6 +328,8 @@ function wireControls() {
   for (const r of document.querySelectorAll('input[name="view"]')) {
     r.addEventListener("change", (e) => send({ type: "view", mode: e.target.value }));
   }
+  $("calibrate").addEventListener("click", () => send({ type: "calibrate", action: "start" }));
+  $("calibrate-reset").addEventListener("click", () => send({ type: "calibrate", action: "reset" }));
   $("reset-edits").addEventListener("click", () => {
     for (const input of $("edits").querySelectorAll("input[type=range]")) {
       input.value = input.dataset.default;

@@ -1,0 +1,248 @@
+"""Live calibration: how long it takes, what it gains, and what it costs the running stream.
+
+    python -m benchmarks.bench_calibrate [--backend torch|onnx] [--seconds 60] [--json docs/bench/calibrate-cpu.json]
+
+1. **Timeline.** The live pipeline (a file released at its frame rate like a camera → tracking → device worker →
+   null sink) runs the bundle; after ``--warmup`` seconds a calibration starts (``FrameProcessor.calibrate()``, as
+   the camera's ``c`` key or the page's button do). Per second: output fps, drops, mean latency and the calibration
+   state. Summary: fps / latency before, during and after; the calibration's phases (record, worker start, adapt,
+   export, engine build) and the reconstruction PSNR on the recorded frames before / after adaptation.
+2. **Isolation** (``--isolation``): why the adaptation runs in a worker process. A tight encode + synthesize loop
+   (the device worker's model work, one thread) is timed alone, next to the same adaptation in a *thread* of the same
+   process, and next to it in a *spawned process* at nice +10.
+
+A ``demo:`` input is rendered to a temporary H.264 file first (decoding a file costs what a camera costs; the
+synthetic clip generator costs a core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from pathlib import Path
+
+from benchmarks.provenance import command_line, provenance
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", default="demo:portrait?fps=30&size=640x480&seed=11", help="any source spec "
+                   "(demo: specs get ?seconds= from --seconds)")
+    p.add_argument("--seconds", type=float, default=60.0, help="length of the live run")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds before the calibration starts")
+    p.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the default bundle)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--frames", type=int, default=30, help="calibration: recorded pairs")
+    p.add_argument("--iters", type=int, default=200, help="calibration: adaptation steps")
+    p.add_argument("--isolation", action="store_true", help="also time the model loop next to a thread/process")
+    p.add_argument("--json", type=Path, default=None)
+
+
+def timeline(args: argparse.Namespace, path: str) -> dict:
+    from benchmarks.bench_pipeline import _bundle
+    from realtime.engines import make_engine
+    from realtime.frames import now_ns
+    from realtime.pipeline import FrameProcessor, Pipeline, PipelineConfig
+    from realtime.sinks import open_sink
+    from realtime.sources import open_source
+    from realtime.tracking import FaceTracker, TrackerConfig
+    from training.adapt import CalibrationConfig
+
+    bundle, which = _bundle(args.bundle)
+    engine = make_engine(bundle, backend=args.backend, device=args.device)
+    processor = FrameProcessor(engine, PipelineConfig(), calibration=CalibrationConfig(frames=args.frames,
+                                                                                         iters=args.iters))
+    rows: list[dict] = []
+    events: dict[str, float] = {}
+    t0 = [0.0]
+
+    def on_output(out, stats) -> None:
+        now = time.perf_counter()
+        if not t0[0]:
+            t0[0] = now
+        t = now - t0[0]
+        if "start" not in events and t >= args.warmup:
+            events["start"] = t
+            processor.calibrate()
+        cal = processor.calibrator
+        state = cal.state if cal is not None else "idle"
+        if cal is not None and state not in events:
+            events[state] = t
+        rows.append({"t": t, "latency_ms": (now_ns() - out.capture_ns) / 1e6, "state": state,
+                     "drops": pipeline.drops()})
+
+    source = open_source(path, live=True, realtime=True)
+    with source, open_sink("null:", width=source.width, height=source.height, fps=source.fps) as sink, \
+            FaceTracker(TrackerConfig(smoothing="one_euro", fps=source.fps)) as tracker:
+        pipeline = Pipeline(source, tracker, processor, sink, live=True, on_output=on_output)
+        stats = pipeline.run()
+    status = processor.calibration_status()
+    processor.release()
+    engine.close()
+
+    per_second = []
+    for s in range(int(rows[-1]["t"]) + 1 if rows else 0):
+        sec = [r for r in rows if s <= r["t"] < s + 1]
+        if sec:
+            per_second.append({"second": s, "fps": len(sec), "latency_ms": round(sum(r["latency_ms"] for r in sec)
+                                                                                  / len(sec), 1),
+                               "drops": sec[-1]["drops"], "state": sec[-1]["state"]})
+
+    def phase(lo: float, hi: float) -> dict:
+        sec = [r for r in rows if lo <= r["t"] < hi]
+        span = (sec[-1]["t"] - sec[0]["t"]) if len(sec) > 1 else 0.0
+        lat = sorted(r["latency_ms"] for r in sec)
+        return {"seconds": round(hi - lo, 1) if hi < 1e9 else None, "frames": len(sec),
+                "fps": round((len(sec) - 1) / span, 1) if span > 0 else None,
+                "latency_p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
+                "latency_p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
+                "drops": (sec[-1]["drops"] - sec[0]["drops"]) if sec else 0}
+
+    start, active = events.get("start", 0.0), events.get("active", float("inf"))
+    return {"input": args.input, "bundle": which, "engine": {"backend": engine.name, "device": str(engine.device),
+                                                             "precision": getattr(engine, "precision", "")},
+            "calibration": {"frames": args.frames, "iters": args.iters, **status},
+            "events_s": {k: round(v, 2) for k, v in events.items()},
+            "time_to_active_s": round(active - start, 2) if active < float("inf") else None,
+            "phases": {"before": phase(0.5, start), "calibrating": phase(start, active),
+                       "after": phase(active, float("inf")) if active < float("inf") else None},
+            "per_second": per_second, "run": {k: v for k, v in stats.to_dict().items() if k != "stages"}}
+
+
+class _Stop(Exception):
+    pass
+
+
+def _adapt_forever(bundle, crops, ws, stop=None) -> None:
+    """The calibration's adaptation, endlessly (until ``stop`` is set or the process is terminated)."""
+    import copy
+    import dataclasses
+
+    from training.adapt import AdaptConfig, adapt_generator
+
+    work = dataclasses.replace(bundle, generator=copy.deepcopy(bundle.generator))
+
+    def check(it, total, loss) -> None:
+        if stop is not None and stop.is_set():
+            raise _Stop
+
+    with contextlib.suppress(_Stop):
+        adapt_generator(work, crops, ws, AdaptConfig(iters=10**9), progress=check)
+
+
+def _child(bundle, crops, ws) -> None:
+    import os
+
+    import torch
+
+    os.nice(10)
+    torch.set_num_threads(1)
+    _adapt_forever(bundle, crops, ws)
+
+
+def isolation(args: argparse.Namespace, seconds: float = 8.0) -> dict:
+    import multiprocessing
+    import threading
+
+    import torch
+
+    from benchmarks.bench_pipeline import _bundle
+
+    torch.set_num_threads(1)
+    bundle, which = _bundle(args.bundle)
+    g = bundle.generator.eval()
+    s = bundle.crop_size
+    crops = torch.rand(args.frames, 3, s, s) * 2 - 1
+    ws = torch.randn(args.frames, g.num_ws, g.w_dim)
+
+    def loop_rate() -> float:
+        n, t0 = 0, time.perf_counter()
+        with torch.inference_mode():
+            while time.perf_counter() - t0 < seconds:
+                bundle.fren(crops[:1])
+                g.synthesis(ws[:1], noise_mode="const")
+                n += 1
+        return n / (time.perf_counter() - t0)
+
+    alone = loop_rate()
+    stop = threading.Event()
+    th = threading.Thread(target=_adapt_forever, args=(bundle, crops, ws, stop), daemon=True)
+    th.start()
+    time.sleep(1.0)
+    with_thread = loop_rate()
+    stop.set()
+    th.join()
+    proc = multiprocessing.get_context("spawn").Process(target=_child, args=(bundle, crops, ws), daemon=True)
+    proc.start()
+    time.sleep(4.0)  # spawn + import
+    with_process = loop_rate()
+    proc.terminate()
+    proc.join()
+    return {"bundle": which, "loop": "FrEN + synthesis, batch 1, 1 thread", "seconds_each": seconds,
+            "iterations_per_s": {"alone": round(alone, 1), "adaptation_in_thread": round(with_thread, 1),
+                                 "adaptation_in_process": round(with_process, 1)}}
+
+
+def markdown(result: dict) -> str:
+    p = result["provenance"]
+    tl = result["timeline"]
+    cal = tl["calibration"]
+    lines = [f"Measured {p['date']} on {p.get('gpu') or p['cpu']} ({p['cpu_count']} cores), torch {p['torch']}, "
+             f"commit {p['git_commit']}, load average {p.get('load_avg', ['?'])[0]}.", "",
+             f"Command: `{result['command']}`", "",
+             f"Engine {tl['engine']['backend']} {tl['engine']['device']} {tl['engine']['precision']}, bundle "
+             f"{tl['bundle']}, {cal['frames']} recorded pairs, {cal['iters']} steps. Time from the request to the "
+             f"swap: **{tl['time_to_active_s']} s**; phases (s): {cal.get('seconds', {})}; reconstruction PSNR on the "
+             f"recorded frames: {cal.get('psnr', {})}.", "",
+             "| phase | seconds | fps | latency p50 / p99 ms | drops |", "|---|---|---|---|---|"]
+    for name, ph in tl["phases"].items():
+        if ph:
+            lines.append(f"| {name} | {ph['seconds'] if ph['seconds'] is not None else '-'} | {ph['fps']} | "
+                         f"{ph['latency_p50_ms']} / {ph['latency_p99_ms']} | {ph['drops']} |")
+    if "isolation" in result:
+        iso = result["isolation"]["iterations_per_s"]
+        lines += ["", "Model loop (FrEN + synthesis, 1 thread) iterations/s: alone "
+                  f"{iso['alone']}, next to the adaptation in a thread {iso['adaptation_in_thread']}, next to it in "
+                  f"a worker process {iso['adaptation_in_process']}."]
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from rich.console import Console
+
+    from benchmarks.bench_pipeline import render_to_file
+
+    console = Console(stderr=True)
+    result: dict = {"benchmark": "calibrate", "command": command_line(), "provenance": provenance(args.device)}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.input
+        if args.input.startswith("demo"):
+            spec = args.input + ("&" if "?" in args.input else "?") + f"seconds={args.seconds:g}"
+            with console.status(f"rendering {spec} to a temporary H.264 file"):
+                render_to_file(spec, Path(tmp) / "input.mp4")
+            path = str(Path(tmp) / "input.mp4")
+        with console.status(f"live run with a calibration after {args.warmup:g} s"):
+            result["timeline"] = timeline(args, path)
+    if args.isolation:
+        with console.status("model loop alone / next to an adaptation thread / next to a worker process"):
+            result["isolation"] = isolation(args)
+    md = markdown(result)
+    print(md)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
