@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -204,15 +205,15 @@ def test_overload_drops_frames_and_keeps_latency_bounded(tiny_bundle):
     assert stats.latency_summary()["p99_ms"] < 1500
 
 
-def test_sigint_leaves_a_playable_file_with_every_processed_frame(tmp_path, tiny_bundle):
-    out = tmp_path / "int.mp4"
+def _interrupt_cli(argv: list[str], ready: Callable[[], bool], timeout: float = 60) -> tuple[int, str]:
+    """Run ``python -m realtime.cli ARGV``, wait until ``ready()`` (or the command ends), then Ctrl-C it:
+    (exit code, stderr)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    p = subprocess.Popen([sys.executable, "-m", "realtime.cli", "run", "demo:?seconds=60&fps=30&size=320x240",
-                          "-o", str(out), "--bundle", str(tiny_bundle)], cwd=REPO, env=env,
+    p = subprocess.Popen([sys.executable, "-m", "realtime.cli", *argv], cwd=REPO, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 20_000):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not ready() and p.poll() is None:
             time.sleep(0.3)
         time.sleep(1.0)
         p.send_signal(signal.SIGINT)
@@ -220,7 +221,14 @@ def test_sigint_leaves_a_playable_file_with_every_processed_frame(tmp_path, tiny
     finally:
         if p.poll() is None:
             p.kill()
-    assert p.returncode == 130, err
+    return p.returncode, err
+
+
+def test_sigint_leaves_a_playable_file_with_every_processed_frame(tmp_path, tiny_bundle):
+    out = tmp_path / "int.mp4"
+    rc, err = _interrupt_cli(["run", "demo:?seconds=60&fps=30&size=320x240", "-o", str(out), "--bundle",
+                              str(tiny_bundle)], ready=lambda: out.exists() and out.stat().st_size >= 20_000)
+    assert rc == 130, err
     report = json.loads((tmp_path / "int.mp4.stylestream.json").read_text())
     written = report["stats"]["frames_out"]
     assert report["stats"]["interrupted"] and 0 < written < 1800
@@ -339,23 +347,11 @@ def test_camera_calibrates_live_saves_the_bundle_and_keeps_streaming(tmp_path, t
     from models.bundle import load_bundle
 
     out, saved = tmp_path / "cal.mp4", tmp_path / "calibrated"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    p = subprocess.Popen([sys.executable, "-m", "realtime.cli", "camera", "--source",
-                          "demo:?seconds=120&fps=15&size=320x240", "-o", str(out), "--bundle", str(tiny_bundle),
-                          "--calibrate", "--calibrate-frames", "4", "--calibrate-stride", "1", "--calibrate-iters",
-                          "30", "--save-calibrated", str(saved), "--backend", "onnx"], cwd=REPO, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline and not (saved / "bundle.json").exists() and p.poll() is None:
-            time.sleep(0.3)
-        time.sleep(1.5)
-        p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    assert p.returncode == 130, err
+    rc, err = _interrupt_cli(["camera", "--source", "demo:?seconds=120&fps=15&size=320x240", "-o", str(out),
+                              "--bundle", str(tiny_bundle), "--calibrate", "--calibrate-frames", "4",
+                              "--calibrate-stride", "1", "--calibrate-iters", "30", "--save-calibrated", str(saved),
+                              "--backend", "onnx"], ready=lambda: (saved / "bundle.json").exists(), timeout=150)
+    assert rc == 130, err
     assert "calibration: active" in err and "saved the calibrated bundle" in err, err
     cal = load_bundle(saved)
     base = load_bundle(tiny_bundle)
