@@ -33,8 +33,9 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--edit", action="append", metavar="NAME=STRENGTH", help="apply an edit (repeatable)")
     g.add_argument("--list-edits", action="store_true", help="list the bundle's edits and exit")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    g.add_argument("--backend", default="torch", choices=BACKENDS,
-                   help="engine: torch (eager), onnx (ONNX Runtime), tensorrt, triton (default torch)")
+    g.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="engine: auto (default: onnx on CPU after a one-time export, torch on CUDA), torch "
+                        "(eager), onnx (ONNX Runtime), tensorrt, triton")
     g.add_argument("--precision", default="auto", help="fp32, fp16, bf16 or auto (fp16 on CUDA, fp32 on CPU)")
     add_backend_options(g)
     c = p.add_argument_group("pipeline")

@@ -16,6 +16,9 @@ Backends (``make_engine(bundle, backend=…)``):
 * ``tensorrt``  TrtEngine: TensorRT engines built from the exported models (export/tensorrt.py), run on torch's
                 current CUDA stream.
 * ``triton``    TritonEngine: a Triton Inference Server holding the model repository from export/triton.py.
+* ``auto``      (the CLI default) onnx on CPU — 3× the eager torch pipeline on the default bundle, after a one-time
+                export into the cache — and torch on CUDA; falls back to torch with a warning when ONNX Runtime is
+                missing or the export fails.
 
 StyleSpace ``style_deltas`` are not inputs of the exported graphs. The exported backends run a frame that carries
 them through a torch copy of the synthesis network on the same device (logged once); W-space edits (added to ``ws``
@@ -586,7 +589,20 @@ class TritonEngine(_ExportedEngine):
 
 
 MODEL_NAMES: tuple[str, ...] = ("fren", "vien", "synthesis")
-BACKENDS: tuple[str, ...] = ("torch", "onnx", "tensorrt", "triton")
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx", "tensorrt", "triton")
+
+
+def resolve_backend(backend: str, device: str | torch.device = "auto") -> str:
+    """``auto`` → ``onnx`` on CPU when ONNX Runtime is installed, else ``torch``; other names unchanged."""
+    if backend != "auto":
+        return backend
+    if resolve_device(device).type != "cpu":
+        return "torch"  # TensorRT is the fast CUDA path but needs an offline build; eager fp16 torch always works
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "onnx"
 
 
 def make_engine(bundle: Bundle, backend: str = "torch", device: str = "auto", precision: str = "auto",
@@ -595,7 +611,21 @@ def make_engine(bundle: Bundle, backend: str = "torch", device: str = "auto", pr
 
     Backend options (keyword): torch — ``threads``, ``cuda_graphs``, ``compile``; onnx — ``model_dir``,
     ``threads``, ``providers``, ``ort_tensorrt``; tensorrt — ``model_dir``, ``cache_dir``, ``max_batch``;
-    triton — ``url`` (also ``triton_url``), ``model_prefix``. Unknown options are a UserError."""
+    triton — ``url`` (also ``triton_url``), ``model_prefix``. Unknown options are a UserError. ``auto`` resolves
+    with :func:`resolve_backend`; when that picks onnx without a ``model_dir`` and the export or ONNX Runtime
+    fails, the torch engine is built instead (one warning on stderr)."""
+    if backend == "auto":
+        chosen = resolve_backend(backend, device)
+        if chosen == "onnx" and options.get("model_dir") is None:
+            try:
+                return make_engine(bundle, "onnx", device, precision, **options)
+            except Exception as exc:  # noqa: BLE001 - any export / runtime failure: the torch engine still works
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                print(f"stylestream: cannot use ONNX Runtime for this bundle ({msg[:200]}); using the torch engine "
+                      "(pass --backend to choose)", file=sys.stderr, flush=True)
+                options = {k: v for k, v in options.items() if k in ("threads",)}
+                chosen = "torch"
+        backend = chosen
     allowed = {
         "torch": {"threads", "cuda_graphs", "compile", "channels_last"},
         "onnx": {"model_dir", "threads", "providers", "ort_tensorrt", "progress"},
@@ -676,8 +706,9 @@ def add_backend_options(parser: Any) -> None:
 
 
 def backend_options(args: Any) -> dict[str, Any]:
-    """The keyword options for ``make_engine(..., **options)`` that ``args.backend`` takes, from parsed flags."""
-    backend = getattr(args, "backend", "torch")
+    """The keyword options for ``make_engine(..., **options)`` that ``args.backend`` takes, from parsed flags
+    (``auto`` is checked as the backend it resolves to on ``args.device``)."""
+    backend = resolve_backend(getattr(args, "backend", "torch"), getattr(args, "device", "auto"))
     out: dict[str, Any] = {}
     for opt, backends in _OPTION_FLAGS.items():
         value = getattr(args, opt, None)

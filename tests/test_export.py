@@ -155,6 +155,31 @@ def test_engine_model_dir_checks(bundle, onnx_dir, tmp_path):
         make_engine(bundle, "torch", device="cpu", model_dir=onnx_dir)
 
 
+def test_auto_backend_is_onnx_on_cpu_and_falls_back_to_torch(bundle, onnx_dir, tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from realtime.engines import OrtEngine, TorchEngine, add_backend_options, backend_options, make_engine
+
+    eng = make_engine(bundle, "auto", device="cpu", model_dir=onnx_dir)
+    assert isinstance(eng, OrtEngine) and eng.recipe[0] == "onnx"
+    # the export cannot be written (the cache is a file): a warning, and the torch engine
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("STYLESTREAM_CACHE", str(blocker))
+    eng = make_engine(copy.deepcopy(bundle), "auto", device="cpu")
+    assert isinstance(eng, TorchEngine) and eng.recipe[0] == "torch"
+    err = capsys.readouterr().err
+    assert "Not a directory); using the torch engine" in err.strip().splitlines()[-1], err
+    # flags are checked against what auto resolves to (onnx on this CPU)
+    p = argparse.ArgumentParser()
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--device", default="cpu")
+    add_backend_options(p)
+    assert backend_options(p.parse_args(["--model-dir", str(tmp_path)])) == {"model_dir": tmp_path}
+    with pytest.raises(UserError, match="--cuda-graphs applies to --backend torch, not onnx"):
+        backend_options(p.parse_args(["--cuda-graphs"]))
+
+
 def test_tensorrt_and_triton_fail_clearly(bundle):
     from realtime.engines import make_engine
 
