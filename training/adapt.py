@@ -307,10 +307,11 @@ class Calibrator:
 
     def cancel(self) -> None:
         """Abandon a calibration under way (its worker is stopped, its result discarded) and forget a result not
-        yet taken. An active result stays active (the caller decides which engine to use)."""
+        yet taken. An active result stays active (the caller decides which engine to use) but is no longer held
+        here."""
         with self._lock:
             self.runs += 1
-            self._pending = None
+            self._pending = self.result = None
             self._crops, self._ws = [], []
             if self.state != "active":
                 self.state = "idle"
