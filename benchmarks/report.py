@@ -8,6 +8,7 @@ Inputs (each optional; a missing one is reported as not measured):
 * ``docs/bench/models-cpu*.json`` / ``models-cuda*.json`` — ``stylestream bench models [--backend onnx]``
 * ``docs/bench/pipeline-cpu.json`` / ``pipeline-cuda.json`` — ``stylestream bench pipeline``
 * ``docs/bench/live-*.json`` — ``python -m benchmarks.bench_live`` (WebRTC loopback)
+* ``docs/bench/calibrate-*.json`` — ``python -m benchmarks.bench_calibrate`` (live calibration)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
+from benchmarks.bench_calibrate import markdown as calibrate_markdown
 from benchmarks.bench_models import markdown_table
 from benchmarks.bench_pipeline import markdown as pipeline_markdown
 
@@ -129,6 +131,12 @@ def build(docs: Path = DOCS) -> str:
     live = [(f.name, d) for f in sorted(bench.glob("live-*.json")) if (d := _load(f))]
     out += ["## Live (WebRTC loopback)", ""]
     out += [live_table(live)] if live else ["Not measured yet: `python -m benchmarks.bench_live`.", ""]
+    calib = [(f.name, d) for f in sorted(bench.glob("calibrate-*.json")) if (d := _load(f))]
+    out += ["## Live calibration (stream fps while the generator adapts)", ""]
+    for name, d in calib:
+        out += [f"### {name}", "", calibrate_markdown(d)]
+    if not calib:
+        out += ["Not measured yet: `python -m benchmarks.bench_calibrate`.", ""]
     out += ["## Other measurements", "",
             "* ONNX Runtime vs eager torch, parity: [export.md](export.md)",
             "* tracking, alignment, paste-back: [tracking.md](tracking.md)",
