@@ -20,3 +20,25 @@ def test_bench_models_json_and_speed_report(tmp_path):
     text = report.build(docs)
     assert "| generator | tiny-64 | 64 |" in text and "Command: `" in text
     assert "Not measured on CUDA yet" in text and "Whole pipeline, CPU" in text
+
+
+def test_bench_calibrate_timeline_reaches_the_swap(tmp_path):
+    """A short live run with a tiny calibration: the swap happens, frames flow before, during and after."""
+    from pathlib import Path
+
+    import pytest
+
+    from benchmarks import bench_calibrate
+
+    if not (Path(__file__).resolve().parents[1] / "bundles" / "default" / "bundle.json").exists():
+        pytest.skip("default bundle missing")
+    out = tmp_path / "docs" / "bench" / "calibrate-cpu.json"
+    assert bench_calibrate.main(["--input", "demo:portrait?fps=15&size=320x240&seed=5", "--seconds", "14",
+                                 "--warmup", "1", "--frames", "4", "--iters", "5", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    tl = d["timeline"]
+    assert tl["time_to_active_s"] is not None and tl["calibration"]["state"] == "active", tl["events_s"]
+    assert tl["phases"]["before"]["frames"] > 0 and tl["phases"]["calibrating"]["frames"] > 0
+    assert tl["phases"]["after"]["frames"] > 0
+    assert {"record", "start", "adapt"} <= set(tl["calibration"]["seconds"])
+    assert "Live calibration" in report.build(tmp_path / "docs")
