@@ -189,10 +189,11 @@ class _Cancelled(Exception):
     pass
 
 
-def _calibration_child(conn: Any, bundle: Any, crops: torch.Tensor, ws: torch.Tensor, cfg: CalibrationConfig,
-                       device: str, export_dir: str | None, export_precision: str) -> None:
-    """The calibration worker process: adapt ``bundle``'s generator on the pairs, optionally export the adapted
-    bundle to ONNX, and send ``("progress", p)`` … ``("done", result)`` (or ``("error", msg)``) over ``conn``."""
+def _calibration_child(conn: Any, payload: bytes, cfg: CalibrationConfig, device: str, export_dir: str | None,
+                       export_precision: str) -> None:
+    """The calibration worker process: adapt the bundle's generator on the pairs (``payload``: the bundle, crops and
+    latents, ``torch.save``d by the parent), optionally export the adapted bundle to ONNX, and send
+    ``("progress", p)`` … ``("done", result)`` (or ``("error", msg)``) over ``conn``."""
     import contextlib
     import os
     import signal
@@ -204,6 +205,10 @@ def _calibration_child(conn: Any, bundle: Any, crops: torch.Tensor, ws: torch.Te
         with contextlib.suppress(OSError):
             os.nice(10)  # the live stream in the parent keeps the CPU; this process takes what is left
     try:
+        import io
+
+        data = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)  # our own parent's bytes
+        bundle, crops, ws = data["bundle"], data["crops"], data["ws"]
         if device == "cpu":
             torch.set_num_threads(max(1, cfg.threads))
         dev = torch.device(device)
@@ -229,8 +234,6 @@ def _calibration_child(conn: Any, bundle: Any, crops: torch.Tensor, ws: torch.Te
             bundle.to("cpu")
             export_bundle(bundle, export_dir, precision=export_precision)
             seconds["export"] = time.perf_counter() - t0
-        import io
-
         buf = io.BytesIO()  # plain bytes: tensors sent as multiprocessing objects die with this process's memory
         torch.save({k: v.detach().cpu() for k, v in bundle.generator.state_dict().items()}, buf)
         conn.send(("done", {"state": buf.getvalue(), "psnr": psnr, "seconds": seconds}))
@@ -253,8 +256,8 @@ class Calibrator:
     Why a process: the adaptation is thousands of small autograd steps; in a thread it holds the GIL often enough to
     cost the live loop ~18 % of its frame rate on CPU (measured, docs/offline.md), while a spawned process at
     nice +10 costs it nothing measurable when a core is free, can be stopped at once, and can also do the ONNX export
-    (``export_precision``) that an onnx-backed stream needs. The pairs and a CPU copy of the bundle go to it by
-    pickle; the adapted generator's weights come back the same way.
+    (``export_precision``) that an onnx-backed stream needs. The pairs and a CPU copy of the bundle go to it as
+    ``torch.save`` bytes; the adapted generator's weights come back the same way.
 
     ``state``: idle → recording → adapting → building → ready → active (after ``take``), or failed; ``status()``
     is the JSON-able view for stats lines. The adaptation runs on ``device`` (the engine's CUDA device, else CPU)."""
@@ -346,6 +349,7 @@ class Calibrator:
     def _work(self, run: int, bundle: Any, crops: torch.Tensor, ws: torch.Tensor) -> None:
         import copy
         import dataclasses
+        import io
         import multiprocessing
         import shutil
         import tempfile
@@ -360,12 +364,18 @@ class Calibrator:
 
             cpu = dataclasses.replace(bundle, generator=cpu_copy(bundle.generator), fren=cpu_copy(bundle.fren),
                                       vien=cpu_copy(bundle.vien), extra={k: v.cpu() for k, v in bundle.extra.items()})
+            # Bytes, not tensors: multiprocessing would share every tensor through its own file descriptor
+            # (hundreds for a full-size bundle, against a limit of 1024 open files).
+            buf = io.BytesIO()
+            torch.save({"bundle": cpu, "crops": crops, "ws": ws}, buf)
+            del cpu
             ctx = multiprocessing.get_context("spawn")  # fork is unsafe with the stream's threads
             parent, child = ctx.Pipe(duplex=False)
             device = "cpu" if self.device.type == "cpu" else str(self.device)
             proc = ctx.Process(target=_calibration_child, name="stylestream-calibrate", daemon=True,
-                               args=(child, cpu, crops, ws, self.cfg, device, export_dir,
+                               args=(child, buf.getvalue(), self.cfg, device, export_dir,
                                      self.export_precision or "fp32"))
+            del buf
             proc.start()
             child.close()
             result: dict[str, Any] | None = None
@@ -390,8 +400,6 @@ class Calibrator:
             self.seconds.update(result["seconds"])
             self.psnr.update(result["psnr"])
             work = copy.deepcopy(bundle.generator)
-            import io
-
             work.load_state_dict(torch.load(io.BytesIO(result["state"]), map_location="cpu", weights_only=True))
             adapted = dataclasses.replace(bundle, generator=work)
             adapted.provenance = {**bundle.provenance, "calibrated": {
