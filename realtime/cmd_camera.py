@@ -96,8 +96,10 @@ class CalibrationControls:
                                "the filter keeps running)")
         elif st == "active":
             sec, psnr = info.get("seconds", {}), info.get("psnr", {})
+            held = (f" ({psnr['heldout_before']:.1f} → {psnr['heldout_after']:.1f} dB on frames it did not train "
+                    "on)") if "heldout_before" in psnr else ""
             self.console.print(f"calibration: active — reconstruction {psnr.get('before', 0):.1f} → "
-                               f"{psnr.get('after', 0):.1f} dB on the recorded frames; recorded "
+                               f"{psnr.get('after', 0):.1f} dB on the recorded frames{held}; recorded "
                                f"{sec.get('record', 0):.1f} s, adapted {sec.get('adapt', 0):.1f} s, engine built "
                                f"{sec.get('build', 0):.1f} s")
             if self.save_to is not None and self._saved_run != cal.runs:

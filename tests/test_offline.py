@@ -267,6 +267,16 @@ def test_calibrator_adapts_a_copy_in_background_and_hands_it_over_once(clip: tup
                                                                                                           abs=0.01)
     assert set(st["seconds"]) == {"record", "start", "adapt", "build"}
     assert result.provenance["calibrated"]["frames"] == n
+    assert "heldout_before" not in st["psnr"]  # stride 1: every frame trains, none is held out
+
+    # stride 2: the frames in between are held out, and the adaptation helps them too (same face, same session)
+    cal = Calibrator(CalibrationConfig(frames=n // 2, stride=2, iters=12))
+    assert cal.start(bundle)
+    for i in range(n // 2 * 2):
+        cal.record(crops[i:i + 1], ws[i:i + 1])
+    cal.join(60)
+    held = cal.status()["psnr"]
+    assert cal.state == "ready" and held["heldout_after"] > held["heldout_before"], held
 
 
 @needs_bundle

@@ -208,13 +208,16 @@ def _calibration_child(conn: Any, payload: bytes, cfg: CalibrationConfig, device
         import io
 
         data = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)  # our own parent's bytes
-        bundle, crops, ws = data["bundle"], data["crops"], data["ws"]
+        bundle, crops, ws, held = data["bundle"], data["crops"], data["ws"], data["held"]
         if device == "cpu":
             torch.set_num_threads(max(1, cfg.threads))
         dev = torch.device(device)
         bundle.generator.to(dev)
         crops, ws = crops.to(dev), ws.to(dev)
+        held = [t.to(dev) for t in held] if held is not None else None
         psnr = {"before": reconstruction(bundle, crops, ws)["psnr"]}
+        if held is not None:
+            psnr["heldout_before"] = reconstruction(bundle, *held)["psnr"]
         last = [0.0]
 
         def on(it: int, total: int, loss: float) -> None:
@@ -225,6 +228,8 @@ def _calibration_child(conn: Any, payload: bytes, cfg: CalibrationConfig, device
         acfg = AdaptConfig(iters=cfg.iters, lr=cfg.lr, batch=cfg.batch)
         summary = adapt_generator(bundle, crops, ws, acfg, progress=on)
         psnr["after"] = reconstruction(bundle, crops, ws)["psnr"]
+        if held is not None:
+            psnr["heldout_after"] = reconstruction(bundle, *held)["psnr"]
         seconds = {"adapt": float(summary["seconds"])}
         if export_dir is not None:
             from export.onnx import export_bundle
@@ -276,12 +281,13 @@ class Calibrator:
         self.error = ""
         self.progress = 0.0  # 0…1 within the current state
         self.seconds: dict[str, float] = {}  # record / start / adapt / export / build wall time of the last run
-        self.psnr: dict[str, float] = {}  # reconstruction PSNR on the recorded pairs: before / after
+        self.psnr: dict[str, float] = {}  # reconstruction PSNR before / after, on the pairs and on held-out frames
         self.result: Any = None  # the last finished result (kept after take(), e.g. to save the bundle)
         self.runs = 0
         self._bundle: Any = None
         self._crops: list[torch.Tensor] = []
         self._ws: list[torch.Tensor] = []
+        self._held: list[tuple[torch.Tensor, torch.Tensor]] = []  # frames skipped by the stride: a held-out check
         self._seen = 0
         self._t_record = 0.0
         self._pending: Any = None
@@ -304,7 +310,7 @@ class Calibrator:
                 return False
             self.runs += 1
             self._bundle, self._pending = bundle, None
-            self._crops, self._ws, self._seen = [], [], 0
+            self._crops, self._ws, self._held, self._seen = [], [], [], 0
             self.state, self.error, self.progress, self.seconds, self.psnr = "recording", "", 0.0, {}, {}
             return True
 
@@ -315,38 +321,45 @@ class Calibrator:
         with self._lock:
             self.runs += 1
             self._pending = self.result = None
-            self._crops, self._ws = [], []
+            self._crops, self._ws, self._held = [], [], []
             if self.state != "active":
                 self.state = "idle"
             self.progress = 0.0
 
     def record(self, crop: torch.Tensor, ws: torch.Tensor) -> None:
         """One aligned crop [1, 3, S, S] in [-1, 1] and its latent [1, num_ws, w_dim]; every ``stride``-th is
-        kept. The adaptation starts by itself once ``frames`` are kept."""
+        kept for training, and (up to ``frames`` of) the frames in between for a held-out PSNR. The adaptation
+        starts by itself once ``frames`` are kept."""
         if self.state != "recording":
             return
         self._seen += 1
         if self._seen == 1:
             self._t_record = time.perf_counter()
+        pair = (crop.detach().float().cpu().reshape(1, *crop.shape[-3:]),
+                ws.detach().float().cpu().reshape(1, *ws.shape[-2:]))
         if (self._seen - 1) % self.cfg.stride:
+            if len(self._held) < self.cfg.frames:
+                self._held.append(pair)
             return
-        self._crops.append(crop.detach().float().cpu().reshape(1, *crop.shape[-3:]))
-        self._ws.append(ws.detach().float().cpu().reshape(1, *ws.shape[-2:]))
+        self._crops.append(pair[0])
+        self._ws.append(pair[1])
         self.progress = len(self._crops) / self.cfg.frames
         if len(self._crops) >= self.cfg.frames:
             self._launch()
 
     def _launch(self) -> None:
         crops, ws = torch.cat(self._crops), torch.cat(self._ws)
-        self._crops, self._ws = [], []
+        held = (torch.cat([c for c, _ in self._held]), torch.cat([w for _, w in self._held])) if self._held else None
+        self._crops, self._ws, self._held = [], [], []
         self.seconds["record"] = time.perf_counter() - self._t_record
         self.state, self.progress = "adapting", 0.0
         run, bundle = self.runs, self._bundle
-        self._thread = threading.Thread(target=self._work, args=(run, bundle, crops, ws), name="stylestream-calibrate",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._work, args=(run, bundle, crops, ws, held),
+                                        name="stylestream-calibrate", daemon=True)
         self._thread.start()
 
-    def _work(self, run: int, bundle: Any, crops: torch.Tensor, ws: torch.Tensor) -> None:
+    def _work(self, run: int, bundle: Any, crops: torch.Tensor, ws: torch.Tensor,
+              held: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         import copy
         import dataclasses
         import io
@@ -367,7 +380,7 @@ class Calibrator:
             # Bytes, not tensors: multiprocessing would share every tensor through its own file descriptor
             # (hundreds for a full-size bundle, against a limit of 1024 open files).
             buf = io.BytesIO()
-            torch.save({"bundle": cpu, "crops": crops, "ws": ws}, buf)
+            torch.save({"bundle": cpu, "crops": crops, "ws": ws, "held": held}, buf)
             del cpu
             ctx = multiprocessing.get_context("spawn")  # fork is unsafe with the stream's threads
             parent, child = ctx.Pipe(duplex=False)
@@ -404,7 +417,9 @@ class Calibrator:
             adapted = dataclasses.replace(bundle, generator=work)
             adapted.provenance = {**bundle.provenance, "calibrated": {
                 "frames": int(ws.shape[0]), "iters": self.cfg.iters, "psnr_before": self.psnr["before"],
-                "psnr_after": self.psnr["after"], "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+                "psnr_after": self.psnr["after"], "psnr_heldout_before": self.psnr.get("heldout_before"),
+                "psnr_heldout_after": self.psnr.get("heldout_after"),
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
             out: Any = adapted
             if self.build is not None:
                 t1 = time.perf_counter()

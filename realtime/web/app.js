@@ -281,7 +281,9 @@ const CALIBRATION_TEXT = {
     const p = c.psnr || {};
     const sec = c.seconds || {};
     const total = Object.values(sec).reduce((a, b) => a + b, 0);
-    return `calibrated: ${fmt(p.before)} → ${fmt(p.after)} dB on your frames, in ${fmt(total, 0)} s`;
+    const held = p.heldout_before === undefined ? "" :
+      ` (${fmt(p.heldout_before)} → ${fmt(p.heldout_after)} dB on frames it did not train on)`;
+    return `calibrated: ${fmt(p.before)} → ${fmt(p.after)} dB on your frames${held}, in ${fmt(total, 0)} s`;
   },
   failed: (c) => `calibration failed: ${c.error || "unknown error"}`,
 };
