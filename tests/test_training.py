@@ -193,6 +193,38 @@ def test_autoencoder_reduces_loss_and_resumes_bit_exactly(tmp_path, crop_dir):
             assert torch.equal(v, b[k][name]), (k, name)
 
 
+def test_sigterm_stops_after_the_step_checkpoints_and_resume_continues(tmp_path, crop_dir):
+    """A pre-empted job (SIGTERM) ends its loop cleanly, writes the checkpoint and the bundle; the same command
+    continues from that step."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from models.bundle import load_bundle
+    from training.autoencode import train_autoencoder
+
+    metrics = tmp_path / "t" / "metrics.jsonl"
+
+    def pre_empt() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    killer = threading.Thread(target=pre_empt, daemon=True)
+    killer.start()
+    out = train_autoencoder(_ae_cfg(tmp_path / "t", crop_dir, 100_000))
+    killer.join(5)
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+    step = torch.load(tmp_path / "t" / "state.pt", weights_only=True)["step"]
+    assert 3 <= step < 100_000
+    assert load_bundle(out).provenance["steps"] == step
+    train_autoencoder(_ae_cfg(tmp_path / "t", crop_dir, step + 2))  # resumes, does the 2 missing steps
+    assert torch.load(tmp_path / "t" / "state.pt", weights_only=True)["step"] == step + 2
+
+
 def test_gan_steps_run_and_resume_bit_exactly(tmp_path, crop_dir):
     from training.train_generator import GeneratorTrainConfig, train_generator
 

@@ -20,7 +20,6 @@ command continues where it stopped.
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -191,8 +190,7 @@ def train_autoencoder(cfg: AutoencodeConfig, command: str = "") -> Path:
     fixed_train = train.float_images(torch.linspace(0, len(train) - 1, 8).round().long()).to(device)
     prog = common.Progress(run, cfg.steps, step, enabled=d.main, tensorboard=cfg.tensorboard,
                            log_every=cfg.log_every, desc="autoencode")
-    stop = {"flag": False}
-    old = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    stop = common.StopOnSigterm()
     t_start = time.monotonic() - elapsed
 
     def checkpoint() -> None:
@@ -215,7 +213,7 @@ def train_autoencoder(cfg: AutoencodeConfig, command: str = "") -> Path:
         return export_bundle(g, fren, run / "bundle", cfg.bundle_name, prov)
 
     try:
-        while step < cfg.steps and not stop["flag"]:
+        while step < cfg.steps and not stop:
             idx = train.sample(cfg.batch, gen)
             x = train.float_images(idx)
             if cfg.flip:
@@ -282,7 +280,7 @@ def train_autoencoder(cfg: AutoencodeConfig, command: str = "") -> Path:
                 if d.main:
                     export()
     finally:
-        signal.signal(signal.SIGTERM, old)
+        stop.restore()
         checkpoint()
         prog.close()
     out = export() if d.main else run / "bundle"

@@ -1,12 +1,15 @@
 """Plumbing shared by the training loops: run directories, atomic resumable checkpoints, RNG state, progress and
-scalar logging (rich, JSON lines, optional TensorBoard), sample grids and DDP set-up through ``torchrun``."""
+scalar logging (rich, JSON lines, optional TensorBoard), sample grids, DDP set-up through ``torchrun`` and a graceful
+stop on SIGTERM."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
@@ -222,3 +225,27 @@ def save_grid(path: Path, rows: list[torch.Tensor], scale: int = 1) -> Path:
 def set_threads(threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+class StopOnSigterm:
+    """SIGTERM (a scheduler pre-empting the job, ``kill``) asks a training loop to stop instead of killing it: the
+    object turns true, the loop ends after its current step, and its ``finally`` writes the checkpoint that
+    ``--resume`` continues from. Made before the loop; ``restore()`` (in the loop's ``finally``) puts the previous
+    handler back. Off the main thread (no signal handlers there) only ``set()`` stops it."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._old: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+
+    def set(self) -> None:
+        self._event.set()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
+
+    def restore(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+            self._old = None

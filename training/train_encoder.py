@@ -23,7 +23,6 @@ Optimiser: Adam (the paper uses Ranger, lr 1e-4). Resumable through ``out/state.
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -286,8 +285,7 @@ def train_encoder(cfg: EncoderTrainConfig, command: str = "") -> Path:
             log.info("resumed %s: %s step %d", run, tr.phase, tr.step_idx)
     clip = held.float_images(torch.arange(min(8, len(held)))).to(device)
     t0 = time.monotonic() - tr.elapsed
-    stop = {"flag": False}
-    old = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    stop = common.StopOnSigterm()
 
     def provenance() -> dict[str, Any]:
         return {**tr.src.provenance, "encoder_training": {
@@ -300,11 +298,11 @@ def train_encoder(cfg: EncoderTrainConfig, command: str = "") -> Path:
             common.save_state(run, tr.state())
 
     try:
-        while not stop["flag"]:
+        while not stop:
             prog = common.Progress(run, tr.phase_steps, tr.step_idx, enabled=d.main, tensorboard=cfg.tensorboard,
                                    log_every=cfg.log_every, desc=tr.phase)
             try:
-                while tr.step_idx < tr.phase_steps and not stop["flag"]:
+                while tr.step_idx < tr.phase_steps and not stop:
                     scalars = tr.step(data)
                     prog.update(tr.step_idx, {f"{tr.phase}/{k}": v for k, v in scalars.items()})
                     if d.main and (tr.step_idx % cfg.sample_every == 0 or tr.step_idx == tr.phase_steps):
@@ -315,11 +313,11 @@ def train_encoder(cfg: EncoderTrainConfig, command: str = "") -> Path:
                             tr.bundle(provenance()).save(run / "bundle")
             finally:
                 prog.close()
-            if stop["flag"] or not tr.next_phase():
+            if stop or not tr.next_phase():
                 break
             checkpoint()
     finally:
-        signal.signal(signal.SIGTERM, old)
+        stop.restore()
         checkpoint()
     out = tr.bundle(provenance()).save(run / "bundle") if d.main else run / "bundle"
     common.cleanup_distributed()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -269,8 +268,7 @@ def train_generator(cfg: GeneratorTrainConfig, command: str = "") -> Path:
     zs = torch.randn(16, tr.g.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 123)).to(device)
     prog = common.Progress(run, cfg.steps, tr.step_idx, enabled=d.main, tensorboard=cfg.tensorboard,
                            log_every=cfg.log_every, desc="generator")
-    stop = {"flag": False}
-    old = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    stop = common.StopOnSigterm()
     t0 = time.monotonic() - tr.elapsed
 
     def checkpoint() -> None:
@@ -291,7 +289,7 @@ def train_generator(cfg: GeneratorTrainConfig, command: str = "") -> Path:
         return b.save(run / "bundle")
 
     try:
-        while tr.step_idx < cfg.steps and not stop["flag"]:
+        while tr.step_idx < cfg.steps and not stop:
             idx = data.sample(cfg.batch, tr.gen)
             scalars = tr.step(data.float_images(idx).to(device))
             prog.update(tr.step_idx, scalars)
@@ -304,7 +302,7 @@ def train_generator(cfg: GeneratorTrainConfig, command: str = "") -> Path:
                 if d.main:
                     export()
     finally:
-        signal.signal(signal.SIGTERM, old)
+        stop.restore()
         checkpoint()
         prog.close()
     out = export() if d.main else run / "bundle"
