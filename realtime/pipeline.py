@@ -211,7 +211,7 @@ class FrameProcessor:
 
     def calibrate(self) -> bool:
         """Start a live calibration (any thread; no model work here): the next face frames are recorded, a copy of
-        the base generator is adapted to them in a background thread, and this stream switches to its own engine
+        the base generator is adapted to them in a worker process, and this stream switches to its own engine
         between two frames. False when one is already under way."""
         from training.adapt import Calibrator
 
@@ -230,7 +230,7 @@ class FrameProcessor:
         """Cancel a calibration under way and go back to the base engine (at the next frame)."""
         if self.calibrator is not None:
             self.calibrator.cancel()
-            self.calibrator.state = "idle"
+            self.calibrator.state = "idle"  # an active result is dropped too (cancel keeps it active)
         self._revert = True
 
     def calibration_status(self) -> dict[str, Any]:

@@ -297,6 +297,25 @@ def test_calibrator_stride_cancel_and_failure(clip: tuple[object, torch.Tensor])
     cal.join(60)
     assert cal.state == "idle" and cal.take() is None
 
+    # cancelled while the stream's engine is being built: nothing is handed over, the state stays idle
+    import threading
+
+    building, go = threading.Event(), threading.Event()
+
+    def slow_build(b: object, _dir: object) -> object:
+        building.set()
+        go.wait(30)
+        return b
+
+    cal = Calibrator(CalibrationConfig(frames=1, stride=1, iters=2), build=slow_build)
+    assert cal.start(bundle)
+    cal.record(crops[:1], ws[:1])
+    assert building.wait(60) and cal.state == "building"
+    cal.cancel()
+    go.set()
+    cal.join(30)
+    assert cal.state == "idle" and cal.take() is None and cal.start(bundle)
+
     def broken(_bundle: object, _dir: object) -> object:
         raise RuntimeError("no device left")
 

@@ -348,12 +348,16 @@ class Calibrator:
             self._launch()
 
     def _launch(self) -> None:
-        crops, ws = torch.cat(self._crops), torch.cat(self._ws)
-        held = (torch.cat([c for c, _ in self._held]), torch.cat([w for _, w in self._held])) if self._held else None
-        self._crops, self._ws, self._held = [], [], []
-        self.seconds["record"] = time.perf_counter() - self._t_record
-        self.state, self.progress = "adapting", 0.0
-        run, bundle = self.runs, self._bundle
+        with self._lock:
+            if self.state != "recording":  # cancelled meanwhile
+                return
+            crops, ws = torch.cat(self._crops), torch.cat(self._ws)
+            held = (torch.cat([c for c, _ in self._held]), torch.cat([w for _, w in self._held])) \
+                if self._held else None
+            self._crops, self._ws, self._held = [], [], []
+            self.seconds = {"record": time.perf_counter() - self._t_record}
+            self.state, self.progress = "adapting", 0.0
+            run, bundle = self.runs, self._bundle
         self._thread = threading.Thread(target=self._work, args=(run, bundle, crops, ws, held),
                                         name="stylestream-calibrate", daemon=True)
         self._thread.start()
@@ -401,35 +405,30 @@ class Calibrator:
                     continue
                 kind, value = parent.recv()
                 if kind == "progress":
-                    self.seconds.setdefault("start", time.perf_counter() - t0)  # copy + process start
-                    self.progress = float(value)
+                    self._publish(run, progress=float(value),  # "start": copy + process start + first step
+                                  seconds={"start": time.perf_counter() - t0, **self.seconds})
                 elif kind == "exporting":
-                    self.state, self.progress = "building", 0.0
+                    self._publish(run, state="building", progress=0.0)
                 elif kind == "error":
                     raise RuntimeError(value)
                 elif kind == "done":
                     result = value
-            self.state = "building"
-            self.seconds.update(result["seconds"])
-            self.psnr.update(result["psnr"])
+            self._publish(run, state="building", seconds={**self.seconds, **result["seconds"]},
+                          psnr={**self.psnr, **result["psnr"]})
             work = copy.deepcopy(bundle.generator)
             work.load_state_dict(torch.load(io.BytesIO(result["state"]), map_location="cpu", weights_only=True))
             adapted = dataclasses.replace(bundle, generator=work)
             adapted.provenance = {**bundle.provenance, "calibrated": {
-                "frames": int(ws.shape[0]), "iters": self.cfg.iters, "psnr_before": self.psnr["before"],
-                "psnr_after": self.psnr["after"], "psnr_heldout_before": self.psnr.get("heldout_before"),
-                "psnr_heldout_after": self.psnr.get("heldout_after"),
+                "frames": int(ws.shape[0]), "iters": self.cfg.iters, "psnr_before": result["psnr"]["before"],
+                "psnr_after": result["psnr"]["after"], "psnr_heldout_before": result["psnr"].get("heldout_before"),
+                "psnr_heldout_after": result["psnr"].get("heldout_after"),
                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
             out: Any = adapted
             if self.build is not None:
                 t1 = time.perf_counter()
                 out = self.build(adapted, Path(export_dir) if export_dir else None)
-                self.seconds["build"] = time.perf_counter() - t1
-            with self._lock:
-                if self.runs != run:
-                    raise _Cancelled
-                self._pending = out
-                self.state, self.progress = "ready", 1.0
+                self._publish(run, seconds={**self.seconds, "build": time.perf_counter() - t1})
+            self._publish(run, _pending=out, state="ready", progress=1.0)
         except _Cancelled:
             pass
         except Exception as exc:  # reported on the status line; the stream goes on with the old weights
@@ -443,6 +442,15 @@ class Calibrator:
                 proc.join(5)
             if export_dir is not None:
                 shutil.rmtree(export_dir, ignore_errors=True)
+
+    def _publish(self, run: int, **attrs: Any) -> None:
+        """Set attributes for run ``run`` only; a cancelled or superseded run gets :class:`_Cancelled` instead (so it
+        can never overwrite the state of the run that replaced it)."""
+        with self._lock:
+            if self.runs != run:
+                raise _Cancelled
+            for k, v in attrs.items():
+                setattr(self, k, v)
 
     def take(self) -> Any:
         """The finished result, once (None otherwise). Call on the thread that will use it, between frames."""
