@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class CalibrationControls:
     """The camera's calibration triggers (``--calibrate``, ``c``/``r`` + Enter on a terminal, SIGUSR1/SIGUSR2),
     progress messages on state changes, and ``--save-calibrated``. Triggers only flip state; the recording runs in
-    the device worker and the adaptation in the calibrator's thread."""
+    the device worker and the adaptation in the calibrator's worker process."""
 
     def __init__(self, processor: Any, console: Any, start: bool, save_to: Path | None):
         self.processor, self.console, self.start_now, self.save_to = processor, console, start, save_to

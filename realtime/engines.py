@@ -679,6 +679,8 @@ def engine_like(like: Engine, bundle: Bundle, model_dir: str | os.PathLike | Non
         log.warning("%s backend: a calibrated stream runs the torch engine on %s (engines are not rebuilt live)",
                     backend, device)
         opts = {}
+        if resolve_device(device).type != "cuda":
+            precision = "fp32"
     return make_engine(bundle, "torch", device=device, precision=precision, **opts)
 
 
