@@ -230,7 +230,6 @@ class FrameProcessor:
         """Cancel a calibration under way and go back to the base engine (at the next frame)."""
         if self.calibrator is not None:
             self.calibrator.cancel()
-            self.calibrator.state = "idle"  # an active result is dropped too (cancel keeps it active)
         self._revert = True
 
     def calibration_status(self) -> dict[str, Any]:

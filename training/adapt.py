@@ -315,16 +315,13 @@ class Calibrator:
             return True
 
     def cancel(self) -> None:
-        """Abandon a calibration under way (its worker is stopped, its result discarded) and forget a result not
-        yet taken. An active result stays active (the caller decides which engine to use) but is no longer held
-        here."""
+        """Back to idle: a calibration under way is abandoned (its worker is stopped, its result discarded), and a
+        result not yet taken or already active is let go (every caller goes back to the base engine)."""
         with self._lock:
             self.runs += 1
             self._pending = self.result = None
             self._crops, self._ws, self._held = [], [], []
-            if self.state != "active":
-                self.state = "idle"
-            self.progress = 0.0
+            self.state, self.progress = "idle", 0.0
 
     def record(self, crop: torch.Tensor, ws: torch.Tensor) -> None:
         """One aligned crop [1, 3, S, S] in [-1, 1] and its latent [1, num_ws, w_dim]; every ``stride``-th is
