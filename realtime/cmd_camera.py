@@ -137,8 +137,9 @@ def main(args: argparse.Namespace) -> int:
         opts["size"] = (w, h)
     if args.fps:
         opts["fps"] = args.fps
-    # a file or demo: clip stands in for a camera: released at its frame rate
-    args.realtime = args.source.lower().startswith("demo") or Path(args.source).is_file()
+    from .sources import paced_like_a_camera
+
+    args.realtime = paced_like_a_camera(args.source)  # a file or demo: clip stands in for a camera
     if args.save_calibrated is not None and args.save_calibrated.exists() and not args.save_calibrated.is_dir():
         raise UserError(f"--save-calibrated {args.save_calibrated} exists and is not a folder")
 

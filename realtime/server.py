@@ -926,11 +926,10 @@ def _spec_json(s: Any) -> dict[str, Any]:
 
 
 def _live_opener(open_source: Callable[..., Any]) -> Callable[[str], Any]:
+    from .sources import paced_like_a_camera
+
     def opener(spec: str) -> Any:
-        # files and demo clips are paced at their frame rate, like a camera; cameras and streams pace themselves
-        low = spec.lower()
-        paced = low.startswith(("demo", "file:")) or Path(spec).is_file()
-        return open_source(spec, live=True, realtime=True if paced else None)
+        return open_source(spec, live=True, realtime=True if paced_like_a_camera(spec) else None)
 
     return opener
 

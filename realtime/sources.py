@@ -733,6 +733,12 @@ def parse_demo_spec(spec: str) -> tuple[str, DemoOptions, dict[str, str]]:
     return name, opt, q
 
 
+def paced_like_a_camera(spec: str) -> bool:
+    """Whether a live consumer should release this source at its frame rate (``realtime=True``): files and
+    ``demo:`` clips would otherwise be read as fast as they decode; cameras and network streams pace themselves."""
+    return spec.lower().startswith(("demo", "file:")) or Path(spec).is_file()
+
+
 def open_source(
     spec: str,
     *,
