@@ -108,7 +108,7 @@ async def devtools_page(user_dir: Path, proc: subprocess.Popen[bytes], timeout: 
 def test_page_in_chromium_with_fake_camera(tmp_path):
     exe = chromium()
     import aioice.ice
-    from test_server import serving, tiny_factories
+    from test_server import serving, tiny_factories, wait_until
 
     from training.adapt import CalibrationConfig
 
@@ -176,7 +176,7 @@ def test_page_in_chromium_with_fake_camera(tmp_path):
                     png = await cdp.call("Page.captureScreenshot", format="png")
                     shot.write_bytes(base64.b64decode(png["data"]))
                     await cdp.evaluate("document.getElementById('stop').click()")
-                assert await _until(lambda: not server.sessions, 10), "session not freed after Stop"
+                assert await wait_until(lambda: not server.sessions, 10), "session not freed after Stop"
             finally:
                 proc.terminate()
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -191,12 +191,3 @@ def test_page_in_chromium_with_fake_camera(tmp_path):
         aioice.ice.get_host_addresses = original_hosts
     img = cv2.imread(str(shot))
     assert img is not None and img.shape[0] > 200 and img.std() > 5, "blank screenshot"
-
-
-async def _until(cond: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        await asyncio.sleep(0.1)
-    return bool(cond())
