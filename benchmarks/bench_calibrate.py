@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import time
 from pathlib import Path
 
-from benchmarks.provenance import command_line, provenance
+from benchmarks.provenance import command_line, provenance, write_result
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -232,9 +231,7 @@ def run(args: argparse.Namespace) -> int:
             result["isolation"] = isolation(args)
     md = markdown(result)
     print(md)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.json, result)
     return 0
 
 

@@ -21,7 +21,6 @@ table and ``edits_<name>.png`` strips.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -278,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
     from models.errors import UserError
     from training.losses import load_face_mesh
 
-    from .provenance import command_line
+    from .provenance import command_line, write_result
 
     torch.set_num_threads(max(1, args.threads))
     bundle = load_bundle(args.bundle)
@@ -296,11 +295,9 @@ def run(args: argparse.Namespace) -> int:
     result["provenance"] = {"command": command_line(), "bundle": str(args.bundle), "bundle_name": bundle.name,
                             "seconds": round(time.time() - t0, 1), "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                          time.gmtime())}
-    args.out_json.parent.mkdir(parents=True, exist_ok=True)
-    args.out_json.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.out_json, result, indent=1)
     md = markdown_table(result)
-    args.out_md.parent.mkdir(parents=True, exist_ok=True)
-    args.out_md.write_text(md)
+    write_result(args.out_md, md)
     print(md)
     return 0
 

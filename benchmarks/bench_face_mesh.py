@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.provenance import command_line, provenance
+from benchmarks.provenance import command_line, provenance, write_result
 from benchmarks.timing import summarise, time_calls
 
 
@@ -282,14 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     summary = {k: max(r[k] for r in rows if k in r) for k in keys}
     print("worst over images:", json.dumps(summary))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         from importlib.metadata import version
 
         prov = {**provenance("cpu"), "mediapipe": version("mediapipe")}
         result = {"benchmark": "face_mesh", "command": command_line(), "provenance": prov,
                   "threads": torch.get_num_threads(), "parity": rows, "worst": summary, "timing": tm}
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        print(f"wrote {write_result(args.json, result)}")
     return 0
 
 

@@ -108,7 +108,7 @@ def _u8(frames01: torch.Tensor) -> list[np.ndarray]:
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
 
-    from benchmarks.provenance import command_line, provenance
+    from benchmarks.provenance import command_line, provenance, write_result
     from models.bundle import load_bundle
     from training.data import load_crops
     from training.losses import ssim
@@ -147,9 +147,7 @@ def run(args: argparse.Namespace) -> int:
            "rows": rows, "summary": summary, "provenance": {**provenance(), "command": command_line()}}
     text = json.dumps(out, indent=2)
     print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    write_result(args.json, text + "\n")
     if args.strip:
         from training.common import save_grid
 
@@ -157,8 +155,7 @@ def run(args: argparse.Namespace) -> int:
         save_grid(args.strip, [x[idx], recs["fren"][idx], recs["vien"][idx]], scale=2)
     if args.plot:
         plot(out, args.plot)
-    if args.markdown:
-        args.markdown.write_text(markdown(out))
+    write_result(args.markdown, markdown(out))
     return 0
 
 

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import aioice.ice
 
-    from benchmarks.provenance import command_line, provenance
+    from benchmarks.provenance import command_line, provenance, write_result
 
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]  # loopback only (this process)
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,9 +150,7 @@ def main(argv: list[str] | None = None) -> int:
               "server_command": " ".join(cmd[2:]), "codec": args.codec, "passthrough": args.passthrough,
               "sent_fps": args.fps, "results": rows}
     text = json.dumps(report, indent=2, default=str)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_result(args.out, text + "\n")
     print(markdown(rows))
     return 0
 

@@ -10,12 +10,11 @@ measured without the real weights. Writes JSON with provenance (machine, device,
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
-from benchmarks.provenance import command_line, provenance
+from benchmarks.provenance import command_line, provenance, write_result
 from benchmarks.timing import summarise, time_calls
 
 DEFAULT_GENERATORS = ["tiny-128", "small-128", "tiny-256", "small-256"]
@@ -119,14 +118,9 @@ def run(args: argparse.Namespace) -> int:
         t.add_row(r["model"], r["config"], str(r["resolution"]), f"{r['params']:,}", str(r["batch"]),
                   f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}")
     Console().print(t)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        console.print(f"wrote {args.json}")
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown_table(result))
-        console.print(f"wrote {args.markdown}")
+    for path in (write_result(args.json, result), write_result(args.markdown, markdown_table(result))):
+        if path is not None:
+            console.print(f"wrote {path}")
     return 0
 
 

@@ -17,10 +17,9 @@ Without ``--bundle`` the trained default bundle is used when present, else a ran
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from benchmarks.provenance import command_line, provenance
+from benchmarks.provenance import command_line, provenance, write_result
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -126,12 +125,8 @@ def run(args: argparse.Namespace) -> int:
               "runs": runs}
     md = markdown(result)
     print(md)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(md)
+    write_result(args.json, result)
+    write_result(args.markdown, md)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Provenance stamped into every benchmark JSON: machine, device, versions, git commit, date."""
+"""Provenance stamped into every benchmark JSON (machine, device, versions, git commit, date), and the one writer
+of benchmark result files."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import datetime as _dt
 import os
 import platform
 import subprocess
+from pathlib import Path
+from typing import Any
 
 
 def cpu_name() -> str:
@@ -68,3 +71,15 @@ def provenance(device: str = "cpu") -> dict:
         with contextlib.suppress(Exception):
             info[mod] = __import__(mod).__version__
     return info
+
+
+def write_result(path: Path | None, data: str | dict[str, Any], indent: int = 2) -> Path | None:
+    """Write a result file, creating its folder: text as it is, anything else as JSON (``default=str``). Nothing
+    when ``path`` is None (the flag was not given)."""
+    import json
+
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else json.dumps(data, indent=indent, default=str) + "\n")
+    return path
