@@ -132,12 +132,9 @@ def _adapt_forever(bundle, crops, ws, stop=None) -> None:
 
 
 def _child(bundle, crops, ws) -> None:
-    import os
+    from training.adapt import become_background_worker
 
-    import torch
-
-    os.nice(10)
-    torch.set_num_threads(1)
+    become_background_worker(1)  # exactly as the calibration worker (default --calibrate-threads 1)
     _adapt_forever(bundle, crops, ws)
 
 

@@ -189,28 +189,36 @@ class _Cancelled(Exception):
     pass
 
 
+def become_background_worker(threads: int) -> None:
+    """Settings of the calibration worker process (and of the benchmark that measures its cost): ignore a terminal's
+    Ctrl-C (the parent stops the worker), nice +10 so the live stream keeps the CPU and this process takes what is
+    left, and ``threads`` torch CPU threads (0: leave torch's setting)."""
+    import contextlib
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(os, "nice"):
+        with contextlib.suppress(OSError):
+            os.nice(10)
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
 def _calibration_child(conn: Any, payload: bytes, cfg: CalibrationConfig, device: str, export_dir: str | None,
                        export_precision: str) -> None:
     """The calibration worker process: adapt the bundle's generator on the pairs (``payload``: the bundle, crops and
     latents, ``torch.save``d by the parent), optionally export the adapted bundle to ONNX, and send
     ``("progress", p)`` … ``("done", result)`` (or ``("error", msg)``) over ``conn``."""
-    import contextlib
-    import os
-    import signal
     import warnings
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the stream; the parent stops us
     warnings.filterwarnings("ignore")
-    if hasattr(os, "nice"):
-        with contextlib.suppress(OSError):
-            os.nice(10)  # the live stream in the parent keeps the CPU; this process takes what is left
+    become_background_worker(max(1, cfg.threads) if device == "cpu" else 0)
     try:
         import io
 
         data = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)  # our own parent's bytes
         bundle, crops, ws, held = data["bundle"], data["crops"], data["ws"], data["held"]
-        if device == "cpu":
-            torch.set_num_threads(max(1, cfg.threads))
         dev = torch.device(device)
         bundle.generator.to(dev)
         crops, ws = crops.to(dev), ws.to(dev)
