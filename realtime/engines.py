@@ -657,24 +657,17 @@ def engine_like(like: Engine, bundle: Bundle, model_dir: str | os.PathLike | Non
     the same backend, device and precision as ``like``, for one stream.
 
     torch: a new :class:`TorchEngine` (the encoders are the same modules, the generator is the new one). onnx: from
-    ``model_dir`` when the bundle was exported there already (the calibration worker does that), else exported into
-    a temporary folder (≈ 15 s for the default bundle on CPU) that is removed once ONNX Runtime has loaded the
-    models. tensorrt / triton: rebuilding TensorRT engines takes minutes and a Triton repository lives on the
+    ``model_dir``, where the bundle has been exported already (the calibration worker does that, off the serving
+    process). tensorrt / triton: rebuilding TensorRT engines takes minutes and a Triton repository lives on the
     server, so these streams run the torch engine on the same device instead (logged)."""
     backend, opts = getattr(like, "recipe", ("torch", {}))
     device = str(like.device)
     precision = getattr(like, "precision", "auto")
     opts = {k: v for k, v in opts.items() if k not in ("threads", "model_dir", "progress")}  # threads: process-wide
     if backend == "onnx":
-        if model_dir is not None:
-            return make_engine(bundle, "onnx", device=device, precision=precision, model_dir=model_dir, **opts)
-        import tempfile
-
-        from export.onnx import export_bundle
-
-        with tempfile.TemporaryDirectory(prefix="stylestream-onnx-") as d:
-            export_bundle(bundle, d, precision=precision)
-            return make_engine(bundle, "onnx", device=device, precision=precision, model_dir=d, **opts)
+        if model_dir is None:
+            raise ValueError("engine_like for an onnx engine needs the folder the bundle was exported to")
+        return make_engine(bundle, "onnx", device=device, precision=precision, model_dir=model_dir, **opts)
     if backend != "torch":
         log.warning("%s backend: a calibrated stream runs the torch engine on %s (engines are not rebuilt live)",
                     backend, device)
