@@ -43,10 +43,10 @@ def timeline(args: argparse.Namespace, path: str) -> dict:
     from benchmarks.bench_pipeline import _bundle
     from realtime.engines import make_engine
     from realtime.frames import now_ns
+    from realtime.io.sinks import open_sink
+    from realtime.io.sources import open_source
     from realtime.pipeline import FrameProcessor, Pipeline, PipelineConfig
-    from realtime.sinks import open_sink
-    from realtime.sources import open_source
-    from realtime.tracking import FaceTracker, TrackerConfig
+    from realtime.vision.tracking import FaceTracker, TrackerConfig
     from training.adapt import CalibrationConfig
 
     bundle, which = _bundle(args.bundle)

@@ -273,11 +273,10 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from benchmarks.provenance import command_line, write_result
     from models.bundle import load_bundle
     from models.errors import UserError
     from training.losses import load_face_mesh
-
-    from .provenance import command_line, write_result
 
     torch.set_num_threads(max(1, args.threads))
     bundle = load_bundle(args.bundle)

@@ -36,7 +36,7 @@ def mediapipe_landmarks(frames: torch.Tensor, upscale: int = 4) -> list[np.ndarr
     """MediaPipe runtime landmarks [468, 2] in crop pixels (or None) per frame [T, 3, S, S] in [0, 1]."""
     import cv2
 
-    from training.synthetic import detect_landmarks
+    from realtime.io.synthetic import detect_landmarks
 
     imgs = []
     for f in frames:

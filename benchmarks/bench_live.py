@@ -4,7 +4,7 @@
         [--codec h264] [--seconds 10] [--out docs/bench/live-cpu.json]
 
 Starts `stylestream serve --port 0` as a subprocess (its own process, like in production), connects one
-Python aiortc client (realtime/live_client.py) that sends the synthetic ``demo:`` face clip with frame numbers
+Python aiortc client (realtime/server/client.py) that sends the synthetic ``demo:`` face clip with frame numbers
 stamped in a corner, and reads them back from the processed video: **end-to-end latency** = client capture →
 client encode → server decode/track/filter/encode → client decode. The server's own stats (per-stage ms, server
 latency receive→send, encoder and its ms, drops) come over the data channel. Writes JSON (with provenance) and
@@ -61,8 +61,8 @@ def start_server(bundle: Path, codec: str, extra: list[str]) -> tuple[subprocess
 
 async def measure(url: str, width: int, height: int, fps: float, seconds: float, warmup: float,
                   passthrough: bool = False) -> dict[str, Any]:
-    from realtime import rtc_tuning
-    from realtime.live_client import LiveClient, clip_frames
+    from realtime.server import rtc_tuning
+    from realtime.server.client import LiveClient, clip_frames
 
     rtc_tuning.apply(rtc_tuning.RtcTuning(fps=int(fps)))  # the client sends like a browser would (60 fps allowed)
     client = LiveClient(url, clip_frames(width, height, count=30), fps=fps)

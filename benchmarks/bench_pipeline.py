@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _bundle(path: Path | None):
     from models.bundle import load_bundle, new_bundle
-    from realtime.cmd_run import DEFAULT_BUNDLE
+    from realtime.cli.run import DEFAULT_BUNDLE
 
     if path is not None:
         return load_bundle(path), str(path)
@@ -47,10 +47,10 @@ def _bundle(path: Path | None):
 
 def run_once(args: argparse.Namespace, mode: str) -> dict:
     from realtime.engines import make_engine
+    from realtime.io.sinks import open_sink
+    from realtime.io.sources import open_source
     from realtime.pipeline import FrameProcessor, Pipeline, PipelineConfig
-    from realtime.sinks import open_sink
-    from realtime.sources import open_source
-    from realtime.tracking import FaceTracker, TrackerConfig
+    from realtime.vision.tracking import FaceTracker, TrackerConfig
 
     bundle, which = _bundle(args.bundle)
     engine = make_engine(bundle, backend=args.backend, device=args.device, precision=args.precision)
@@ -94,8 +94,8 @@ def render_to_file(spec: str, path: Path) -> None:
     """Write a (synthetic) source to an H.264 file, so the benchmark decodes real video instead of timing the
     synthetic clip generator."""
     from realtime.frames import Output
-    from realtime.sinks import open_sink
-    from realtime.sources import open_source
+    from realtime.io.sinks import open_sink
+    from realtime.io.sources import open_source
 
     with open_source(spec, live=False) as src, \
             open_sink(str(path), width=src.width, height=src.height, fps=src.fps, crf=16) as sink:

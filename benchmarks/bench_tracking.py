@@ -23,10 +23,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from realtime.align import align_crop, align_crops_torch, quad_from_landmarks
-from realtime.composite import face_mask, landmarks_to_crop, paste_back, paste_back_torch
 from realtime.frames import Frame
-from realtime.tracking import FaceTracker, TrackerConfig, track_sequence
+from realtime.vision.align import align_crop, align_crops_torch, quad_from_landmarks
+from realtime.vision.composite import face_mask, landmarks_to_crop, paste_back, paste_back_torch
+from realtime.vision.tracking import FaceTracker, TrackerConfig, track_sequence
 from tests import clips
 
 

@@ -26,10 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from export.onnx import Tapped, example_inputs, export_tapped, model_spec, onnx_filename, read_manifest, tap_points
 from models.bundle import Bundle
 from models.errors import UserError
-
-from .onnx import Tapped, example_inputs, export_tapped, model_spec, onnx_filename, read_manifest, tap_points
 
 # precision → (max_rel, mean_rel) allowed against the float32 torch reference
 TOLERANCES: dict[str, tuple[float, float]] = {
@@ -131,7 +130,7 @@ def trt_runner(path: str | os.PathLike, precision: str, cache_dir: str | os.Path
     """TensorRT engine built from ``path`` (cached); raises UserError where TensorRT or CUDA is missing."""
     import onnx
 
-    from .tensorrt import TrtModel, build_engine, require_tensorrt
+    from export.tensorrt import TrtModel, build_engine, require_tensorrt
 
     trt = require_tensorrt()
     plan = build_engine(path, precision=precision, cache_dir=cache_dir, max_batch=max_batch)
@@ -246,7 +245,7 @@ def run_parity(bundle: Bundle, onnx_dir: str | os.PathLike, runtimes: Iterable[s
                torch_device: str = "cpu", progress: Callable[[str], None] | None = None) -> list[ParityResult]:
     """Check every exported model in ``onnx_dir`` (filtered by ``precisions``/``models``) in each runtime."""
     manifest = read_manifest(onnx_dir)
-    from .onnx import bundle_hash
+    from export.onnx import bundle_hash
 
     if manifest.get("bundle_hash") != bundle_hash(bundle):
         raise UserError(f"{onnx_dir} was exported from a different bundle (hash {manifest.get('bundle_hash', '?')[:12]}"
@@ -352,9 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import json
     import sys
 
+    from export.onnx import bundle_hash, export_bundle
     from models.bundle import load_bundle, new_bundle
-
-    from .onnx import bundle_hash, export_bundle
 
     ap = argparse.ArgumentParser(prog="python -m export.parity", description=main.__doc__)
     src = ap.add_mutually_exclusive_group(required=True)

@@ -57,7 +57,7 @@ def _slug(text: str) -> str:
 def engine_name(onnx_path: str | os.PathLike, precision: str, batches: tuple[int, int, int],
                 device: torch.device | None = None, trt_version: str | None = None) -> str:
     """Cache file name for an engine: model hash + shapes + precision + GPU + TensorRT version."""
-    from .onnx import file_sha256
+    from export.onnx import file_sha256
 
     p = Path(onnx_path)
     stem = p.name.removesuffix(".onnx").split(".")[0]

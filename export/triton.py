@@ -26,10 +26,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from export.onnx import available_models, bundle_hash, export_bundle, onnx_filename, read_manifest
 from models.bundle import Bundle, swap_dir_into_place
 from models.errors import UserError
-
-from .onnx import available_models, bundle_hash, export_bundle, onnx_filename, read_manifest
 
 DEFAULT_PREFIX = "stylestream_"
 

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import BundleError
-from .stylegan2 import GENERATOR_PRESETS, Generator, GeneratorConfig
-from .vit_encoder import ENCODER_PRESETS, FrameEncoder, VideoEncoder, ViTConfig
+from models.errors import BundleError
+from models.stylegan2 import GENERATOR_PRESETS, Generator, GeneratorConfig
+from models.vit_encoder import ENCODER_PRESETS, FrameEncoder, VideoEncoder, ViTConfig
 
 FORMAT_NAME = "stylestream-bundle"
 FORMAT_VERSION = 1
@@ -60,7 +60,7 @@ class Bundle:
         layout = self.generator.layout
         return {
             "crop_size": self.crop_size,  # encoder input side, pixels
-            "alignment": "ffhq",  # FFHQ quad from eye centres and mouth corners (realtime/align.py)
+            "alignment": "ffhq",  # FFHQ quad from eye centres and mouth corners (realtime/vision/align.py)
             "normalisation": "rgb, [-1, 1]",  # (pixel / 127.5) − 1, channels R, G, B
             "output_resolution": self.generator.img_resolution,
             "num_ws": layout.num_ws,

@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UserError
+from models.errors import UserError
 
 KINDS = ("w_direction", "style_channel", "random_identity", "pose_expression", "keep_mouth")
-# Pose/expression parameters (training/synthetic.py ground truth): degrees, then expressions in [0, 1].
+# Pose/expression parameters (realtime/io/synthetic.py ground truth): degrees, then expressions in [0, 1].
 PARAMS = ("yaw", "pitch", "roll", "jaw_open", "smile", "blink", "brow_raise", "pucker")
 # Network input scale: the MLP sees Δparam / PARAM_SCALE (pose in tens of degrees).
 PARAM_SCALE = (10.0, 10.0, 10.0, 1.0, 1.0, 1.0, 1.0, 1.0)

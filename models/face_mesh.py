@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import UserError
-from .tflite import TfliteGraph, fold_dequantize
+from models.errors import UserError
+from models.tflite import TfliteGraph, fold_dequantize
 
 LANDMARK_MODEL = "modules/face_landmark/face_landmark.tflite"
 DETECTOR_MODEL = "modules/face_detection/face_detection_short_range.tflite"
@@ -68,7 +68,7 @@ def mediapipe_model_path(rel: str) -> Path:
 
 def load_graph(rel: str) -> TfliteGraph:
     """Read one of the wheel's .tflite models through models.legacy (the only foreign-checkpoint reader)."""
-    from .legacy import read_tflite
+    from models.legacy import read_tflite
 
     return read_tflite(mediapipe_model_path(rel))
 

@@ -21,8 +21,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from . import ops
-from .latents import StyleLayer, WPlusLayout, num_ws_for, style_layers
+from models import ops
+from models.latents import StyleLayer, WPlusLayout, num_ws_for, style_layers
 
 NoiseMode = Literal["const", "random", "none"]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CheckpointError
+from models.errors import CheckpointError
 
 # TensorType enum -> numpy dtype (None: not supported by this reader).
 TENSOR_TYPES: dict[int, tuple[str, Any]] = {

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .latents import WPlusLayout
+from models.latents import WPlusLayout
 
 
 @dataclass

@@ -214,7 +214,7 @@ class OracleLandmarks:
         self.rng = np.random.default_rng(self.seed)
 
     def process(self, image: np.ndarray) -> list:
-        from realtime.tracking import FaceObservation
+        from realtime.vision.tracking import FaceObservation
 
         m = self.matrices[min(self.i, len(self.matrices) - 1)]
         self.i += 1
@@ -237,7 +237,7 @@ class OracleLandmarks:
 
 def true_quads(matrices: np.ndarray) -> np.ndarray:
     """FFHQ quads [T, 4, 2] of the ground-truth mesh."""
-    from realtime.align import quad_from_landmarks
+    from realtime.vision.align import quad_from_landmarks
 
     return np.stack([quad_from_landmarks(true_landmarks(m)) for m in matrices]).astype(np.float64)
 

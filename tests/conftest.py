@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
 
-# In-process CLI calls must not re-route stderr (pytest's capture owns it); see realtime/mediapipe_runtime.py.
+# In-process CLI calls must not re-route stderr (pytest's capture owns it); see realtime/vision/mediapipe_runtime.py.
 os.environ.setdefault("STYLESTREAM_MEDIAPIPE_LOGS", "1")
 # One intra-op thread: the pipeline's stages already run on parallel threads, and on the shared 2-core machines
 # torch's 2-thread pool ran 10-50x slower under contention (measured by three of our benchmarks).

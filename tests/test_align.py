@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from realtime.align import (
+from realtime.vision.align import (
     EYE_LEFT_IDX,
     EYE_RIGHT_IDX,
     align_crop,
@@ -144,7 +144,7 @@ def test_torch_path_is_batched() -> None:
 
 def test_alignment_recovers_known_motion(tmp_path, record_property) -> None:
     """Real MediaPipe on a PyAV clip with known pan + rotation + zoom: crop error in px at 256."""
-    from realtime.tracking import FaceTracker, TrackerConfig, track_sequence
+    from realtime.vision.tracking import FaceTracker, TrackerConfig, track_sequence
 
     clip = clips.make_clip(tmp_path / "moving.mp4", clips.moving_motion(40))
     truth = clips.true_quads(clip.matrices)
@@ -169,8 +169,8 @@ def test_alignment_recovers_known_motion(tmp_path, record_property) -> None:
 
 
 def test_align_stage_helper() -> None:
-    from realtime.align import AlignConfig, align
     from realtime.frames import Frame, Track
+    from realtime.vision.align import AlignConfig, align
 
     m = clips.similarity(0.0, 1.2)
     frame = Frame(clips.render(m[None])[0], 0)

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import pytest
 
-from realtime.live_client import clip_frames
+from realtime.server.client import clip_frames
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 

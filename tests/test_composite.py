@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from realtime.align import align_crop, align_crops_torch, apply_affine, quad_from_landmarks
-from realtime.composite import (
+from realtime.frames import Crop, Frame, Track
+from realtime.vision.align import align_crop, align_crops_torch, apply_affine, quad_from_landmarks
+from realtime.vision.composite import (
     CompositeConfig,
     Compositor,
     FaceHold,
@@ -19,7 +20,6 @@ from realtime.composite import (
     paste_back_torch,
     skin_region,
 )
-from realtime.frames import Crop, Frame, Track
 
 import clips  # tests/ is on sys.path (tests/conftest.py), so this works under `pytest` and `python -m pytest`
 
@@ -166,7 +166,7 @@ def test_frames_without_a_face_come_out_unchanged() -> None:
 
 def test_face_leaving_and_reentering_fades(tmp_path) -> None:
     """Real tracking on a PyAV clip; an inverting "generator"; no exception, hold, fade out, fade in."""
-    from realtime.tracking import FaceTracker
+    from realtime.vision.tracking import FaceTracker
 
     clip = clips.make_clip(tmp_path / "exit.mp4", clips.exit_motion(44, away_frames=14))
     comp = Compositor(CompositeConfig(hold_s=0.1, fade_out_s=0.1, fade_in_s=0.1))
@@ -194,7 +194,7 @@ def test_face_leaving_and_reentering_fades(tmp_path) -> None:
 
 
 def test_person_segmentation_keeps_the_background_out() -> None:
-    from realtime.composite import PersonSegmenter, _crop_uint8
+    from realtime.vision.composite import PersonSegmenter, _crop_uint8
 
     frame, track, crop = _scene()
     seg = PersonSegmenter()

@@ -268,7 +268,7 @@ def test_pose_expression_network_trains_down_on_a_tiny_case():
 
 
 def test_face_measures_follow_the_synthetic_ground_truth():
-    synthetic = pytest.importorskip("training.synthetic")
+    synthetic = pytest.importorskip("realtime.io.synthetic")
     try:
         clip = synthetic.SyntheticClip(synthetic.SynthConfig(seed=3, seconds=1.0))
     except UserError as exc:  # MediaPipe missing

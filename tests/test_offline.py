@@ -88,9 +88,9 @@ def test_eye_mask_and_eye_term_only_see_the_eyes() -> None:
 @pytest.fixture(scope="module")
 def clip() -> tuple[object, torch.Tensor]:
     from models.bundle import load_bundle
-    from realtime.align import align_crop
-    from realtime.sources import open_source
-    from realtime.tracking import track_sequence
+    from realtime.io.sources import open_source
+    from realtime.vision.align import align_crop
+    from realtime.vision.tracking import track_sequence
 
     if not (BUNDLE / "bundle.json").exists():
         pytest.skip("default bundle missing")
@@ -160,7 +160,7 @@ def test_expression_optimisation_pulls_lips_to_target(clip: tuple[object, torch.
 
 # ------------------------------------------------------------------------------------------------ CLI
 def _write_portrait_clip(path: Path, seconds: float = 0.6, fps: int = 10) -> int:
-    from realtime.sources import open_source
+    from realtime.io.sources import open_source
     from tests.media import _add_audio, _write_audio
 
     with open_source(f"demo:portrait?seconds={seconds}&fps={fps}&seed=9104&size=320x240") as src:

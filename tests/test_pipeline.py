@@ -188,9 +188,9 @@ def test_resolution_change_mid_stream_keeps_going(tmp_path, tiny_bundle, capsys)
 
 def test_overload_drops_frames_and_keeps_latency_bounded(tiny_bundle):
     from models.bundle import load_bundle
-    from realtime.sinks import open_sink
-    from realtime.sources import open_source
-    from realtime.tracking import FaceTracker, TrackerConfig
+    from realtime.io.sinks import open_sink
+    from realtime.io.sources import open_source
+    from realtime.vision.tracking import FaceTracker, TrackerConfig
 
     eng = _CountingEngine(load_bundle(tiny_bundle), device="cpu", delay_s=0.15)
     proc = FrameProcessor(eng, PipelineConfig(queue_size=1))

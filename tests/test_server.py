@@ -24,12 +24,13 @@ import torch
 from models.bundle import load_bundle, new_bundle
 from models.editing import EditSpec, EditStack, tensor_key
 from models.errors import UserError
-from realtime import cli, rtc_tuning
-from realtime.cmd_serve import make_factories
+from realtime import cli
+from realtime.cli.serve import make_factories
 from realtime.engines import make_engine
-from realtime.live_client import LiveClient, clip_frames, read_stamp, stamp_i420
 from realtime.pipeline import FrameProcessor, PipelineConfig
-from realtime.server import LiveServer, ServeConfig, check_bind, parse_ice_server, run_server
+from realtime.server import rtc_tuning
+from realtime.server.app import LiveServer, ServeConfig, check_bind, parse_ice_server, run_server
+from realtime.server.client import LiveClient, clip_frames, read_stamp, stamp_i420
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -444,7 +445,7 @@ def test_peer_that_never_connects_is_freed(tiny):
     """An offer whose peer never completes ICE holds its slot only until --connect-timeout."""
     from aiortc import RTCConfiguration, RTCPeerConnection
 
-    from realtime.live_client import StampedTrack
+    from realtime.server.client import StampedTrack
 
     async def main() -> None:
         async with serving(tiny, connect_timeout_s=1.5, max_sessions=1) as (server, url), \

@@ -18,8 +18,8 @@ import pyvirtualcam
 
 from models.errors import UserError
 from realtime.frames import Frame, Output
-from realtime.sinks import fit_image, open_sink
-from realtime.sources import open_source
+from realtime.io.sinks import fit_image, open_sink
+from realtime.io.sources import open_source
 
 from media import pattern_frame, probe, write_clip, write_resolution_change
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from models.errors import UserError
-from realtime.sources import open_source, register_demo_generator
+from realtime.io.sources import open_source, register_demo_generator
 
 from media import (
     pattern_frame,

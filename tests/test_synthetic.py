@@ -1,4 +1,4 @@
-"""training/synthetic.py: determinism, ground truth vs image (MediaPipe), expressions, pose signs, timing."""
+"""realtime/io/synthetic.py: determinism, ground truth vs image (MediaPipe), expressions, pose signs, timing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from training.synthetic import (
+from realtime.io.synthetic import (
     BROW_L,
     BROW_R,
     EXPRESSIONS,
@@ -41,7 +41,7 @@ def _small(seed: int = 0, **kw) -> SynthConfig:
 
 
 def _iod(lm: np.ndarray) -> float:
-    from training.synthetic import _face_frame
+    from realtime.io.synthetic import _face_frame
 
     return _face_frame(lm.astype(np.float64))[3]
 
@@ -262,8 +262,7 @@ def test_pose_yaw_sign_seen_by_mediapipe(portraits):
 
 # ---------------------------------------------------------------------------------------------- demo
 def test_register_demo_makes_demo_portrait_a_source(portraits, monkeypatch):
-    from realtime import sources
-    from training import synthetic
+    from realtime.io import sources, synthetic
 
     monkeypatch.setattr(synthetic, "_astronaut", lambda: portraits[0])
     monkeypatch.setattr(sources, "DEMO_GENERATORS", dict(sources.DEMO_GENERATORS))

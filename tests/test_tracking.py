@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from models.errors import UserError
-from realtime.align import quad_size
 from realtime.frames import Frame, Track
-from realtime.tracking import (
+from realtime.vision.align import quad_size
+from realtime.vision.tracking import (
     FaceTracker,
     OneEuroFilter,
     TrackerConfig,

@@ -31,10 +31,9 @@ import torch.nn.functional as F
 from models.bundle import Bundle, estimate_w_avg, load_bundle
 from models.stylegan2 import GENERATOR_PRESETS, Generator, GeneratorConfig
 from models.vit_encoder import ENCODER_PRESETS, FrameEncoder, VideoEncoder, ViTConfig
-
-from . import common
-from .data import CropSet, load_crops
-from .losses import L2Loss, LandmarkLoss, LatentLoss, RandomConvPerceptual, SSIMLoss, load_face_mesh
+from training import common
+from training.data import CropSet, load_crops
+from training.losses import L2Loss, LandmarkLoss, LatentLoss, RandomConvPerceptual, SSIMLoss, load_face_mesh
 
 log = logging.getLogger("stylestream.train")
 
@@ -158,7 +157,7 @@ def train_autoencoder(cfg: AutoencodeConfig, command: str = "") -> Path:
     opt_e = torch.optim.Adam(fren.parameters(), lr=cfg.lr_e, betas=(0.9, 0.99), eps=1e-8)
     disc = opt_d = None
     if cfg.adv > 0:
-        from .networks import Discriminator
+        from training.networks import Discriminator
 
         disc = Discriminator(size).to(device).train()
         common.broadcast_params([disc], d)

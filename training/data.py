@@ -2,12 +2,12 @@
 
 Two kinds of data feed the training loops:
 
-* :class:`CropSet` — FFHQ-aligned crops (``realtime/align.py``) cut from video clips, with the clip id and frame
+* :class:`CropSet` — FFHQ-aligned crops (``realtime/vision/align.py``) cut from video clips, with the clip id and frame
   index of every crop (so consecutive-frame pairs can be drawn for ViEN) and, where the clip carries ground truth,
   the 468 face-mesh landmarks in crop pixels. Clips come from *specs*:
 
-  ``synthetic:seed=3,frames=120``  training/synthetic.py clips (ground-truth landmarks; needs that module)
-  ``demo:astronaut?seconds=8&seed=1``  any ``realtime/sources.py`` spec (demo clips, files, URLs); landmarks and
+  ``synthetic:seed=3,frames=120``  realtime/io/synthetic.py clips (ground-truth landmarks; needs that module)
+  ``demo:astronaut?seconds=8&seed=1``  any ``realtime/io/sources.py`` spec (demo clips, files, URLs); landmarks and
                                    the crop quad come from the MediaPipe tracker (``track_sequence``)
   ``/path/to/folder``              every video file in the folder (tracked like a file source); a folder of
                                    images only is taken as one clip of *already aligned* crops (sorted by name,
@@ -121,7 +121,7 @@ def concat(sets: Sequence[CropSet]) -> CropSet:
 
 def _to_crop_landmarks(landmarks: np.ndarray, to_frame: np.ndarray) -> np.ndarray:
     """Frame-pixel landmarks [468, 3] → crop pixels (x, y by the inverse affine; z scaled like x)."""
-    from realtime.align import apply_affine, invert_affine
+    from realtime.vision.align import apply_affine, invert_affine
 
     inv = invert_affine(to_frame)
     xy = apply_affine(inv, landmarks[:, :2])
@@ -132,7 +132,7 @@ def _to_crop_landmarks(landmarks: np.ndarray, to_frame: np.ndarray) -> np.ndarra
 def crops_from_frames(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndarray | None], size: int,
                       clip_id: int = 0) -> CropSet:
     """Align every frame that has landmarks. frames: [H, W, 3] uint8; landmarks: [468, 3] frame pixels or None."""
-    from realtime.align import align_crop, quad_from_landmarks
+    from realtime.vision.align import align_crop, quad_from_landmarks
 
     imgs, idx, lms = [], [], []
     for i, (img, lm) in enumerate(zip(frames, landmarks, strict=True)):
@@ -152,9 +152,9 @@ def crops_from_frames(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndarr
 
 
 def crops_from_source(spec: str, size: int, max_frames: int | None = None, clip_id: int = 0) -> CropSet:
-    """Open a ``realtime/sources.py`` spec, track it with MediaPipe and align every tracked frame."""
-    from realtime.sources import open_source
-    from realtime.tracking import track_sequence
+    """Open a ``realtime/io/sources.py`` spec, track it with MediaPipe and align every tracked frame."""
+    from realtime.io.sources import open_source
+    from realtime.vision.tracking import track_sequence
 
     frames = []
     with open_source(spec, live=False, realtime=False) as src:
@@ -178,14 +178,14 @@ def _parse_kv(text: str) -> dict[str, str]:
 
 
 def crops_from_synthetic(options: dict[str, str], size: int, clip_id: int = 0) -> CropSet:
-    """A training/synthetic.py clip (ground-truth landmarks). Options: ``frames`` (default 120), ``portraits``
+    """A realtime/io/synthetic.py clip (ground-truth landmarks). Options: ``frames`` (default 120), ``portraits``
     (folder), and any SynthConfig field (seed, max_yaw, jpeg, ...)."""
     import dataclasses
 
     try:
-        from training import synthetic
+        from realtime.io import synthetic
     except ImportError as exc:
-        raise UserError(f"synthetic: data needs training/synthetic.py ({exc})") from None
+        raise UserError(f"synthetic: data needs realtime/io/synthetic.py ({exc})") from None
     opts = dict(options)
     frames = int(opts.pop("frames", "120"))
     folder = opts.pop("portraits", None)

@@ -2,7 +2,7 @@
 
 Routes, all fitted by :func:`fit_edits` (``stylestream edits fit``):
 
-* **Supervised** (:func:`supervised_directions`): synthetic clips (training/synthetic.py) have exact pose and
+* **Supervised** (:func:`supervised_directions`): synthetic clips (realtime/io/synthetic.py) have exact pose and
   expression parameters; their aligned crops are encoded by the bundle's FrEN and W+ is regressed on *all*
   parameters at once (multi-output linear model ``W ≈ μ + B·y``). Row k of B is the mean change of W per unit
   of parameter k *with the other parameters held fixed* — the regression itself orthogonalises an expression
@@ -172,9 +172,9 @@ def encode_synthetic(bundle: Any, seeds: Sequence[int], frames: int, *, randomiz
     randomize: replace each frame's expression by :func:`random_expression` (pose, camera and photometrics stay
     the clip's own). Held-out measurement uses the natural trajectories (randomize=False).
     """
-    from realtime.align import align_crop, quad_from_landmarks
+    from realtime.io.synthetic import SynthConfig, SyntheticClip
+    from realtime.vision.align import align_crop, quad_from_landmarks
     from training.data import _to_crop_landmarks
-    from training.synthetic import SynthConfig, SyntheticClip
 
     if bundle.fren is None:
         raise ValueError("the bundle has no FrEN to encode with")
@@ -663,7 +663,7 @@ def fit_edits(bundle: Any, cfg: FitConfig, mesh: Mesh | None, command: str = "")
     """Fit every edit on ``bundle`` → (specs, tensors for Bundle.extra, report). mesh: the differentiable
     face mesh on crops (training.losses.load_face_mesh); without it the InterFaceGAN route, route choice,
     StyleSpace attribution on renders and keep_mouth are skipped."""
-    from .pose_expression import PETrainConfig, train_pose_expression
+    from training.pose_expression import PETrainConfig, train_pose_expression
 
     t0 = time.time()
     g = bundle.generator

@@ -160,9 +160,9 @@ def optimise_expression(g: Any, ws_edit: torch.Tensor, lip_target: torch.Tensor,
 
 # ------------------------------------------------------------------------------------------------ measurement
 def _clip_crops(spec: str, bundle: Any) -> torch.Tensor:
-    from realtime.align import align_crop
-    from realtime.sources import open_source
-    from realtime.tracking import track_sequence
+    from realtime.io.sources import open_source
+    from realtime.vision.align import align_crop
+    from realtime.vision.tracking import track_sequence
 
     with open_source(spec, live=False) as src:
         frames = list(src)
@@ -175,9 +175,9 @@ def _ground_truth_crop_landmarks(spec: str, frames: list[Any], keep: list[int], 
                                  ) -> torch.Tensor | None:
     """Ground-truth landmarks [N, 468, 3] in crop px of a ``demo:portrait`` clip's frames ``keep`` (None for other
     inputs or when the regenerated clip does not match the decoded frames)."""
-    from realtime.sources import DemoOptions, parse_demo_spec
+    from realtime.io.sources import DemoOptions, parse_demo_spec
+    from realtime.io.synthetic import SyntheticClip, _config_from_demo
     from training.data import _to_crop_landmarks
-    from training.synthetic import SyntheticClip, _config_from_demo
 
     if not spec.startswith("demo:"):
         return None
@@ -224,9 +224,9 @@ def measure_offline(spec: str, bundle_path: str, adapt_iters: int = 1000, expr_i
     change), timings per phase. ``strip``: write a side-by-side PNG there."""
     from models.bundle import load_bundle
     from models.editing import EditStack
-    from realtime.align import align_crop
-    from realtime.sources import open_source
-    from realtime.tracking import track_sequence
+    from realtime.io.sources import open_source
+    from realtime.vision.align import align_crop
+    from realtime.vision.tracking import track_sequence
     from training.adapt import AdaptConfig, adapt_generator, edit_response, invert_crops, reconstruction
     from training.directions import face_measures
     from training.losses import load_face_mesh

@@ -59,7 +59,7 @@ def _pairs(data: Any, gap: int, long_gap: int = 0) -> tuple[torch.Tensor, torch.
 def pair_losses(g: Any, net: PoseExpressionNet, data: Any, a: torch.Tensor, b: torch.Tensor,
                 mesh: Any | None) -> dict[str, torch.Tensor]:
     """Losses of pairs (a → b): recon (L2 vs frame b's crop), landmark (px, crop side units ×size), latent."""
-    from .losses import LandmarkLoss
+    from training.losses import LandmarkLoss
 
     scale = torch.tensor(PARAM_SCALE)
     dp = (data.params[b] - data.params[a]) / scale

@@ -33,10 +33,9 @@ import torch.nn.functional as F
 
 from models.bundle import Bundle, load_bundle
 from models.vit_encoder import FrameEncoder, VideoEncoder
-
-from . import common
-from .data import CropSet, load_crops, smooth_ws_trajectories
-from .losses import L2Loss, LandmarkLoss, LatentLoss, MeshLoss, RandomConvPerceptual, SSIMLoss, load_face_mesh
+from training import common
+from training.data import CropSet, load_crops, smooth_ws_trajectories
+from training.losses import L2Loss, LandmarkLoss, LatentLoss, MeshLoss, RandomConvPerceptual, SSIMLoss, load_face_mesh
 
 log = logging.getLogger("stylestream.train")
 
@@ -89,7 +88,7 @@ class EncoderTrainer:
         self.g = b.generator.to(device).eval().requires_grad_(False)
         torch.manual_seed(cfg.seed)
         if b.fren is None or cfg.reinit_fren:
-            from .autoencode import parse_encoder
+            from training.autoencode import parse_encoder
 
             ecfg = b.fren.cfg if b.fren is not None else parse_encoder("tiny", self.g.img_resolution)
             self.fren = FrameEncoder(ecfg, self.g.layout)

@@ -28,11 +28,10 @@ import torch.nn.functional as F
 
 from models.bundle import Bundle, estimate_w_avg, load_bundle
 from models.stylegan2 import Generator
-
-from . import common
-from .autoencode import parse_generator
-from .data import load_crops
-from .networks import Discriminator
+from training import common
+from training.autoencode import parse_generator
+from training.data import load_crops
+from training.networks import Discriminator
 
 log = logging.getLogger("stylestream.train")
 

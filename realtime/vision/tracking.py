@@ -28,9 +28,9 @@ import cv2
 import numpy as np
 
 from models.errors import UserError
-from realtime.align import EYE_LEFT_IDX, EYE_RIGHT_IDX, quad_from_landmarks, quad_size
 from realtime.frames import Frame, Track
-from realtime.mediapipe_runtime import quiet_native_stderr
+from realtime.vision.align import EYE_LEFT_IDX, EYE_RIGHT_IDX, quad_from_landmarks, quad_size
+from realtime.vision.mediapipe_runtime import quiet_native_stderr
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class LandmarkSource(Protocol):
 
 
 def _import_mediapipe():  # noqa: ANN202 - returns modules
-    from .mediapipe_runtime import import_mediapipe, quiet_native_stderr
+    from realtime.vision.mediapipe_runtime import import_mediapipe, quiet_native_stderr
 
     import_mediapipe()
     try:
@@ -246,7 +246,7 @@ class MediaPipeLandmarks:
             [[scale, 0.0, face.cx - face.side * 0.5 + 0.5 * scale - 0.5],
              [0.0, scale, face.cy - face.side * 0.5 + 0.5 * scale - 0.5]]
         )
-        from realtime.align import warp_to_crop
+        from realtime.vision.align import warp_to_crop
 
         roi = warp_to_crop(image, m, s, antialias=True, border=cv2.BORDER_CONSTANT)
         res = face.graph.process({"image": roi})

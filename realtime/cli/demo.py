@@ -39,8 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _render_input(spec: str, path: Path) -> Any:
     from realtime.frames import Output
-    from realtime.sinks import open_sink
-    from realtime.sources import open_source
+    from realtime.io.sinks import open_sink
+    from realtime.io.sources import open_source
 
     with open_source(spec, live=False) as src, \
             open_sink(str(path), width=src.width, height=src.height, fps=src.fps, crf=14) as sink:
@@ -53,9 +53,9 @@ def _crop_fidelity(bundle: Any, frames: list[np.ndarray], max_frames: int = 48) 
     reconstructions with the crops: PSNR, SSIM and temporal consistency (Video2StyleGAN TC, ±3 neighbours)."""
     import torch
 
-    from realtime.align import align_crop
     from realtime.frames import Frame
-    from realtime.tracking import FaceTracker, TrackerConfig
+    from realtime.vision.align import align_crop
+    from realtime.vision.tracking import FaceTracker, TrackerConfig
     from training.losses import ssim
 
     crops = []
@@ -136,8 +136,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from models.editing import EditStack
-
-    from . import cmd_run
+    from realtime.cli import run as cmd_run
 
     console = Console(stderr=True)
     out: Path = args.output

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Literal
 import cv2
 import numpy as np
 
-from realtime.align import apply_affine, invert_affine
 from realtime.frames import Crop, Frame, Output, Track
+from realtime.vision.align import apply_affine, invert_affine
 
 if TYPE_CHECKING:
     import torch
@@ -162,7 +162,7 @@ class PersonSegmenter:
     def __init__(self) -> None:
         import warnings
 
-        from .mediapipe_runtime import import_mediapipe, quiet_native_stderr
+        from realtime.vision.mediapipe_runtime import import_mediapipe, quiet_native_stderr
 
         import_mediapipe()
         with warnings.catch_warnings(), quiet_native_stderr():  # "label() is deprecated" + start-up lines
@@ -175,7 +175,7 @@ class PersonSegmenter:
     def __call__(self, crop_rgb: np.ndarray) -> np.ndarray:
         """crop_rgb [N, N, 3] uint8 → [N, N] float32 in [0, 1]."""
         if self._first:
-            from .mediapipe_runtime import quiet_native_stderr
+            from realtime.vision.mediapipe_runtime import quiet_native_stderr
 
             self._first = False
             with quiet_native_stderr():
@@ -307,7 +307,7 @@ def paste_back_torch(frames: torch.Tensor, faces: torch.Tensor, to_frame: np.nda
     import torch
     import torch.nn.functional as F
 
-    from realtime.align import affine_grid_pixels
+    from realtime.vision.align import affine_grid_pixels
 
     b, _, h, w = frames.shape
     n = faces.shape[-1]

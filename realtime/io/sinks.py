@@ -57,7 +57,7 @@ import numpy as np
 
 from models.errors import UserError
 from realtime.frames import Output, now_ns
-from realtime.sources import Source, _one_line, _Pacer
+from realtime.io.sources import Source, _one_line, _Pacer
 
 log = logging.getLogger(__name__)
 

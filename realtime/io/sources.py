@@ -18,7 +18,7 @@ Specs
   reconnects (later connections are shifted to continue one frame after the last frame).
 - ``demo:`` / ``demo:NAME?seconds=5&fps=30&size=640x480&seed=0&realtime=1``: a synthetic face clip made
   by a generator registered with :func:`register_demo_generator`: ``portrait`` (the default; the synthetic
-  talking head of ``training/synthetic.py``: expressions, head pose, lighting, camera noise) or ``astronaut``
+  talking head of ``realtime/io/synthetic.py``: expressions, head pose, lighting, camera noise) or ``astronaut``
   (a cheap similarity-motion clip, :func:`astronaut_clip`); ``seconds=inf`` runs forever. Deterministic by seed.
 
 Decisions (documented so the pipeline and the CLI can rely on them)
@@ -563,7 +563,7 @@ class DemoOptions:
 
 DemoGenerator = Callable[[DemoOptions], Iterator[np.ndarray]]  # yields [H, W, 3] uint8 RGB frames
 DEMO_GENERATORS: dict[str, DemoGenerator] = {}
-DEFAULT_DEMO = "portrait"  # `demo:` with no name: the synthetic talking head of training/synthetic.py
+DEFAULT_DEMO = "portrait"  # `demo:` with no name: the synthetic talking head of realtime/io/synthetic.py
 
 
 def register_demo_generator(name: str, generator: DemoGenerator) -> None:
@@ -648,7 +648,7 @@ class DemoSource(Source):
     def __init__(self, spec: str, name: str, opt: DemoOptions, *, live: bool | None, realtime: bool | None):
         super().__init__()
         if name == "portrait" and name not in DEMO_GENERATORS:
-            from training.synthetic import register_demo  # imported on first use: it needs MediaPipe
+            from realtime.io.synthetic import register_demo  # imported on first use: it needs MediaPipe
 
             register_demo(default=False)
         if name not in DEMO_GENERATORS:

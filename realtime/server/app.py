@@ -19,7 +19,7 @@ threads with the overrides of :mod:`realtime.rtc_tuning`.
 HTTP endpoints (all JSON errors are ``{"error": "..."}``):
 
 ========  ===========  =========================================================================================
-GET       /            the page (``realtime/web/index.html``, ``app.js``, ``style.css``)
+GET       /            the page (``realtime/server/web/index.html``, ``app.js``, ``style.css``)
 GET       /config      mode, ICE servers, edits, whether a token is needed (token required when one is set)
 POST      /offer       ``{"sdp": "...", "type": "offer", "token"?: "..."}`` → ``{"sdp", "type": "answer", "session"}``;
                        400 malformed/oversized, 401 wrong token, 503 when ``max_sessions`` are running
@@ -69,10 +69,9 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import VIDEO_TIME_BASE, MediaStreamError, MediaStreamTrack
 
 from models.errors import UserError
-
-from . import rtc_tuning
-from .frames import Frame, Track, now_ns
-from .pipeline import CLOSED, FrameProcessor, StageQueue, StreamState
+from realtime.frames import Frame, Track, now_ns
+from realtime.pipeline import CLOSED, FrameProcessor, StageQueue, StreamState
+from realtime.server import rtc_tuning
 
 log = logging.getLogger(__name__)
 
@@ -751,7 +750,7 @@ class LiveServer:
         loop.set_default_executor(self._executor)
         self._monitor = asyncio.ensure_future(self._watch_loop())
         if self.config.source:
-            from .sources import open_source as default_open
+            from realtime.io.sources import open_source as default_open
 
             opener = self._open_source or _live_opener(default_open)
             self.broadcast = Broadcast(self.config.source, self.make_processor(), self.make_tracker, opener, loop)
@@ -926,7 +925,7 @@ def _spec_json(s: Any) -> dict[str, Any]:
 
 
 def _live_opener(open_source: Callable[..., Any]) -> Callable[[str], Any]:
-    from .sources import paced_like_a_camera
+    from realtime.io.sources import paced_like_a_camera
 
     def opener(spec: str) -> Any:
         return open_source(spec, live=True, realtime=True if paced_like_a_camera(spec) else None)

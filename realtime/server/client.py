@@ -87,7 +87,7 @@ def read_stamp(luma: np.ndarray) -> int | None:
 def clip_frames(width: int, height: int, count: int = 30, seed: int = 0, still: bool = False) -> list[np.ndarray]:
     """``count`` frames of the ``demo:`` astronaut clip at ``width``×``height`` as RGB arrays (looped by the
     track); ``still``: the first frame repeated (for tests that compare outputs)."""
-    from .sources import open_source
+    from realtime.io.sources import open_source
 
     n = 1 if still else count
     with open_source(f"demo:?seconds={n / 30 + 0.5:g}&fps=30&size={width}x{height}&seed={seed}") as src:

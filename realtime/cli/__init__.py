@@ -13,17 +13,17 @@ import sys
 
 # (name, module, one-line help). Order is the order shown in --help.
 SUBCOMMANDS: list[tuple[str, str, str]] = [
-    ("demo", "realtime.cmd_demo", "the whole filter on a synthetic clip with the default bundle → demo_out/"),
-    ("run", "realtime.cmd_run", "filter a video file or stream into a file/URL (progress bar, summary)"),
-    ("camera", "realtime.cmd_camera", "filter a live source (webcam, stream) into a virtual camera or URL"),
-    ("serve", "realtime.cmd_serve", "live WebRTC server: browser page, webcam in, filtered video out (or --source)"),
-    ("import-weights", "realtime.cmd_weights", "convert an official StyleGAN2 .pkl / rosinality .pt into a bundle"),
-    ("info", "realtime.cmd_info", "describe a bundle (configs, parameter counts, what is trained)"),
-    ("bench", "realtime.cmd_bench", "measure: `bench models`, `bench pipeline` (speed), `bench fidelity`"),
-    ("export", "realtime.cmd_export", "export the networks to ONNX / TensorRT / a Triton model repository"),
-    ("train", "realtime.cmd_train", "train a generator and encoders: `train autoencode|generator|encoder`"),
-    ("edits", "realtime.cmd_edits", "fit, list and measure a bundle's edits: `edits fit|list|measure`"),
-    ("edit", "realtime.cmd_edit", "offline high-quality edit of a clip: adapt, edit, keep expressions, paste back"),
+    ("demo", "realtime.cli.demo", "the whole filter on a synthetic clip with the default bundle → demo_out/"),
+    ("run", "realtime.cli.run", "filter a video file or stream into a file/URL (progress bar, summary)"),
+    ("camera", "realtime.cli.camera", "filter a live source (webcam, stream) into a virtual camera or URL"),
+    ("serve", "realtime.cli.serve", "live WebRTC server: browser page, webcam in, filtered video out (or --source)"),
+    ("import-weights", "realtime.cli.weights", "convert an official StyleGAN2 .pkl / rosinality .pt into a bundle"),
+    ("info", "realtime.cli.info", "describe a bundle (configs, parameter counts, what is trained)"),
+    ("bench", "realtime.cli.bench", "measure: `bench models`, `bench pipeline` (speed), `bench fidelity`"),
+    ("export", "realtime.cli.export", "export the networks to ONNX / TensorRT / a Triton model repository"),
+    ("train", "realtime.cli.train", "train a generator and encoders: `train autoencode|generator|encoder`"),
+    ("edits", "realtime.cli.edits", "fit, list and measure a bundle's edits: `edits fit|list|measure`"),
+    ("edit", "realtime.cli.edit", "offline high-quality edit of a clip: adapt, edit, keep expressions, paste back"),
 ]
 
 
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     from models.errors import UserError
-
-    from .mediapipe_runtime import install_native_stderr_filter
+    from realtime.vision.mediapipe_runtime import install_native_stderr_filter
 
     install_native_stderr_filter()  # MediaPipe's native start-up logs never reach the user
     module = importlib.import_module(args._module)
@@ -81,6 +80,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stylestream {args.command}: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -121,9 +121,8 @@ def main(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from models.editing import EditStack, parse_edit_args
-
-    from .cmd_run import DEFAULT_BUNDLE, load_bundle_arg
-    from .sources import open_source
+    from realtime.cli.run import DEFAULT_BUNDLE, load_bundle_arg
+    from realtime.io.sources import open_source
 
     console = Console(stderr=True)
     if not args.input:
@@ -185,7 +184,7 @@ def main(args: argparse.Namespace) -> int:
             tr = np.load(work.path / "tracks.npz")
             phase_end("track", t0, reused=True)
         else:
-            from .tracking import TrackerConfig, track_sequence
+            from realtime.vision.tracking import TrackerConfig, track_sequence
 
             task = progress.add_task("track", total=None, note="")
 
@@ -218,7 +217,7 @@ def main(args: argparse.Namespace) -> int:
         stats["frames"], stats["faces"] = n, int(face.sum())
 
         # 2. align + invert --------------------------------------------------------------------------------
-        from .align import align_crop
+        from realtime.vision.align import align_crop
 
         def load_crops() -> tuple[torch.Tensor, np.ndarray]:
             crops, mats = [], []
@@ -355,9 +354,9 @@ def main(args: argparse.Namespace) -> int:
                 phase_end("optimise", t0)
 
         # 6. render + paste back ---------------------------------------------------------------------------
-        from .composite import CompositeConfig, Compositor
-        from .frames import Crop, Output, Track
-        from .sinks import open_sink
+        from realtime.frames import Crop, Output, Track
+        from realtime.io.sinks import open_sink
+        from realtime.vision.composite import CompositeConfig, Compositor
 
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -402,6 +401,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _rescale(m: Any, s: float) -> Any:
-    from .pipeline import rescale_affine
+    from realtime.pipeline import rescale_affine
 
     return rescale_affine(m, s)

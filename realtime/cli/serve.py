@@ -1,4 +1,4 @@
-"""`stylestream serve`: the live WebRTC server with its browser page (realtime/server.py, docs/live.md)."""
+"""`stylestream serve`: the live WebRTC server with its browser page (realtime/server/app.py, docs/live.md)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,18 @@ import sys
 from typing import Any
 
 from models.errors import UserError
-
-from .cmd_run import add_calibration_options, add_pipeline_options, build_processor, load_bundle_arg, print_edits
+from realtime.cli.run import (
+    add_calibration_options,
+    add_pipeline_options,
+    build_processor,
+    load_bundle_arg,
+    print_edits,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .rtc_tuning import RtcTuning
-    from .server import ServeConfig
+    from realtime.server.app import ServeConfig
+    from realtime.server.rtc_tuning import RtcTuning
 
     d, t = ServeConfig(), RtcTuning()
     s = p.add_argument_group("server")
@@ -36,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert")
     s.add_argument("--connect-timeout", type=float, default=d.connect_timeout_s,
                    help=f"close peers not connected after this many seconds (default {d.connect_timeout_s:g})")
-    v = p.add_argument_group("video (aiortc overrides, see realtime/rtc_tuning.py)")
+    v = p.add_argument_group("video (aiortc overrides, see realtime/server/rtc_tuning.py)")
     v.add_argument("--codec", choices=["h264", "vp8"], default=t.codec, help=f"preferred codec (default {t.codec})")
     v.add_argument("--h264-encoder", choices=["auto", "h264_nvenc", "libx264"], default=t.h264_encoder,
                    help="H.264 encoder: auto = h264_nvenc when it opens, else libx264")
@@ -49,8 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from .rtc_tuning import RtcTuning
-    from .server import ServeConfig, check_bind, parse_ice_server
+    from realtime.server.app import ServeConfig, check_bind, parse_ice_server
+    from realtime.server.rtc_tuning import RtcTuning
 
     check_bind(args.host, args.token)
     if not 0 <= args.port <= 65535:
@@ -76,10 +81,9 @@ def make_factories(processor: Any) -> tuple[Any, Any]:
     """(make_processor, make_tracker) for the server from one built processor: peers share its engine
     (serialised), copy its config and start from its edit strengths."""
     from models.editing import EditStack
-
-    from .pipeline import FrameProcessor
-    from .server import SerialEngine
-    from .tracking import FaceTracker, TrackerConfig
+    from realtime.pipeline import FrameProcessor
+    from realtime.server.app import SerialEngine
+    from realtime.vision.tracking import FaceTracker, TrackerConfig
 
     engine = SerialEngine(processor.engine)
     base_edits = processor.edits
@@ -100,7 +104,7 @@ def make_factories(processor: Any) -> tuple[Any, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .server import LiveServer, run_server
+    from realtime.server.app import LiveServer, run_server
 
     config = _config(args)
     bundle = load_bundle_arg(args.bundle)

@@ -152,7 +152,7 @@ class FrameParams:
 
 # -------------------------------------------------------------------------------------------- portraits
 def _import_face_mesh():  # noqa: ANN202 - returns a module
-    from realtime.mediapipe_runtime import quiet_native_stderr
+    from realtime.vision.mediapipe_runtime import quiet_native_stderr
 
     try:
         with quiet_native_stderr():
@@ -171,7 +171,7 @@ def detect_landmarks(images: Sequence[np.ndarray]) -> list[np.ndarray | None]:
 
     images: each [H, W, 3] uint8 RGB. Returns per image [468, 3] float32 (pixel-index x, y; z·width) or None.
     """
-    from realtime.mediapipe_runtime import quiet_native_stderr
+    from realtime.vision.mediapipe_runtime import quiet_native_stderr
 
     face_mesh = _import_face_mesh()
     out: list[np.ndarray | None] = []
@@ -941,7 +941,7 @@ def portrait_demo(opt: object) -> Iterator[np.ndarray]:
 def register_demo(name: str = "portrait", *, default: bool = True) -> None:
     """Register :func:`portrait_demo` as ``demo:NAME`` in realtime.sources (and as the default demo if the
     sources module exposes a ``DEFAULT_DEMO`` setting)."""
-    from realtime import sources
+    from realtime.io import sources
 
     sources.register_demo_generator(name, portrait_demo)
     if default and hasattr(sources, "DEFAULT_DEMO"):
@@ -1009,7 +1009,7 @@ def gallery(clip: SyntheticClip, width: int, cols: int = 6) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m training.synthetic``: write a contact sheet and/or time the generator."""
+    """``python -m realtime.io.synthetic``: write a contact sheet and/or time the generator."""
     import argparse
     import time
 

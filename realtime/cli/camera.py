@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import UserError
-
-from .cmd_run import add_calibration_options, add_pipeline_options, run_pipeline
+from realtime.cli.run import add_calibration_options, add_pipeline_options, run_pipeline
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -137,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
         opts["size"] = (w, h)
     if args.fps:
         opts["fps"] = args.fps
-    from .sources import paced_like_a_camera
+    from realtime.io.sources import paced_like_a_camera
 
     args.realtime = paced_like_a_camera(args.source)  # a file or demo: clip stands in for a camera
     if args.save_calibrated is not None and args.save_calibrated.exists() and not args.save_calibrated.is_dir():

@@ -30,9 +30,8 @@ import numpy as np
 import torch
 
 from models.editing import EditContext, EditStack
-
-from .engines import Engine
-from .frames import Frame, Output, Track, now_ns
+from realtime.engines import Engine
+from realtime.frames import Frame, Output, Track, now_ns
 
 # ----------------------------------------------------------------------------------------------------------------
 # Configuration
@@ -213,9 +212,8 @@ class FrameProcessor:
         """Start a live calibration (any thread; no model work here): the next face frames are recorded, a copy of
         the base generator is adapted to them in a worker process, and this stream switches to its own engine
         between two frames. False when one is already under way."""
+        from realtime.engines import engine_like
         from training.adapt import Calibrator
-
-        from .engines import engine_like
 
         if self.calibrator is None:
             base = self.base_engine
@@ -306,9 +304,9 @@ class FrameProcessor:
     # -- one frame ----------------------------------------------------------------------------------------------
 
     def process(self, frame: Frame, track: Track, state: StreamState) -> Output:
-        from . import align as _align
-        from .composite import CompositeConfig, Compositor
-        from .frames import Crop
+        from realtime.frames import Crop
+        from realtime.vision import align as _align
+        from realtime.vision.composite import CompositeConfig, Compositor
 
         timings: dict[str, float] = {}
         state.frames += 1
@@ -406,7 +404,7 @@ class LookaheadSmoother:
         return out
 
     def _release(self) -> tuple[Frame, Track]:
-        from .tracking import smooth_quads
+        from realtime.vision.tracking import smooth_quads
 
         frame, track = self._pending[0]
         window = list(self._history) + [t for _, t in list(self._pending)[: self.radius + 1]]

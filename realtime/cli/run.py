@@ -1,6 +1,6 @@
 """`stylestream run INPUT -o OUTPUT` (file jobs) and `stylestream camera` (live sources).
 
-Both build the same pipeline (realtime/pipeline.py): source → tracking → device worker → sink. ``run`` is
+Both build the same pipeline (realtime/pipeline/): source → tracking → device worker → sink. ``run`` is
 lossless and ordered with a progress bar and a summary table; ``camera`` is live (drop-oldest queues, causal
 stabilisation) and shows a status line until Ctrl-C. Ctrl-C (or SIGTERM) stops reading, finishes the frames
 in flight and finalises the output, so it stays playable; a second Ctrl-C abandons the frames in flight.
@@ -19,14 +19,14 @@ from typing import Any
 
 from models.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BUNDLE = REPO_ROOT / "bundles" / "default"
 
 
 def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     """Options shared by run / camera / serve: model, engine, edits, PipelineConfig fields."""
-    from .engines import BACKENDS, add_backend_options
-    from .pipeline import PipelineConfig
+    from realtime.engines import BACKENDS, add_backend_options
+    from realtime.pipeline import PipelineConfig
 
     g = p.add_argument_group("model")
     g.add_argument("--bundle", type=Path, default=None, help=f"bundle folder (default: {DEFAULT_BUNDLE})")
@@ -104,7 +104,7 @@ def load_bundle_arg(path: Path | None):
 
 
 def pipeline_config(args: argparse.Namespace):
-    from .pipeline import PipelineConfig
+    from realtime.pipeline import PipelineConfig
 
     return PipelineConfig(**{f.name: getattr(args, f.name) for f in fields(PipelineConfig)})
 
@@ -112,9 +112,8 @@ def pipeline_config(args: argparse.Namespace):
 def build_processor(args: argparse.Namespace, bundle: Any):
     """Engine + edits + FrameProcessor from CLI options (edit names are checked before the engine starts)."""
     from models.editing import EditStack, parse_edit_args
-
-    from .engines import backend_options, make_engine
-    from .pipeline import FrameProcessor
+    from realtime.engines import backend_options, make_engine
+    from realtime.pipeline import FrameProcessor
 
     edits = EditStack.from_bundle(bundle)
     for name, value in parse_edit_args(args.edit).items():
@@ -204,10 +203,10 @@ def run_pipeline(args: argparse.Namespace, live_default: bool | None, progress: 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from .pipeline import Pipeline
-    from .sinks import open_sink
-    from .sources import open_source
-    from .tracking import FaceTracker, TrackerConfig
+    from realtime.io.sinks import open_sink
+    from realtime.io.sources import open_source
+    from realtime.pipeline import Pipeline
+    from realtime.vision.tracking import FaceTracker, TrackerConfig
 
     console = Console(stderr=True)
     bundle = load_bundle_arg(args.bundle)
