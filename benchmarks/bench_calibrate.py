@@ -47,7 +47,7 @@ def timeline(args: argparse.Namespace, path: str) -> dict:
     from realtime.io.sources import open_source
     from realtime.pipeline import FrameProcessor, Pipeline, PipelineConfig
     from realtime.vision.tracking import FaceTracker, TrackerConfig
-    from training.adapt import CalibrationConfig
+    from realtime.pipeline.calibration import CalibrationConfig
 
     bundle, which = _bundle(args.bundle)
     engine = make_engine(bundle, backend=args.backend, device=args.device)
@@ -132,7 +132,7 @@ def _adapt_forever(bundle, crops, ws, stop=None) -> None:
 
 
 def _child(bundle, crops, ws) -> None:
-    from training.adapt import become_background_worker
+    from realtime.pipeline.calibration import become_background_worker
 
     become_background_worker(1)  # exactly as the calibration worker (default --calibrate-threads 1)
     _adapt_forever(bundle, crops, ws)

@@ -110,7 +110,7 @@ def test_page_in_chromium_with_fake_camera(tmp_path):
     import aioice.ice
     from test_server import serving, tiny_factories, wait_until
 
-    from training.adapt import CalibrationConfig
+    from realtime.pipeline.calibration import CalibrationConfig
 
     # the same tiny random bundle as the loopback tests, with a short calibration for the button
     factories = tiny_factories(tmp_path / "tiny", calibration=CalibrationConfig(frames=4, stride=1, iters=20))

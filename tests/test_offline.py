@@ -239,7 +239,8 @@ def test_edit_cli_bad_input_is_one_line(argv: list[str], message: str, tmp_path:
 @needs_bundle
 def test_calibrator_adapts_a_copy_in_background_and_hands_it_over_once(clip: tuple[object, torch.Tensor]) -> None:
     from models.bundle import load_bundle
-    from training.adapt import CalibrationConfig, Calibrator, invert_crops, reconstruction
+    from realtime.pipeline.calibration import CalibrationConfig, Calibrator
+    from training.adapt import invert_crops, reconstruction
 
     bundle = load_bundle(BUNDLE)
     crops = clip[1]
@@ -282,7 +283,8 @@ def test_calibrator_adapts_a_copy_in_background_and_hands_it_over_once(clip: tup
 @needs_bundle
 def test_calibrator_stride_cancel_and_failure(clip: tuple[object, torch.Tensor]) -> None:
     from models.bundle import load_bundle
-    from training.adapt import CalibrationConfig, Calibrator, invert_crops
+    from realtime.pipeline.calibration import CalibrationConfig, Calibrator
+    from training.adapt import invert_crops
 
     bundle = load_bundle(BUNDLE)
     crops = clip[1][:4]

@@ -330,7 +330,7 @@ def test_viewer_mode_broadcasts_one_source(tiny):
 def test_live_calibration_swaps_the_generator_without_stopping_the_stream(tmp_path):
     """A "calibrate" message: the stream records, adapts in a worker process and switches to its own engine while
     frames keep coming; another stream cannot calibrate meanwhile and keeps the shared engine; "reset" goes back."""
-    from training.adapt import CalibrationConfig
+    from realtime.pipeline.calibration import CalibrationConfig
 
     tiny = tiny_factories(tmp_path / "tiny", calibration=CalibrationConfig(frames=4, stride=1, iters=40))
     w, h = 256, 192

@@ -52,7 +52,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
 
 def add_calibration_options(p: argparse.ArgumentParser) -> None:
     """--calibrate-frames/-stride/-iters/-lr/-batch (live calibration in camera / serve), from CalibrationConfig."""
-    from training.adapt import CalibrationConfig
+    from realtime.pipeline.calibration import CalibrationConfig
 
     g = p.add_argument_group("live calibration (adapt the generator to the user in the background)")
     for f in fields(CalibrationConfig):
@@ -61,7 +61,7 @@ def add_calibration_options(p: argparse.ArgumentParser) -> None:
 
 
 def calibration_config(args: argparse.Namespace):
-    from training.adapt import CalibrationConfig
+    from realtime.pipeline.calibration import CalibrationConfig
 
     if not hasattr(args, "calibrate_frames"):
         return None

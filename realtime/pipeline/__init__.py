@@ -194,7 +194,7 @@ class FrameProcessor:
     def __init__(self, engine: Engine, config: PipelineConfig | None = None, edits: EditStack | None = None,
                  times: StageTimes | None = None, calibration: Any = None):
         """One processor per stream: ``engine`` may be shared between streams, ``edits`` (live strengths),
-        ``times`` and a live calibration (``calibration``: a :class:`training.adapt.CalibrationConfig`, default
+        ``times`` and a live calibration (``calibration``: a :class:`realtime.pipeline.calibration.CalibrationConfig`, default
         settings when None) belong to this stream."""
         self.base_engine = engine  # shared; never closed by the processor
         self.engine = engine  # the base engine, or this stream's own after a live calibration
@@ -203,7 +203,7 @@ class FrameProcessor:
         self.times = times or StageTimes()
         self.enabled = True  # live toggle: False passes frames through untouched
         self.calibration_cfg = calibration
-        self.calibrator: Any = None  # training.adapt.Calibrator, made on the first calibrate()
+        self.calibrator: Any = None  # realtime.pipeline.calibration.Calibrator, made on the first calibrate()
         self._revert = False
 
     # -- live calibration (StylePortraitVideo adaptation on a few seconds of this stream) -----------------------
@@ -213,7 +213,7 @@ class FrameProcessor:
         the base generator is adapted to them in a worker process, and this stream switches to its own engine
         between two frames. False when one is already under way."""
         from realtime.engines import engine_like
-        from training.adapt import Calibrator
+        from realtime.pipeline.calibration import Calibrator
 
         if self.calibrator is None:
             base = self.base_engine

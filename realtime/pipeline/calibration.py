@@ -1,0 +1,330 @@
+"""Live calibration: adapt a copy of the generator to the user of a running stream, in the background.
+
+StylePortraitVideo's video adaptation (:mod:`training.adapt`) made live: record a few seconds of (crop, latent)
+pairs from the stream, fine-tune a copy of the generator in a worker process while the stream keeps running on the
+old weights, then hand the result over between two frames. This is a live-stream state machine, so it lives with
+the pipeline; the adaptation itself is training code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import io
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from export.onnx import export_bundle
+from training.adapt import AdaptConfig, adapt_generator, reconstruction
+
+
+@dataclass
+class CalibrationConfig:
+    """Live "calibrate" in ``serve`` / ``camera``: how much of the user to record and how long to adapt."""
+
+    frames: int = 30  # (crop, latent) pairs to record (30 pairs = 2 s at 30 fps with stride 2)
+    stride: int = 2  # keep every N-th face frame while recording (more pose/expression variety per pair)
+    iters: int = 200  # Adam steps of the background adaptation
+    lr: float = 1e-3  # Adam learning rate
+    batch: int = 4  # frames per Adam step
+    threads: int = 1  # CPU threads of the adaptation (its own thread's setting; the stream's are untouched)
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def become_background_worker(threads: int) -> None:
+    """Settings of the calibration worker process (and of the benchmark that measures its cost): ignore a terminal's
+    Ctrl-C (the parent stops the worker), nice +10 so the live stream keeps the CPU and this process takes what is
+    left, and ``threads`` torch CPU threads (0: leave torch's setting)."""
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(os, "nice"):
+        with contextlib.suppress(OSError):
+            os.nice(10)
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def _calibration_child(conn: Any, payload: bytes, cfg: CalibrationConfig, device: str, export_dir: str | None,
+                       export_precision: str) -> None:
+    """The calibration worker process: adapt the bundle's generator on the pairs (``payload``: the bundle, crops and
+    latents, ``torch.save``d by the parent), optionally export the adapted bundle to ONNX, and send
+    ``("progress", p)`` … ``("done", result)`` (or ``("error", msg)``) over ``conn``."""
+
+    warnings.filterwarnings("ignore")
+    become_background_worker(max(1, cfg.threads) if device == "cpu" else 0)
+    try:
+
+        data = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)  # our own parent's bytes
+        bundle, crops, ws, held = data["bundle"], data["crops"], data["ws"], data["held"]
+        dev = torch.device(device)
+        bundle.generator.to(dev)
+        crops, ws = crops.to(dev), ws.to(dev)
+        held = [t.to(dev) for t in held] if held is not None else None
+        psnr = {"before": reconstruction(bundle, crops, ws)["psnr"]}
+        if held is not None:
+            psnr["heldout_before"] = reconstruction(bundle, *held)["psnr"]
+        last = [0.0]
+
+        def on(it: int, total: int, loss: float) -> None:
+            if it / total - last[0] >= 0.01 or it == total:
+                last[0] = it / total
+                conn.send(("progress", it / total))
+
+        acfg = AdaptConfig(iters=cfg.iters, lr=cfg.lr, batch=cfg.batch)
+        summary = adapt_generator(bundle, crops, ws, acfg, progress=on)
+        psnr["after"] = reconstruction(bundle, crops, ws)["psnr"]
+        if held is not None:
+            psnr["heldout_after"] = reconstruction(bundle, *held)["psnr"]
+        seconds = {"adapt": float(summary["seconds"])}
+        if export_dir is not None:
+            conn.send(("exporting", 0.0))
+            t0 = time.perf_counter()
+            bundle.to("cpu")
+            export_bundle(bundle, export_dir, precision=export_precision)
+            seconds["export"] = time.perf_counter() - t0
+        buf = io.BytesIO()  # plain bytes: tensors sent as multiprocessing objects die with this process's memory
+        torch.save({k: v.detach().cpu() for k, v in bundle.generator.state_dict().items()}, buf)
+        conn.send(("done", {"state": buf.getvalue(), "psnr": psnr, "seconds": seconds}))
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300]))
+    finally:
+        conn.close()
+
+
+class Calibrator:
+    """Live "calibrate": record a few seconds of (crop, latent) pairs from a running stream, adapt a copy of the
+    bundle's generator in a worker process while the stream keeps running on the old weights, then hand the result
+    over between two frames — the stream never stops.
+
+    Driven from the stream's device-worker thread: ``record(crop, ws)`` after every encoded face frame while
+    ``recording``; ``take()`` before every frame returns the finished result once (the adapted :class:`Bundle`,
+    or what ``build(bundle, export_dir)`` made of it — the live pipeline builds the stream's own engine there).
+    ``start()`` and ``cancel()`` may come from any thread (a data-channel message).
+
+    Why a process: the adaptation is thousands of small autograd steps; in a thread it holds the GIL often enough to
+    cost the live loop ~18 % of its frame rate on CPU (measured, docs/offline.md), while a spawned process at
+    nice +10 costs it nothing measurable when a core is free, can be stopped at once, and can also do the ONNX export
+    (``export_precision``) that an onnx-backed stream needs. The pairs and a CPU copy of the bundle go to it as
+    ``torch.save`` bytes; the adapted generator's weights come back the same way.
+
+    ``state``: idle → recording → adapting → building → ready → active (after ``take``), or failed; ``status()``
+    is the JSON-able view for stats lines. The adaptation runs on ``device`` (the engine's CUDA device, else CPU)."""
+
+    BUSY = ("recording", "adapting", "building")
+
+    def __init__(self, cfg: CalibrationConfig | None = None, device: torch.device | str = "cpu",
+                 build: Callable[[Any, Path | None], Any] | None = None, export_precision: str | None = None):
+        self.cfg = cfg or CalibrationConfig()
+        if self.cfg.frames < 1 or self.cfg.iters < 1 or self.cfg.stride < 1 or self.cfg.batch < 1:
+            raise ValueError(f"calibration needs frames, iters, stride and batch ≥ 1, got {self.cfg}")
+        self.device = torch.device(device)
+        self.build = build
+        self.export_precision = export_precision
+        self.state = "idle"
+        self.error = ""
+        self.progress = 0.0  # 0…1 within the current state
+        self.seconds: dict[str, float] = {}  # record / start / adapt / export / build wall time of the last run
+        self.psnr: dict[str, float] = {}  # reconstruction PSNR before / after, on the pairs and on held-out frames
+        self.result: Any = None  # the last finished result (kept after take(), e.g. to save the bundle)
+        self.runs = 0
+        self._bundle: Any = None
+        self._crops: list[torch.Tensor] = []
+        self._ws: list[torch.Tensor] = []
+        self._held: list[tuple[torch.Tensor, torch.Tensor]] = []  # frames skipped by the stride: a held-out check
+        self._seen = 0
+        self._t_record = 0.0
+        self._pending: Any = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def recording(self) -> bool:
+        return self.state == "recording"
+
+    @property
+    def busy(self) -> bool:
+        return self.state in self.BUSY
+
+    def start(self, bundle: Any) -> bool:
+        """Begin recording for ``bundle`` (whose generator is copied and adapted). Ignored (False) while a
+        calibration is under way."""
+        with self._lock:
+            if self.busy:
+                return False
+            self.runs += 1
+            self._bundle, self._pending = bundle, None
+            self._crops, self._ws, self._held, self._seen = [], [], [], 0
+            self.state, self.error, self.progress, self.seconds, self.psnr = "recording", "", 0.0, {}, {}
+            return True
+
+    def cancel(self) -> None:
+        """Back to idle: a calibration under way is abandoned (its worker is stopped, its result discarded), and a
+        result not yet taken or already active is let go (every caller goes back to the base engine)."""
+        with self._lock:
+            self.runs += 1
+            self._pending = self.result = None
+            self._crops, self._ws, self._held = [], [], []
+            self.state, self.progress = "idle", 0.0
+
+    def record(self, crop: torch.Tensor, ws: torch.Tensor) -> None:
+        """One aligned crop [1, 3, S, S] in [-1, 1] and its latent [1, num_ws, w_dim]; every ``stride``-th is
+        kept for training, and (up to ``frames`` of) the frames in between for a held-out PSNR. The adaptation
+        starts by itself once ``frames`` are kept."""
+        if self.state != "recording":
+            return
+        self._seen += 1
+        if self._seen == 1:
+            self._t_record = time.perf_counter()
+        pair = (crop.detach().float().cpu().reshape(1, *crop.shape[-3:]),
+                ws.detach().float().cpu().reshape(1, *ws.shape[-2:]))
+        if (self._seen - 1) % self.cfg.stride:
+            if len(self._held) < self.cfg.frames:
+                self._held.append(pair)
+            return
+        self._crops.append(pair[0])
+        self._ws.append(pair[1])
+        self.progress = len(self._crops) / self.cfg.frames
+        if len(self._crops) >= self.cfg.frames:
+            self._launch()
+
+    def _launch(self) -> None:
+        with self._lock:
+            if self.state != "recording":  # cancelled meanwhile
+                return
+            crops, ws = torch.cat(self._crops), torch.cat(self._ws)
+            held = (torch.cat([c for c, _ in self._held]), torch.cat([w for _, w in self._held])) \
+                if self._held else None
+            self._crops, self._ws, self._held = [], [], []
+            self.seconds = {"record": time.perf_counter() - self._t_record}
+            self.state, self.progress = "adapting", 0.0
+            run, bundle = self.runs, self._bundle
+        self._thread = threading.Thread(target=self._work, args=(run, bundle, crops, ws, held),
+                                        name="stylestream-calibrate", daemon=True)
+        self._thread.start()
+
+    def _work(self, run: int, bundle: Any, crops: torch.Tensor, ws: torch.Tensor,
+              held: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        export_dir = tempfile.mkdtemp(prefix="stylestream-calibrate-") if self.export_precision else None
+        proc = None
+        try:
+            t0 = time.perf_counter()
+            # A CPU float32 copy goes to the worker; the live bundle keeps serving (it is only read here).
+            def cpu_copy(m: Any) -> Any:
+                return copy.deepcopy(m).cpu().float().to(memory_format=torch.contiguous_format) if m else None
+
+            cpu = dataclasses.replace(bundle, generator=cpu_copy(bundle.generator), fren=cpu_copy(bundle.fren),
+                                      vien=cpu_copy(bundle.vien), extra={k: v.cpu() for k, v in bundle.extra.items()})
+            # Bytes, not tensors: multiprocessing would share every tensor through its own file descriptor
+            # (hundreds for a full-size bundle, against a limit of 1024 open files).
+            buf = io.BytesIO()
+            torch.save({"bundle": cpu, "crops": crops, "ws": ws, "held": held}, buf)
+            del cpu
+            ctx = multiprocessing.get_context("spawn")  # fork is unsafe with the stream's threads
+            parent, child = ctx.Pipe(duplex=False)
+            device = "cpu" if self.device.type == "cpu" else str(self.device)
+            proc = ctx.Process(target=_calibration_child, name="stylestream-calibrate", daemon=True,
+                               args=(child, buf.getvalue(), self.cfg, device, export_dir,
+                                     self.export_precision or "fp32"))
+            del buf
+            proc.start()
+            child.close()
+            result: dict[str, Any] | None = None
+            while result is None:
+                if self.runs != run:
+                    raise _Cancelled
+                if not parent.poll(0.2):
+                    if not proc.is_alive() and not parent.poll(0):
+                        raise RuntimeError(f"the calibration worker exited with code {proc.exitcode}")
+                    continue
+                kind, value = parent.recv()
+                if kind == "progress":
+                    self._publish(run, progress=float(value),  # "start": copy + process start + first step
+                                  seconds={"start": time.perf_counter() - t0, **self.seconds})
+                elif kind == "exporting":
+                    self._publish(run, state="building", progress=0.0)
+                elif kind == "error":
+                    raise RuntimeError(value)
+                elif kind == "done":
+                    result = value
+            self._publish(run, state="building", seconds={**self.seconds, **result["seconds"]},
+                          psnr={**self.psnr, **result["psnr"]})
+            work = copy.deepcopy(bundle.generator)
+            work.load_state_dict(torch.load(io.BytesIO(result["state"]), map_location="cpu", weights_only=True))
+            adapted = dataclasses.replace(bundle, generator=work)
+            adapted.provenance = {**bundle.provenance, "calibrated": {
+                "frames": int(ws.shape[0]), "iters": self.cfg.iters, "psnr_before": result["psnr"]["before"],
+                "psnr_after": result["psnr"]["after"], "psnr_heldout_before": result["psnr"].get("heldout_before"),
+                "psnr_heldout_after": result["psnr"].get("heldout_after"),
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+            out: Any = adapted
+            if self.build is not None:
+                t1 = time.perf_counter()
+                out = self.build(adapted, Path(export_dir) if export_dir else None)
+                self._publish(run, seconds={**self.seconds, "build": time.perf_counter() - t1})
+            self._publish(run, _pending=out, state="ready", progress=1.0)
+        except _Cancelled:
+            pass
+        except Exception as exc:  # reported on the status line; the stream goes on with the old weights
+            with self._lock:
+                if self.runs == run:
+                    self.error, self.state = f"{type(exc).__name__}: {exc}".splitlines()[0][:300], "failed"
+        finally:
+            if proc is not None:
+                if proc.is_alive():
+                    proc.terminate()
+                proc.join(5)
+            if export_dir is not None:
+                shutil.rmtree(export_dir, ignore_errors=True)
+
+    def _publish(self, run: int, **attrs: Any) -> None:
+        """Set attributes for run ``run`` only; a cancelled or superseded run gets :class:`_Cancelled` instead (so it
+        can never overwrite the state of the run that replaced it)."""
+        with self._lock:
+            if self.runs != run:
+                raise _Cancelled
+            for k, v in attrs.items():
+                setattr(self, k, v)
+
+    def take(self) -> Any:
+        """The finished result, once (None otherwise). Call on the thread that will use it, between frames."""
+        with self._lock:
+            result, self._pending = self._pending, None
+            if result is None:
+                return None
+            self.result = result
+            self.state = "active"
+            return result
+
+    def status(self) -> dict[str, Any]:
+        """JSON-able state for stats and status lines."""
+        out: dict[str, Any] = {"state": self.state, "progress": round(self.progress, 3)}
+        if self.state == "recording":
+            out["recorded"] = len(self._crops)
+            out["frames"] = self.cfg.frames
+        if self.seconds:
+            out["seconds"] = {k: round(v, 2) for k, v in self.seconds.items()}
+        if self.psnr:
+            out["psnr"] = {k: round(v, 2) for k, v in self.psnr.items()}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
