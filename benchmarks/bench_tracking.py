@@ -118,7 +118,7 @@ def _align_paste_row(frame: np.ndarray, lm: np.ndarray, n: int, repeat: int) -> 
     crop = align_crop(frame, q, n)
     lm_c = landmarks_to_crop(lm, crop.to_frame)
     mask = face_mask(lm_c, n)
-    face = -crop.image  # an "edited" face
+    face = -crop.hwc()  # an "edited" face
     t = torch.from_numpy(frame).permute(2, 0, 1)[None]
     ft = torch.from_numpy(face).permute(2, 0, 1)[None].contiguous()
     mt = torch.from_numpy(mask)[None, None]

@@ -1,6 +1,6 @@
 """The values that move through the frame pipeline (DESIGN §2).
 
-source ─Frame─▶ tracking ─Track─▶ align ─Crop─▶ encode ─Latent─▶ edit ─Latent─▶ generate ─▶ composite ─Output─▶ sink
+source ─Frame─▶ tracking ─Track─▶ align ─Crop─▶ encode ─Encoded─▶ edit ─Encoded─▶ generate ─▶ composite ─Output─▶ sink
 
 Pixel data is converted once at the source into :data:`PixelFormat.RGB24` (H×W×3 uint8, C-contiguous);
 every later stage may rely on that.
@@ -12,8 +12,10 @@ import enum
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Literal
 
 import numpy as np
+import torch
 
 
 class PixelFormat(enum.StrEnum):
@@ -77,17 +79,31 @@ class Track:
 class Crop:
     """An aligned face and the transform back to its frame."""
 
-    image: np.ndarray  # [N, N, 3] float32 in [-1, 1] (CPU path) — torch path keeps a tensor [3, N, N]
+    image: torch.Tensor  # [3, N, N] float32 in [-1, 1] (CHW), on the device that made it
     to_frame: np.ndarray  # [2, 3] float64 affine mapping crop pixel coords to frame pixel coords
     size: int  # N
 
+    def __post_init__(self) -> None:
+        img = self.image
+        if not isinstance(img, torch.Tensor) or img.ndim != 3 or img.shape[0] != 3 or img.shape[1] != img.shape[2]:
+            raise ValueError(f"Crop.image must be a [3, N, N] tensor, got {type(img).__name__} "
+                             f"{tuple(getattr(img, 'shape', ()))}")
+
+    def hwc(self) -> np.ndarray:
+        """The crop as [N, N, 3] float32 numpy in [-1, 1] (a view on CPU)."""
+        return self.image.detach().permute(1, 2, 0).float().cpu().numpy()
+
+
+EncodedSource = Literal["key", "reuse"]
+
 
 @dataclass(slots=True)
-class Latent:
-    """A W+ code and how it was produced."""
+class Encoded:
+    """A W+ code and which encoder produced it."""
 
-    ws: object  # torch.Tensor [num_ws, w_dim] (kept untyped so this module does not import torch)
-    source: str  # "key" (FrEN), "reuse" (ViEN with previous fine layers) or "hold" (no face: last good)
+    ws: torch.Tensor  # [1, num_ws, w_dim] float32 on the engine device
+    source: EncodedSource  # "key": FrEN (all layers, or fine layers refreshed); "reuse": ViEN, fine layers reused
+    why: str = ""  # for key frames: "start", "interval" or "drift"
 
 
 @dataclass(slots=True)

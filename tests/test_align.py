@@ -70,7 +70,7 @@ def test_crop_affine_maps_crop_edges_to_the_quad(size: int) -> None:
     np.testing.assert_allclose(back, edges, atol=1e-6)
     frame = clips.render(clips.static_motion(1, scale=1.3))[0]
     crop = align_crop(frame, q, size)
-    assert crop.image.shape == (size, size, 3) and crop.image.dtype == np.float32 and crop.size == size
+    assert crop.image.shape == (3, size, size) and crop.image.dtype == torch.float32 and crop.size == size
     assert crop.image.min() >= -1.0 and crop.image.max() <= 1.0
     np.testing.assert_allclose(crop.to_frame, m)
 
@@ -80,7 +80,7 @@ def test_aligned_crop_undoes_rotation() -> None:
     frames = clips.render(np.stack([clips.similarity(0.0, 1.2), clips.similarity(40.0, 1.2)]))
     crops = []
     for f, m in zip(frames, (clips.similarity(0.0, 1.2), clips.similarity(40.0, 1.2))):
-        crops.append(align_crop(f, quad_from_landmarks(clips.true_landmarks(m)), 256).image)
+        crops.append(align_crop(f, quad_from_landmarks(clips.true_landmarks(m)), 256).hwc())
     diff = np.abs(crops[0] - crops[1])[32:-32, 32:-32].mean() * 127.5
     assert diff < 4.0, diff  # mean abs difference in 8-bit levels
 
@@ -89,15 +89,15 @@ def test_padding_only_when_the_quad_leaves_the_frame() -> None:
     inside = clips.render(clips.static_motion(1, scale=1.2))[0]
     q = quad_from_landmarks(clips.true_landmarks(clips.similarity(0.0, 1.2)))
     a, b = align_crop(inside, q, 256, pad=True), align_crop(inside, q, 256, pad=False)
-    np.testing.assert_array_equal(a.image, b.image)
+    torch.testing.assert_close(a.image, b.image, rtol=0, atol=0)
 
     # face at the left edge: part of the quad is outside the frame
     m = clips.similarity(0.0, 1.2, (40.0, 240.0))
     edge = clips.render(m[None])[0]
     q = quad_from_landmarks(clips.true_landmarks(m))
     assert q[:, 0].min() < -20
-    padded = align_crop(edge, q, 256, pad=True).image
-    plain = align_crop(edge, q, 256, pad=False).image
+    padded = align_crop(edge, q, 256, pad=True).hwc()
+    plain = align_crop(edge, q, 256, pad=False).hwc()
     inv = invert_affine(crop_affine(q, 256))
     u_edge = apply_affine(inv, np.array([[0.0, 240.0]]))[0, 0]  # crop column of the frame's left edge
     assert 20 < u_edge < 200
@@ -127,7 +127,7 @@ def test_torch_and_cpu_warps_agree(case: str) -> None:
     crops, to_frame = align_crops_torch(t, q[None], n)
     np.testing.assert_allclose(to_frame[0], cpu.to_frame)
     got = crops[0].permute(1, 2, 0).numpy()
-    diff = np.abs(got - cpu.image) * 127.5  # 8-bit levels
+    diff = np.abs(got - cpu.hwc()) * 127.5  # 8-bit levels
     assert diff.mean() < 0.35 and np.percentile(diff, 99.9) < 4.0, (diff.mean(), diff.max())
 
 
@@ -177,4 +177,4 @@ def test_align_stage_helper() -> None:
     assert align(frame, Track(landmarks=None)) is None
     lm = clips.true_landmarks(m).astype(np.float32)
     crop = align(frame, Track(landmarks=lm, quad=quad_from_landmarks(lm)), AlignConfig(size=128))
-    assert crop is not None and crop.image.shape == (128, 128, 3)
+    assert crop is not None and crop.image.shape == (3, 128, 128)

@@ -68,7 +68,7 @@ def test_mask_covers_the_face_and_the_forehead() -> None:
 def test_identity_generator_reproduces_the_frame(size: int, record_property) -> None:
     frame, track, crop = _scene(size=size)
     mask = face_mask(landmarks_to_crop(track.landmarks, crop.to_frame), size)
-    out = paste_back(frame, crop.image, crop.to_frame, mask)
+    out = paste_back(frame, crop.hwc(), crop.to_frame, mask)
     inside = _frame_alpha(mask, crop, frame.shape) > 0.5
     assert inside.sum() > 5000
     value = psnr(out[inside], frame[inside])
@@ -89,7 +89,7 @@ def test_paste_detects_a_wrong_transform() -> None:
     mask = face_mask(landmarks_to_crop(track.landmarks, crop.to_frame), crop.size)
     shifted = crop.to_frame.copy()
     shifted[:, 2] += 1.5
-    out = paste_back(frame, crop.image, shifted, mask)
+    out = paste_back(frame, crop.hwc(), shifted, mask)
     inside = _frame_alpha(mask, crop, frame.shape) > 0.5
     assert psnr(out[inside], frame[inside]) < 35.0
 
@@ -99,7 +99,7 @@ def test_torch_and_cpu_paste_agree() -> None:
     for angle in (10.0, -25.0):
         frame, track, crop = _scene(angle)
         frames.append(frame)
-        faces.append(-crop.image)  # an "edited" face: inverted colours, so the paste is visible
+        faces.append(-crop.hwc())  # an "edited" face: inverted colours, so the paste is visible
         masks.append(face_mask(landmarks_to_crop(track.landmarks, crop.to_frame), crop.size))
         tfs.append(crop.to_frame)
     out_t = paste_back_torch(
@@ -133,10 +133,10 @@ def test_colour_matching_restores_skin_tone() -> None:
     lm_c = landmarks_to_crop(track.landmarks, crop.to_frame)
     skin = skin_region(lm_c, crop.size)
     assert 2000 < skin.sum() < 0.5 * crop.size**2
-    tinted = np.clip(crop.image * 0.8 + np.array([0.25, -0.1, -0.2], np.float32), -1, 1)
-    fixed = match_color(tinted, crop.image, skin)
-    err_before = np.abs(tinted[skin].mean(0) - crop.image[skin].mean(0)).max()
-    err_after = np.abs(fixed[skin].mean(0) - crop.image[skin].mean(0)).max()
+    tinted = np.clip(crop.hwc() * 0.8 + np.array([0.25, -0.1, -0.2], np.float32), -1, 1)
+    fixed = match_color(tinted, crop.hwc(), skin)
+    err_before = np.abs(tinted[skin].mean(0) - crop.hwc()[skin].mean(0)).max()
+    err_after = np.abs(fixed[skin].mean(0) - crop.hwc()[skin].mean(0)).max()
     assert err_before > 0.1 and err_after < 0.02, (err_before, err_after)
 
 
@@ -175,7 +175,7 @@ def test_face_leaving_and_reentering_fades(tmp_path) -> None:
         for frame in clip.as_frames():
             track = tracker.track(frame)
             crop = align_crop(frame.image, track.quad, 256) if track.has_face else None
-            face = -crop.image if crop is not None else None
+            face = -crop.hwc() if crop is not None else None
             out = comp.composite(frame, track, crop, face)
             assert out.image.shape == frame.image.shape and out.index == frame.index
             strength.append(float(np.abs(out.image.astype(int) - frame.image).mean()))
@@ -199,7 +199,7 @@ def test_person_segmentation_keeps_the_background_out() -> None:
     frame, track, crop = _scene()
     seg = PersonSegmenter()
     try:
-        person = seg(_crop_uint8(crop.image))
+        person = seg(_crop_uint8(crop.hwc()))
         empty = seg(np.full((256, 256, 3), 100, np.uint8))
     finally:
         seg.close()
@@ -212,7 +212,7 @@ def test_person_segmentation_keeps_the_background_out() -> None:
     assert mask.max() < 0.5  # no person → nothing pasted
     comp = Compositor(CompositeConfig(segmentation=True, color_match=True))
     for i in range(10):  # past the fade-in
-        out = comp.composite(Frame(frame, i), track, crop, -crop.image)
+        out = comp.composite(Frame(frame, i), track, crop, -crop.hwc())
     comp.close()
     assert out.face and np.abs(out.image.astype(int) - frame).mean() > 0.5
 
@@ -223,7 +223,7 @@ def test_in_place_paste_matches_copy() -> None:
     for in_place in (False, True):
         comp = Compositor(CompositeConfig(in_place=in_place, fade_in_s=0.0))
         f = Frame(frame.copy(), 0)
-        out = comp.composite(f, track, crop, -crop.image)
+        out = comp.composite(f, track, crop, -crop.hwc())
         assert out.face and (out.image is f.image) == in_place
         outs.append(out.image)
     np.testing.assert_array_equal(outs[0], outs[1])

@@ -97,7 +97,7 @@ def clip() -> tuple[object, torch.Tensor]:
     with open_source("demo:portrait?seconds=0.4&fps=15&seed=9103&size=320x240") as src:
         frames = list(src)
     tracks = track_sequence(frames)
-    crops = torch.stack([torch.from_numpy(align_crop(f.image, t.quad, 64).image).permute(2, 0, 1)
+    crops = torch.stack([align_crop(f.image, t.quad, 64).image
                          for f, t in zip(frames, tracks, strict=True) if t.has_face]).float()
     assert crops.shape[0] >= 4
     return load_bundle(BUNDLE), crops

@@ -19,7 +19,7 @@ from models.bundle import new_bundle
 from models.editing import EditSpec, EditStack, tensor_key
 from realtime import cli
 from realtime.engines import TorchEngine
-from realtime.frames import Frame, Track
+from realtime.frames import Crop, Frame, Track
 from realtime.pipeline import (
     CLOSED,
     FrameProcessor,
@@ -113,18 +113,18 @@ def test_key_frame_policy_interval_drift_and_fine_blend(tiny_bundle):
     eng = _CountingEngine(load_bundle(tiny_bundle), device="cpu")
     proc = FrameProcessor(eng, PipelineConfig(key_interval=5, fine_blend_frames=3, drift_threshold=0.5))
     st = StreamState()
-    crop = torch.rand(1, 3, 64, 64) * 2 - 1
-    sources = [proc.encode(crop, st)[1] for _ in range(13)]
+    crop = Crop(image=torch.rand(3, 64, 64) * 2 - 1, to_frame=np.eye(2, 3), size=64)
+    sources = [proc.encode(crop, st).source for _ in range(13)]
     assert [i for i, s in enumerate(sources) if s == "key"] == [0, 6, 12]  # first, then after 5 reuse frames
     assert eng.keys == 3 and eng.reuses == 12  # a refresh runs both encoders
     proc.encode(crop, st)
-    other = torch.full_like(crop, 0.8)  # a very different crop (lighting change): drift → refresh
-    ws, src = proc.encode(other, st)
-    assert src == "key" and st.blend_to is not None
-    assert not torch.equal(ws[:, eng.num_coarse:], st.blend_to)  # blended in, not switched at once
+    other = Crop(image=torch.full_like(crop.image, 0.8), to_frame=crop.to_frame, size=64)  # lighting change: drift
+    enc = proc.encode(other, st)
+    assert enc.source == "key" and enc.why == "drift" and st.latent.blend_to is not None
+    assert not torch.equal(enc.ws[:, eng.num_coarse:], st.latent.blend_to)  # blended in, not switched at once
     for _ in range(2):
         proc.encode(other, st)
-    assert st.blend_to is None  # blend finished after fine_blend_frames
+    assert st.latent.blend_to is None  # blend finished after fine_blend_frames
 
 
 def test_edit_stack_composition_identity_and_unknown_names(tiny_bundle):

@@ -139,7 +139,7 @@ def crops_from_frames(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndarr
         if lm is None:
             continue
         crop = align_crop(img, quad_from_landmarks(lm), size)
-        u8 = np.clip(np.rint((crop.image + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        u8 = np.clip(np.rint((crop.hwc() + 1.0) * 127.5), 0, 255).astype(np.uint8)
         imgs.append(torch.from_numpy(u8).permute(2, 0, 1))
         idx.append(i)
         lms.append(torch.from_numpy(_to_crop_landmarks(np.asarray(lm, np.float32), crop.to_frame)))

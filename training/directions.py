@@ -189,7 +189,7 @@ def encode_synthetic(bundle: Any, seeds: Sequence[int], frames: int, *, randomiz
                 fp.expression = random_expression(rng)
             fr = clip.render(fp, i)
             crop = align_crop(fr.image, quad_from_landmarks(fr.landmarks), size)
-            crops.append(torch.from_numpy(crop.image).permute(2, 0, 1))
+            crops.append(crop.image)
             lms.append(torch.from_numpy(_to_crop_landmarks(fr.landmarks, crop.to_frame)))
             params.append(torch.tensor([*fr.pose.tolist(), *(fr.expression[k] for k in PARAMS[3:])]))
             clips.append(c)

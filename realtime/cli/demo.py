@@ -66,7 +66,7 @@ def _crop_fidelity(bundle: Any, frames: list[np.ndarray], max_frames: int = 48) 
                 crops.append(align_crop(img, tr.quad, bundle.crop_size).image)
     if len(crops) < 8:
         return {"crops": len(crops), "note": "too few faces found for crop metrics"}
-    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float()
+    x = torch.stack(crops).float()
     g = bundle.generator
     res = g.img_resolution
     with torch.inference_mode():

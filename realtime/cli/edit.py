@@ -224,7 +224,7 @@ def main(args: argparse.Namespace) -> int:
             for i, f in enumerate(frames()):
                 if i < n and face[i]:
                     c = align_crop(f.image, tr["quads"][i], size)
-                    crops.append(torch.from_numpy(np.ascontiguousarray(c.image)).permute(2, 0, 1))
+                    crops.append(c.image.contiguous())
                     mats.append(c.to_frame)
             return torch.stack(crops), np.stack(mats)
 

@@ -2,19 +2,17 @@
 
 Two modes:
 
-* **camera** (default): each browser sends its webcam; the server filters it and sends it back. Per peer:
-  a :class:`PeerWorker` with two threads — *tracking* (RGB conversion + MediaPipe, per-peer
-  :class:`~realtime.tracking.FaceTracker`) and *device* (:class:`~realtime.pipeline.FrameProcessor`: align,
-  encode with previous-frame reuse, edit, generate, paste back, then RGB→YUV) — joined by 1-slot drop-oldest
-  :class:`~realtime.pipeline.StageQueue` s, so each stage always works on the newest frame and latency stays
-  bounded. The engine is shared between peers (its calls are serialised by :class:`SerialEngine`); edits, the
-  latent state (:class:`~realtime.pipeline.StreamState`) and the tracker belong to the peer.
+* **camera** (default): each browser sends its webcam; the server filters it and sends it back. Per peer a
+  :class:`~realtime.server.worker.PeerWorker` runs the pipeline's stage runner (tracking thread, device thread,
+  1-slot drop-oldest queues, so each stage always works on the newest frame and latency stays bounded). The engine is
+  shared between peers (its calls are serialised); edits, the latent state and the tracker belong to the peer.
 * **viewer** (``source=``): one server-side source (``rtmp://…``, a file, ``demo:``) is processed once by the same
-  worker and broadcast to every viewer through aiortc's ``MediaRelay``; controls change the broadcast.
+  worker and broadcast to every viewer through aiortc's ``MediaRelay`` (:class:`~realtime.server.worker.Broadcast`).
 
 The asyncio loop only moves frames: it hands decoded frames to the worker (a non-blocking put) and returns the
-newest processed frame when aiortc's sender asks (:class:`OutputTrack`). Encoding runs in aiortc's executor
-threads with the overrides of :mod:`realtime.rtc_tuning`.
+newest processed frame when aiortc's sender asks (:class:`~realtime.server.media.OutputTrack`). Encoding runs in
+aiortc's executor threads with the overrides of :mod:`realtime.server.rtc_tuning`. Sessions and their data-channel
+messages: :mod:`realtime.server.session`.
 
 HTTP endpoints (all JSON errors are ``{"error": "..."}``):
 
@@ -27,17 +25,8 @@ GET       /stats       every session's stats (token required when one is set)
 ========  ===========  =========================================================================================
 
 The token may come as ``Authorization: Bearer T``, ``X-Stylestream-Token: T``, ``?token=T`` or the offer's
-``token`` field. Data-channel protocol (JSON text messages, ≤ 4 KiB), browser → server::
-
-    {"type": "filter", "on": true}                  {"type": "edit", "name": "smile", "value": 1.5}
-    {"type": "view", "mode": "filtered" | "side_by_side" | "original"}
-    {"type": "request", "width": 1280, "height": 720, "fps": 60}   (processing size cap and frame-rate cap)
-    {"type": "calibrate", "action": "start" | "reset"}   (live calibration: record, adapt in the background, swap)
-    {"type": "ping", "t": 123.4}                    {"type": "bye"}
-
-server → browser: ``hello`` (edits with ranges, mode, codec preference), ``stats`` (every ``stats_interval_s``),
-``pong``, ``ack`` and ``error``. A peer is freed (threads joined, tracker closed, connection closed) when it says
-bye, its connection fails or closes, its track ends, or it does not connect within ``connect_timeout_s``.
+``token`` field. A peer is freed (threads joined, tracker closed, connection closed) when it says bye, its connection
+fails or closes, its track ends, or it does not connect within ``connect_timeout_s``.
 """
 
 from __future__ import annotations
@@ -50,7 +39,7 @@ import hmac
 import ipaddress
 import json
 import logging
-import secrets
+import ssl
 import threading
 import time
 import weakref
@@ -60,26 +49,24 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-import av
-import cv2
 import numpy as np
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from aiortc.contrib.media import MediaRelay
-from aiortc.mediastreams import VIDEO_TIME_BASE, MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from models.errors import UserError
-from realtime.frames import Frame, Track, now_ns
-from realtime.pipeline import CLOSED, FrameProcessor, StageQueue, StreamState
+from realtime.io.sources import open_source, paced_like_a_camera
+from realtime.pipeline import VIEWS, FrameProcessor
 from realtime.server import rtc_tuning
+from realtime.server.media import OutputTrack
+from realtime.server.session import Session
+from realtime.server.worker import Broadcast, PeerWorker, post
 
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 STATIC_FILES = {"/": ("index.html", "text/html"), "/index.html": ("index.html", "text/html"),
                 "/app.js": ("app.js", "text/javascript"), "/style.css": ("style.css", "text/css")}
-VIEWS = ("filtered", "side_by_side", "original")
-MAX_MESSAGE_BYTES = 4096
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
@@ -153,31 +140,6 @@ def ice_server_json(s: RTCIceServer) -> dict[str, Any]:
     return d
 
 
-class Rate:
-    """Rolling events per second over the last ``window_s`` seconds (ticked by one thread)."""
-
-    def __init__(self, window_s: float = 2.0):
-        self.window_s = window_s
-        self._t: collections.deque[float] = collections.deque()
-        self.count = 0
-
-    def tick(self, t: float | None = None) -> None:
-        t = time.monotonic() if t is None else t
-        self._t.append(t)
-        self.count += 1
-        while self._t and t - self._t[0] > self.window_s:
-            self._t.popleft()
-
-    def fps(self) -> float:
-        try:  # may be read from another thread than the one ticking
-            first, last, n = self._t[0], self._t[-1], len(self._t)
-        except IndexError:
-            return 0.0
-        if n < 2 or time.monotonic() - last > self.window_s:
-            return 0.0
-        return (n - 1) / max(1e-6, last - first)
-
-
 class SerialEngine:
     """A shared engine whose model calls run one at a time (CUDA graphs and ORT sessions are not re-entrant);
     every other attribute is the wrapped engine's."""
@@ -203,483 +165,6 @@ class SerialEngine:
 
     def close(self) -> None:
         self._engine.close()
-
-
-# --------------------------------------------------------------------------------------------- the tracks
-
-
-class OutputTrack(MediaStreamTrack):
-    """The processed video: holds only the newest frame; ``recv`` waits for the next one (paced by the input).
-    ``deliver`` must be called on the event loop (the worker uses ``call_soon_threadsafe``)."""
-
-    kind = "video"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._frame: av.VideoFrame | None = None
-        self._capture_ns = 0
-        self._event = asyncio.Event()
-        self._t0: int | None = None
-        self._last_pts = -1
-        self.replaced = 0  # frames overwritten before the sender took them (sender/encoder slower than us)
-        self.rate = Rate()
-        self.latency_ms: collections.deque[float] = collections.deque(maxlen=120)  # worker receive → sender
-
-    def deliver(self, frame: av.VideoFrame, capture_ns: int) -> None:
-        if self.readyState != "live":
-            return
-        if self._frame is not None:
-            self.replaced += 1
-        self._frame, self._capture_ns = frame, capture_ns
-        self._event.set()
-
-    def end(self) -> None:
-        """The input ended: wake the sender so it sees the end."""
-        self.stop()
-
-    def stop(self) -> None:
-        super().stop()
-        self._event.set()
-
-    async def recv(self) -> av.VideoFrame:
-        while self._frame is None:
-            if self.readyState != "live":
-                raise MediaStreamError
-            self._event.clear()
-            await self._event.wait()
-        if self.readyState != "live":
-            raise MediaStreamError
-        frame, capture_ns = self._frame, self._capture_ns
-        self._frame = None
-        now = now_ns()
-        if self._t0 is None:
-            self._t0 = now
-        pts = max(self._last_pts + 1, (now - self._t0) * 90_000 // 1_000_000_000)  # real time, 90 kHz
-        self._last_pts = pts
-        frame.pts, frame.time_base = pts, VIDEO_TIME_BASE
-        self.rate.tick()
-        self.latency_ms.append((now - capture_ns) / 1e6)
-        return frame
-
-
-# ------------------------------------------------------------------------------------------- the worker
-
-
-class PeerWorker:
-    """Tracking thread + device thread for one stream, newest-frame policy (see the module docstring).
-
-    ``submit`` (any thread, non-blocking) takes an ``av.VideoFrame`` from WebRTC or a :class:`Frame` from a
-    server-side source; ``deliver(yuv_frame, capture_ns)`` is called from the device thread for every output."""
-
-    def __init__(self, name: str, processor: FrameProcessor, make_tracker: Callable[[], Any],
-                 deliver: Callable[[av.VideoFrame, int], None], on_end: Callable[[], None] | None = None):
-        self.name, self.processor, self.make_tracker = name, processor, make_tracker
-        self.deliver, self.on_end = deliver, on_end
-        self.inbox = StageQueue(1, drop_oldest=True, name="input")
-        self.q_device = StageQueue(1, drop_oldest=True, name="tracking→device")
-        self.state = StreamState()
-        self.times = processor.times
-        self.view = "filtered"
-        self.max_size: tuple[int, int] | None = None  # (w, h) processing cap from a "request"
-        self.max_fps: float | None = None  # frame-rate cap from a "request"
-        self.capped = 0  # input frames skipped by the frame-rate cap
-        self.face_now = False
-        self.in_size: tuple[int, int] = (0, 0)
-        self.out_size: tuple[int, int] = (0, 0)
-        self.error: str | None = None
-        self.ready = threading.Event()  # tracker built
-        self._index = 0
-        self._last_accept = 0.0
-        self._threads = [threading.Thread(target=self._tracking, name=f"stylestream-{name}-tracking", daemon=True),
-                         threading.Thread(target=self._device, name=f"stylestream-{name}-device", daemon=True)]
-
-    def start(self) -> None:
-        for t in self._threads:
-            t.start()
-
-    def submit(self, item: av.VideoFrame | Frame, recv_ns: int | None = None) -> None:
-        self.inbox.put((item, now_ns() if recv_ns is None else recv_ns))
-
-    def finish(self) -> None:
-        """No more input: the threads drain and stop."""
-        self.inbox.close()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop both threads now and wait for them (call off the event loop: the device thread may be mid-frame),
-        then free the stream's own engine (live calibration)."""
-        self.inbox.close()
-        self.q_device.close()
-        for t in self._threads:
-            if t.is_alive() and t is not threading.current_thread():
-                t.join(timeout)
-        if not self.alive():
-            self.processor.release()
-
-    def alive(self) -> bool:
-        return any(t.is_alive() for t in self._threads)
-
-    def _fail(self, what: str, exc: BaseException) -> None:
-        msg = f"{what}: {type(exc).__name__}: {exc}".splitlines()[0][:300]
-        if self.error != msg:
-            log.warning("%s %s", self.name, msg, exc_info=exc)
-        self.error = msg
-
-    def _tracking(self) -> None:
-        tracker = None
-        try:
-            tracker = self.make_tracker()  # MediaPipe graph: built here, never on the event loop
-        except BaseException as exc:  # noqa: BLE001 - reported in the stats, frames pass through untouched
-            self._fail("tracker", exc)
-        self.ready.set()
-        try:
-            while True:
-                item = self.inbox.get()
-                if item is CLOSED:
-                    break
-                src, recv_ns = item
-                if self.max_fps:
-                    t = time.monotonic()
-                    if t - self._last_accept < 0.95 / self.max_fps:
-                        self.capped += 1
-                        continue
-                    self._last_accept = t
-                try:
-                    frame = self._to_frame(src, recv_ns)
-                except Exception as exc:  # a frame PyAV cannot convert: skip it
-                    self._fail("input frame", exc)
-                    continue
-                track = Track(landmarks=None)
-                # Original view and filter off need no landmarks: skip MediaPipe (re-detects when back on).
-                if tracker is not None and self.view != "original" and self.processor.enabled:
-                    try:
-                        with self.times.measure("tracking"):
-                            track = tracker.track(frame)
-                    except Exception as exc:
-                        self._fail("tracking", exc)
-                self.face_now = track.has_face
-                self.q_device.put((frame, track))
-        finally:
-            self.q_device.close()
-            if tracker is not None:
-                with contextlib.suppress(Exception):
-                    tracker.close()
-
-    def _to_frame(self, src: av.VideoFrame | Frame, recv_ns: int) -> Frame:
-        with self.times.measure("to_rgb"):
-            if isinstance(src, Frame):
-                image, pts, tb = src.image, src.pts, src.time_base
-            else:
-                image, pts, tb = src.to_ndarray(format="rgb24"), src.pts, src.time_base
-            h, w = image.shape[:2]
-            self.in_size = (w, h)
-            cap = self.max_size
-            if cap and (w > cap[0] or h > cap[1]):
-                s = min(cap[0] / w, cap[1] / h)
-                nw, nh = max(16, int(w * s) // 2 * 2), max(16, int(h * s) // 2 * 2)
-                image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
-            image = np.ascontiguousarray(image)
-        frame = Frame(image=image, index=self._index, pts=pts, time_base=tb, capture_ns=recv_ns)
-        self._index += 1
-        return frame
-
-    def _device(self) -> None:
-        try:
-            while True:
-                item = self.q_device.get()
-                if item is CLOSED:
-                    break
-                frame, track = item
-                image = frame.image
-                if self.view != "original":
-                    try:
-                        self.processor.cfg.side_by_side = self.view == "side_by_side"
-                        image = self.processor.process(frame, track, self.state).image
-                    except Exception as exc:  # keep the video going; the stats say what broke
-                        self._fail("processing", exc)
-                        image = frame.image
-                with self.times.measure("to_yuv"):
-                    h, w = image.shape[:2]
-                    if w % 2 or h % 2:
-                        image = np.ascontiguousarray(image[: h // 2 * 2, : w // 2 * 2])
-                    # OpenCV's BT.601 limited-range I420 matches swscale's and is ~7× faster at 720p
-                    vf = av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
-                self.out_size = (vf.width, vf.height)
-                self.deliver(vf, frame.capture_ns)
-        finally:
-            if self.on_end is not None:
-                self.on_end()
-
-    def stats(self) -> dict[str, Any]:
-        st = self.state
-        return {
-            "stages_ms": {k: round(v, 2) for k, v in self.times.recent().items()},
-            "drops": {"input": self.inbox.dropped, "tracking": self.q_device.dropped, "fps_cap": self.capped},
-            "latent": st.last_source or "none", "key_frames": st.key_frames, "frames": st.frames,
-            "faces": st.faces, "face": self.face_now, "filter": self.processor.enabled, "view": self.view,
-            "edits": self.processor.edits.strengths() if self.processor.edits is not None else {},
-            "in_size": list(self.in_size), "out_size": list(self.out_size), "error": self.error,
-            "calibration": self.processor.calibration_status(),
-        }
-
-
-def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
-    """``fn(*args)`` on ``loop`` from a worker thread; a closed loop (shutdown) is not an error."""
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(fn, *args)
-
-
-# ----------------------------------------------------------------------------------------------- sessions
-
-
-class Session:
-    """One peer: its connection, data channel, worker (camera mode) and tasks."""
-
-    def __init__(self, server: LiveServer, pc: RTCPeerConnection):
-        self.server, self.pc = server, pc
-        self.id = secrets.token_hex(6)
-        self.created = time.monotonic()
-        self.channel: Any = None
-        self.worker: PeerWorker | None = None
-        self.out_track: OutputTrack | None = None
-        self.in_rate = Rate()
-        self.tasks: set[asyncio.Task[Any]] = set()
-        self.closed = False
-        self.close_reason = ""
-
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    # -- media ---------------------------------------------------------------------------------------------
-
-    async def read_input(self, track: MediaStreamTrack) -> None:
-        """Hand every decoded browser frame to the worker (the worker keeps only the newest)."""
-        try:
-            while True:
-                frame = await track.recv()
-                self.in_rate.tick()
-                if self.worker is not None:
-                    self.worker.submit(frame, now_ns())
-        except MediaStreamError:
-            pass
-        finally:
-            if not self.closed:
-                self.spawn(self.close("input track ended"))
-
-    async def watch_connect(self) -> None:
-        await asyncio.sleep(self.server.config.connect_timeout_s)
-        if self.pc.connectionState != "connected" and not self.closed:
-            await self.close(f"not connected after {self.server.config.connect_timeout_s:g} s")
-
-    async def send_stats(self) -> None:
-        while not self.closed:
-            await asyncio.sleep(self.server.config.stats_interval_s)
-            self.send({"type": "stats", **self.stats()})
-
-    # -- data channel --------------------------------------------------------------------------------------
-
-    def send(self, msg: dict[str, Any]) -> None:
-        ch = self.channel
-        if ch is not None and ch.readyState == "open":
-            with contextlib.suppress(Exception):
-                ch.send(json.dumps(msg, default=str))
-
-    def on_message(self, raw: Any) -> None:
-        try:
-            reply = self.handle(raw)
-        except UserError as exc:
-            reply = {"type": "error", "message": str(exc)}
-        except Exception as exc:  # never let a message kill the session
-            log.warning("session %s: bad message: %s", self.id, exc)
-            reply = {"type": "error", "message": "bad message"}
-        if reply is not None:
-            self.send(reply)
-
-    def handle(self, raw: Any) -> dict[str, Any] | None:
-        if not isinstance(raw, str) or len(raw) > MAX_MESSAGE_BYTES:
-            raise UserError(f"messages are JSON text of at most {MAX_MESSAGE_BYTES} bytes")
-        try:
-            msg = json.loads(raw)
-        except ValueError:
-            raise UserError("message is not JSON") from None
-        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-            raise UserError('message must be an object with a "type"')
-        kind = msg["type"]
-        worker = self.server.worker_for(self)
-        if kind == "ping":
-            return {"type": "pong", "t": msg.get("t") if isinstance(msg.get("t"), int | float) else None}
-        if kind == "bye":
-            self.spawn(self.close("bye"))
-            return None
-        if worker is None:
-            raise UserError("no video yet")
-        proc = worker.processor
-        if kind == "filter":
-            on = msg.get("on")
-            if not isinstance(on, bool):
-                raise UserError('"filter" needs "on": true|false')
-            proc.enabled = on
-        elif kind == "edit":
-            name, value = msg.get("name"), msg.get("value")
-            if not isinstance(name, str) or isinstance(value, bool) or not isinstance(value, int | float) \
-                    or not np.isfinite(value):
-                raise UserError('"edit" needs "name": string and "value": number')
-            if proc.edits is None:
-                raise UserError("this bundle has no edits")
-            proc.edits.set_strength(name, float(value))
-        elif kind == "view":
-            mode = msg.get("mode")
-            if mode not in VIEWS:
-                raise UserError(f'"view" mode must be one of {", ".join(VIEWS)}')
-            worker.view = mode
-        elif kind == "request":
-            if self.server.broadcast is not None:
-                raise UserError("viewer mode: the server's source sets the size and frame rate")
-            w, h, fps = msg.get("width"), msg.get("height"), msg.get("fps")
-            if w is not None or h is not None:
-                if not all(isinstance(v, int) and not isinstance(v, bool) and 16 <= v <= 7680 for v in (w, h)):
-                    raise UserError('"request" width/height must be integers in 16..7680')
-                worker.max_size = (int(w), int(h))
-            if fps is not None:
-                if isinstance(fps, bool) or not isinstance(fps, int | float) or not 1 <= fps <= 240:
-                    raise UserError('"request" fps must be a number in 1..240')
-                worker.max_fps = float(fps)
-        elif kind == "calibrate":
-            action = msg.get("action", "start")
-            if action == "start":
-                if not proc.enabled or worker.view == "original":
-                    raise UserError("turn the filter on to calibrate")
-                if self.server.calibrating(other_than=worker):
-                    raise UserError("another stream is calibrating; try again when it has finished")
-                if not proc.calibrate():
-                    raise UserError("a calibration is already under way")
-            elif action == "reset":
-                proc.reset_calibration()
-            else:
-                raise UserError('"calibrate" action must be "start" or "reset"')
-        else:
-            raise UserError(f"unknown message type {kind[:40]!r}")
-        return {"type": "ack", "of": kind}
-
-    # -- stats and teardown --------------------------------------------------------------------------------
-
-    def encoder(self) -> dict[str, Any] | None:
-        for sender in self.pc.getSenders():
-            enc = rtc_tuning.sender_encoder(sender)
-            if enc is not None and hasattr(enc, "describe"):
-                return enc.describe()
-        return None
-
-    def codec(self) -> str | None:
-        """The negotiated video codec (both directions use the answer's first codec)."""
-        for tr in self.pc.getTransceivers():
-            codecs = getattr(tr, "_codecs", None)
-            if tr.kind == "video" and codecs:
-                return str(codecs[0].mimeType)
-        return None
-
-    def stats(self) -> dict[str, Any]:
-        worker = self.server.worker_for(self)
-        track = self.out_track if self.out_track is not None else self.server.broadcast_track
-        out: dict[str, Any] = {"session": self.id, "mode": self.server.mode, "state": self.pc.connectionState,
-                               "fps_in": round(self.in_rate.fps(), 2), "frames_in": self.in_rate.count,
-                               "encoder": self.encoder(), "codec": self.codec(),
-                               "age_s": round(time.monotonic() - self.created, 1),
-                               "loop_lag_ms": self.server.loop_lag()}
-        if self.server.broadcast is not None:
-            out["fps_in"] = round(self.server.broadcast.in_rate.fps(), 2)
-            out["frames_in"] = self.server.broadcast.in_rate.count
-        if track is not None:
-            lat = list(track.latency_ms)
-            out.update(fps_out=round(track.rate.fps(), 2), frames_out=track.rate.count,
-                       latency_ms={"last": round(lat[-1], 1) if lat else None,
-                                   "mean": round(float(np.mean(lat)), 1) if lat else None,
-                                   "p90": round(float(np.percentile(lat, 90)), 1) if lat else None})
-        if worker is not None:
-            out.update(worker.stats())
-            if track is not None:
-                out["drops"]["output"] = track.replaced
-        return out
-
-    async def close(self, reason: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.close_reason = reason
-        log.info("session %s closed: %s", self.id, reason)
-        with contextlib.suppress(Exception):
-            self.server.history.append({**self.stats(), "closed": reason})
-        current = asyncio.current_task()
-        for task in list(self.tasks):
-            if task is not current:
-                task.cancel()
-        if self.out_track is not None:
-            self.out_track.stop()
-        if self.worker is not None:
-            await asyncio.to_thread(self.worker.stop)
-        with contextlib.suppress(Exception):
-            await self.pc.close()
-        for task in list(self.tasks):
-            if task is not current:
-                with contextlib.suppress(BaseException):
-                    await task
-        self.server.sessions.pop(self.id, None)
-        self.channel = None
-        self.worker = None
-
-
-# --------------------------------------------------------------------------------------------- broadcast
-
-
-class Broadcast:
-    """Viewer mode: one capture thread reads the source, one :class:`PeerWorker` processes it, one
-    :class:`OutputTrack` feeds a ``MediaRelay`` that every viewer subscribes to."""
-
-    def __init__(self, spec: str, processor: FrameProcessor, make_tracker: Callable[[], Any],
-                 open_source: Callable[[str], Any], loop: asyncio.AbstractEventLoop):
-        self.spec, self.loop = spec, loop
-        self.source = open_source(spec)
-        self.track = OutputTrack()
-        self.relay = MediaRelay()
-        self.in_rate = Rate()
-        self.ended = False
-        self.worker = PeerWorker("broadcast", processor, make_tracker,
-                                 deliver=lambda vf, ns: _post(loop, self.track.deliver, vf, ns),
-                                 on_end=lambda: _post(loop, self._end))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._capture, name="stylestream-broadcast-capture", daemon=True)
-
-    def start(self) -> None:
-        self.worker.start()
-        self._thread.start()
-
-    def _capture(self) -> None:
-        try:
-            for frame in self.source:
-                if self._stop.is_set():
-                    break
-                self.in_rate.tick()
-                self.worker.submit(frame, frame.capture_ns)
-        except Exception as exc:
-            self.worker._fail("source", exc)
-        finally:
-            self.worker.finish()
-
-    def _end(self) -> None:
-        self.ended = True
-        self.track.end()
-
-    def subscribe(self) -> MediaStreamTrack:
-        return self.relay.subscribe(self.track, buffered=False)
-
-    def stop(self) -> None:
-        """Stop reading and processing (blocking; call off the loop)."""
-        self._stop.set()
-        with contextlib.suppress(Exception):
-            self.source.close()
-        self._thread.join(timeout=5)
-        self.worker.stop()
 
 
 # ------------------------------------------------------------------------------------------------ server
@@ -750,9 +235,7 @@ class LiveServer:
         loop.set_default_executor(self._executor)
         self._monitor = asyncio.ensure_future(self._watch_loop())
         if self.config.source:
-            from realtime.io.sources import open_source as default_open
-
-            opener = self._open_source or _live_opener(default_open)
+            opener = self._open_source or _live_opener(open_source)
             self.broadcast = Broadcast(self.config.source, self.make_processor(), self.make_tracker, opener, loop)
             self.broadcast.start()
 
@@ -866,7 +349,7 @@ class LiveServer:
             out_track = session.out_track
 
             session.worker = PeerWorker(f"peer-{session.id}", self.make_processor(), self.make_tracker,
-                                        deliver=lambda vf, ns: _post(loop, out_track.deliver, vf, ns))
+                                        deliver=lambda vf, ns: post(loop, out_track.deliver, vf, ns))
 
         @pc.on("datachannel")
         def on_datachannel(channel: Any) -> None:
@@ -925,8 +408,6 @@ def _spec_json(s: Any) -> dict[str, Any]:
 
 
 def _live_opener(open_source: Callable[..., Any]) -> Callable[[str], Any]:
-    from realtime.io.sources import paced_like_a_camera
-
     def opener(spec: str) -> Any:
         return open_source(spec, live=True, realtime=True if paced_like_a_camera(spec) else None)
 
@@ -978,8 +459,6 @@ async def run_server(server: LiveServer, ready: Callable[[str], None] | None = N
     await runner.setup()
     ssl_context = None
     if server.config.tls_cert:
-        import ssl
-
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
             ssl_context.load_cert_chain(server.config.tls_cert, server.config.tls_key)

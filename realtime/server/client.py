@@ -29,7 +29,9 @@ import av
 import cv2
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import VIDEO_TIME_BASE, MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import VIDEO_TIME_BASE, AudioStreamTrack, MediaStreamError, MediaStreamTrack
+
+from realtime.io.sources import open_source
 
 STAMP_BITS = 16  # 12 index bits + 4 check bits
 STAMP_BLOCK = 16  # pixels per block side
@@ -87,8 +89,6 @@ def read_stamp(luma: np.ndarray) -> int | None:
 def clip_frames(width: int, height: int, count: int = 30, seed: int = 0, still: bool = False) -> list[np.ndarray]:
     """``count`` frames of the ``demo:`` astronaut clip at ``width``×``height`` as RGB arrays (looped by the
     track); ``still``: the first frame repeated (for tests that compare outputs)."""
-    from realtime.io.sources import open_source
-
     n = 1 if still else count
     with open_source(f"demo:?seconds={n / 30 + 0.5:g}&fps=30&size={width}x{height}&seed={seed}") as src:
         frames = [f.image for _, f in zip(range(n), src)]
@@ -192,8 +192,6 @@ class LiveClient:
         else:
             pc.addTransceiver("video", direction="recvonly")
         if self.send_audio:
-            from aiortc.mediastreams import AudioStreamTrack
-
             pc.addTrack(AudioStreamTrack())
         await pc.setLocalDescription(await pc.createOffer())
         body = {"sdp": pc.localDescription.sdp, "type": "offer"}

@@ -14,15 +14,13 @@ common case costs one ``warpAffine`` (CPU) or one ``grid_sample`` (torch).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from realtime.frames import Crop, Frame, Track
-
-if TYPE_CHECKING:
-    import torch
 
 # MediaPipe face-mesh indices (FACEMESH_RIGHT_EYE / FACEMESH_LEFT_EYE contours). "Left" follows FFHQ: the eye
 # on the image's left, i.e. the subject's right eye.
@@ -232,7 +230,8 @@ def align_crop(image: np.ndarray, quad: np.ndarray, size: int = 256, *, pad: boo
     """Cut the aligned face out of a frame (CPU, OpenCV).
 
     Args: image [H, W, 3] uint8 RGB; quad [4, 2] (TL, BL, BR, TR) frame pixels; size N.
-    Returns: Crop with image [N, N, 3] float32 in [-1, 1] and to_frame [2, 3].
+    Returns: Crop with image [3, N, N] float32 in [-1, 1] (a CPU tensor; ``Crop.hwc()`` is the numpy view) and
+    to_frame [2, 3].
     """
     assert image.ndim == 3 and image.shape[2] == 3, image.shape
     if not 8 <= size <= 4096:
@@ -249,7 +248,7 @@ def align_crop(image: np.ndarray, quad: np.ndarray, size: int = 256, *, pad: boo
         crop = np.empty(crop8.shape, np.float32)
         np.multiply(crop8, np.float32(2.0 / 255.0), out=crop, casting="unsafe")
         crop -= 1.0
-    return Crop(image=crop, to_frame=to_frame, size=size)
+    return Crop(image=torch.from_numpy(crop).permute(2, 0, 1), to_frame=to_frame, size=size)
 
 
 def align(frame: Frame, track: Track, config: AlignConfig | None = None) -> Crop | None:
@@ -264,7 +263,6 @@ def align(frame: Frame, track: Track, config: AlignConfig | None = None) -> Crop
 
 
 def _gaussian_kernel1d(sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    import torch
 
     radius = max(1, int(np.ceil(sigma * 4.0)))  # OpenCV's (0, 0) kernel for float images: ~4σ
     x = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
@@ -274,7 +272,6 @@ def _gaussian_kernel1d(sigma: float, device: torch.device, dtype: torch.dtype) -
 
 def gaussian_blur_torch(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur with reflect borders. x: [B, C, H, W] float → same shape."""
-    import torch.nn.functional as F
 
     b, c, h, w = x.shape
     k = _gaussian_kernel1d(sigma, x.device, x.dtype)
@@ -292,7 +289,6 @@ def affine_grid_pixels(m: torch.Tensor, out_h: int, out_w: int, in_h: int, in_w:
 
     Returns [B, out_h, out_w, 2] normalised coordinates.
     """
-    import torch
 
     dev, dt = m.device, m.dtype
     v, u = torch.meshgrid(
@@ -318,8 +314,6 @@ def align_crops_torch(
     Returns:
         crops [B, 3, N, N] float32 in [-1, 1] on images.device, and to_frame [B, 2, 3] float64 (numpy).
     """
-    import torch
-    import torch.nn.functional as F
 
     assert images.ndim == 4 and images.shape[1] == 3, tuple(images.shape)
     b, _, h, w = images.shape

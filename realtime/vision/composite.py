@@ -433,8 +433,8 @@ class Compositor:
                 src = _crop_uint8(crop.image)
                 person = self._segmenter(src)
             mask = face_mask(lm_crop, n, self.cfg, person)
-            if self.cfg.color_match and isinstance(crop.image, np.ndarray):
-                f = match_color(f, crop.image, skin_region(lm_crop, n), self.cfg.color_strength)
+            if self.cfg.color_match:
+                f = match_color(f, crop.hwc(), skin_region(lm_crop, n), self.cfg.color_strength)
             self._last = _Pasted(f, mask, np.asarray(crop.to_frame, np.float64))
         state = self.hold.update(has, frame.time_s)
         if state.mode == "off" or state.alpha <= 0.0 or self._last is None:

@@ -1,0 +1,231 @@
+"""One frame of one stream: align → encode (key | reuse) → edit → generate → composite (DESIGN §2).
+
+:class:`FrameProcessor` is the device worker's code, shared by every runner (file jobs, the live camera, each server
+peer, the public :class:`realtime.api.Filter`) and by the offline editor's render phase. Each stage is a method with a
+typed hand-off — ``Frame`` + ``Track`` → :class:`Crop` → :class:`Encoded` → :class:`Edited` → face tensor →
+:class:`Output` — and :meth:`FrameProcessor.process` chains them. Per-stream state lives in :class:`StreamState`, never
+in the processor's engine, so one engine can serve many streams.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.editing import EditContext, EditStack
+from models.errors import UserError
+from realtime.engines import Engine, engine_like
+from realtime.frames import Crop, Encoded, Frame, Output, Track
+from realtime.pipeline.calibration import CalibrationConfig, Calibrator
+from realtime.pipeline.config import VIEWS, PipelineConfig
+from realtime.pipeline.latents import LatentPolicy, LatentState
+from realtime.pipeline.stages import StageTimes
+from realtime.vision.align import align_crop, align_crops_torch
+from realtime.vision.composite import CompositeConfig, Compositor
+from realtime.vision.geometry import rescale_affine
+
+
+@dataclass
+class StreamState:
+    """Everything one video stream carries from frame to frame (never shared between streams)."""
+
+    latent: LatentState = field(default_factory=LatentState)
+    compositor: Compositor | None = None  # made on the first frame from the processor's config
+    frames: int = 0
+    faces: int = 0
+    last_source: str = ""  # "key", "reuse" or "none" for the last frame
+
+    @property
+    def key_frames(self) -> int:
+        return self.latent.key_frames
+
+
+@dataclass
+class Edited:
+    """An edited W+ code and the StyleSpace offsets that go with it."""
+
+    ws: torch.Tensor  # [1, num_ws, w_dim]
+    style_deltas: dict[str, torch.Tensor] | None  # {StyleSpace layer: [1, C]} or None
+
+
+class FrameProcessor:
+    """align → encode → edit → generate → composite for the frames of one stream.
+
+    ``engine`` may be shared between streams (it is never closed here); ``edits`` (live strengths), ``times``, the view
+    and a live calibration (``calibration``: default settings when None) belong to this stream. ``enabled`` and ``view``
+    may be changed from any thread (a UI message); they apply from the next frame."""
+
+    def __init__(self, engine: Engine, config: PipelineConfig | None = None, edits: EditStack | None = None,
+                 times: StageTimes | None = None, calibration: CalibrationConfig | None = None):
+        self.base_engine = engine
+        self.engine = engine  # the base engine, or this stream's own after a live calibration
+        self.cfg = config or PipelineConfig()
+        self.edits = edits
+        self.times = times or StageTimes()
+        self.policy = LatentPolicy(self.cfg)
+        self.enabled = True  # False passes frames through untouched
+        self._view = self.cfg.view
+        self.calibration_cfg = calibration
+        self.calibrator: Calibrator | None = None  # made on the first calibrate()
+        self._revert = False
+        self._lock = threading.Lock()
+
+    # -- what the stream shows -----------------------------------------------------------------------------
+
+    @property
+    def view(self) -> str:
+        return self._view
+
+    @view.setter
+    def view(self, mode: str) -> None:
+        if mode not in VIEWS:
+            raise UserError(f"view must be one of {', '.join(VIEWS)}, got {mode!r}")
+        self._view = mode
+
+    def wants_landmarks(self) -> bool:
+        """Whether the next frame needs tracking (not when the filter is off or the original is shown)."""
+        return self.enabled and self._view != "original"
+
+    # -- live calibration (StylePortraitVideo adaptation on a few seconds of this stream) -----------------------
+
+    def calibrate(self) -> bool:
+        """Start a live calibration (any thread; no model work here): the next face frames are recorded, a copy of
+        the base generator is adapted to them in a worker process, and this stream switches to its own engine
+        between two frames. False when one is already under way."""
+        with self._lock:
+            if self.calibrator is None:
+                base = self.base_engine
+                device = base.device if base.device.type == "cuda" else torch.device("cpu")
+                onnx = base.name == "onnx"  # the worker exports the adapted bundle for an onnx stream
+                self.calibrator = Calibrator(self.calibration_cfg, device=device,
+                                             export_precision=base.precision if onnx else None,
+                                             build=lambda bundle, model_dir: engine_like(base, bundle, model_dir))
+            calibrator = self.calibrator
+        return bool(calibrator.start(self.base_engine.bundle))
+
+    def reset_calibration(self) -> None:
+        """Cancel a calibration under way and go back to the base engine (at the next frame)."""
+        if self.calibrator is not None:
+            self.calibrator.cancel()
+        self._revert = True
+
+    def calibration_status(self) -> dict[str, Any]:
+        return self.calibrator.status() if self.calibrator is not None else {"state": "idle", "progress": 0.0}
+
+    def _use_engine(self, engine: Engine) -> None:
+        old, self.engine = self.engine, engine
+        if old is not self.base_engine and old is not engine:
+            old.close()
+
+    def _poll_calibration(self) -> None:
+        """Device thread, between frames: revert, or swap in a finished calibration's engine."""
+        if self._revert:
+            self._revert = False
+            self._use_engine(self.base_engine)
+        if self.calibrator is not None:
+            engine = self.calibrator.take()
+            if engine is not None:
+                self._use_engine(engine)
+
+    def release(self) -> None:
+        """End of the stream: cancel a calibration and close this stream's own engine (not the shared one)."""
+        if self.calibrator is not None:
+            self.calibrator.cancel()
+            self.calibrator.join(30)  # the adaptation stops at its next step
+        self._use_engine(self.base_engine)
+
+    # -- the stages ----------------------------------------------------------------------------------------
+
+    def align(self, frame: Frame, track: Track) -> Crop:
+        """The aligned face of a tracked frame, as a [3, S, S] tensor on the engine device."""
+        eng = self.engine
+        on_device = self.cfg.align == "device" or (self.cfg.align == "auto" and eng.device.type == "cuda")
+        if on_device:
+            img = torch.from_numpy(frame.image).to(eng.device).permute(2, 0, 1).unsqueeze(0)
+            crops, to_frame = align_crops_torch(img, np.asarray(track.quad)[None], eng.crop_size)
+            return Crop(image=crops[0], to_frame=to_frame[0], size=eng.crop_size)
+        crop = align_crop(frame.image, np.asarray(track.quad), eng.crop_size)
+        return Crop(image=crop.image.to(eng.device), to_frame=crop.to_frame, size=crop.size)
+
+    def encode(self, crop: Crop, state: StreamState) -> Encoded:
+        """W+ of the crop under the stream's latent policy (FrEN key frame or ViEN reuse)."""
+        return self.policy.encode(self.engine, crop, state.latent)
+
+    def edit(self, encoded: Encoded, track: Track, crop: Crop) -> Edited:
+        """The stream's active edits applied to ``encoded`` (the tracked landmarks are the edits' context)."""
+        if self.edits is None or not self.edits.active():
+            return Edited(encoded.ws, None)
+        ctx = EditContext(landmarks=track.landmarks, to_frame=crop.to_frame, crop_size=crop.size)
+        ws, style_deltas = self.edits.apply(encoded.ws, context=ctx)
+        return Edited(ws, style_deltas)
+
+    def generate(self, edited: Edited) -> torch.Tensor:
+        """The generator's face [1, 3, R, R] for an edited code."""
+        return self.engine.synthesize(edited.ws, edited.style_deltas)
+
+    def composite(self, frame: Frame, track: Track, crop: Crop | None, face: torch.Tensor | None,
+                  state: StreamState) -> Output:
+        """Paste ``face`` ([1, 3, R, R], generated from ``crop``) back into ``frame`` through the face mask, with the
+        hold-then-fade when there is no face (``crop``/``face`` None); the stream's view decides the layout."""
+        if state.compositor is None:
+            state.compositor = Compositor(CompositeConfig(color_match=self.cfg.color_match))
+        if crop is not None and face is not None:
+            r = face.shape[-1]
+            if r != crop.size:  # re-express the crop for the generator's resolution
+                image = F.interpolate(crop.image[None].float(), size=(r, r), mode="bilinear", align_corners=False,
+                                      antialias=True)[0]
+                crop = Crop(image=image, to_frame=rescale_affine(crop.to_frame, crop.size / r), size=r)
+            face = face[0]
+        out = state.compositor.composite(frame, track, crop, face)
+        return self.layout(frame, out.image, face=out.face, timings=out.timings_ms)
+
+    def layout(self, frame: Frame, image: np.ndarray, face: bool = False,
+               timings: dict[str, float] | None = None) -> Output:
+        """The output frame for this stream's view (side by side puts the original on the left)."""
+        if self._view == "side_by_side":
+            image = np.concatenate([frame.image, image], axis=1)
+        return Output(image=np.ascontiguousarray(image), index=frame.index, pts=frame.pts, time_base=frame.time_base,
+                      capture_ns=frame.capture_ns, face=bool(face), timings_ms=timings or {})
+
+    # -- one frame -----------------------------------------------------------------------------------------
+
+    def process(self, frame: Frame, track: Track, state: StreamState) -> Output:
+        """The filtered frame (the untouched one when the filter is off or the view is the original)."""
+        timings: dict[str, float] = {}
+        state.frames += 1
+        self._poll_calibration()
+        if self._view == "original":
+            return Output(image=frame.image, index=frame.index, pts=frame.pts, time_base=frame.time_base,
+                          capture_ns=frame.capture_ns)
+        if not self.enabled:
+            return self.layout(frame, frame.image)
+        if not track.has_face:
+            state.latent.reset()
+            state.last_source = "none"
+            with self.times.measure("composite", timings):
+                out = self.composite(frame, track, None, None, state)  # hold the last face, then fade out
+            out.timings_ms = timings
+            return out
+        state.faces += 1
+        with self.times.measure("align", timings):
+            crop = self.align(frame, track)
+        with self.times.measure("encode", timings):
+            encoded = self.encode(crop, state)
+        if self.calibrator is not None and self.calibrator.recording:
+            self.calibrator.record(crop.image[None], encoded.ws)  # the unedited latent: calibration reconstructs
+        edited = Edited(encoded.ws, None)
+        if self.edits is not None and self.edits.active():
+            with self.times.measure("edit", timings):
+                edited = self.edit(encoded, track, crop)
+        with self.times.measure("generate", timings):
+            face = self.generate(edited)
+        with self.times.measure("composite", timings):
+            out = self.composite(frame, track, crop, face, state)
+        state.last_source = encoded.source
+        out.timings_ms = timings
+        return out
