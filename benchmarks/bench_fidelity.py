@@ -1,6 +1,6 @@
 """Reconstruction fidelity and temporal consistency of a bundle on a held-out synthetic clip.
 
-    stylestream bench fidelity --bundle bundles/default --json docs/bench/fidelity.json \
+    stylestream bench fidelity --bundle models/bundles/default --json docs/bench/fidelity.json \
         --markdown docs/fidelity.md --strip docs/img/fidelity_strip.png --plot docs/img/fidelity_tc.png
 
 The clip (default ``synthetic:seed=9001,frames=90``: a seed and motion never used in training) is aligned with
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from benchmarks.metrics import landmark_error, mean_frame_psnr, temporal_consistency, warping_error
+from models.bundle import DEFAULT_BUNDLE
 
 
 def mediapipe_landmarks(frames: torch.Tensor, upscale: int = 4) -> list[np.ndarray | None]:
@@ -83,7 +84,7 @@ def reconstruct(bundle, x: torch.Tensor, mode: str, key_every: int = 0, smooth_s
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bundle", default="bundles/default")
+    p.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
     p.add_argument("--clip", default="synthetic:seed=9001,frames=90", help="held-out data spec (one clip)")
     p.add_argument("--key-every", type=int, default=30, help="FrEN key-frame interval of the vien+key mode")
     p.add_argument("--smooth-sigma", type=float, default=2.0, help="σ (frames) of the fren+smooth baseline")

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from models.bundle import DEFAULT_BUNDLE
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -107,7 +109,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: bundles/default, else --tiny)")
+    ap.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: built-in)")
     ap.add_argument("--tiny", action="store_true", help="use a tiny random bundle (no trained weights needed)")
     ap.add_argument("--sizes", default="640x480,1280x720")
     ap.add_argument("--fps", type=float, default=30.0, help="frame rate the client sends")
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]  # loopback only (this process)
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = args.bundle or REPO / "bundles" / "default"
+        bundle = args.bundle or DEFAULT_BUNDLE
         label = str(bundle)
         if args.tiny or not bundle.exists():
             bundle = tiny_bundle(Path(tmp) / "tiny")

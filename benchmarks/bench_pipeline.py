@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _bundle(path: Path | None):
     from models.bundle import load_bundle, new_bundle
-    from realtime.cli.run import DEFAULT_BUNDLE
+    from models.bundle import DEFAULT_BUNDLE
 
     if path is not None:
         return load_bundle(path), str(path)

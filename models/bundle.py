@@ -17,6 +17,7 @@ half-written bundle.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import shutil
@@ -32,6 +33,8 @@ from models.stylegan2 import GENERATOR_PRESETS, Generator, GeneratorConfig
 from models.vit_encoder import ENCODER_PRESETS, FrameEncoder, VideoEncoder, ViTConfig
 
 FORMAT_NAME = "stylestream-bundle"
+# The built-in default bundle ships inside the package (package data), so an installed wheel has it too.
+DEFAULT_BUNDLE = Path(str(importlib.resources.files("models").joinpath("bundles", "default")))
 FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
 

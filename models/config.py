@@ -30,7 +30,7 @@ _KEY = "stylestream"
 
 def opt(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING,  # noqa: A002 - argparse's word
         choices: Sequence[Any] | None = None, min: float | None = None, max: float | None = None,  # noqa: A002
-        flag: str | None = None, cli: bool = True, metavar: str | None = None) -> Any:
+        flag: str | None = None, cli: bool = True, metavar: str | None = None, repeat: bool = False) -> Any:
     """A documented dataclass field.
 
     Args:
@@ -41,9 +41,10 @@ def opt(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSIN
         flag: the command-line flag when it is not ``--field-name``.
         cli: False keeps the field off the command line (set from code or files only).
         metavar: the flag's value placeholder in ``--help``.
+        repeat: a list field whose flag is given once per value (``--x A --x B``) instead of ``--x A B``.
     """
     meta = {_KEY: {"help": help, "choices": tuple(choices) if choices is not None else None, "min": min, "max": max,
-                   "flag": flag, "cli": cli, "metavar": metavar}}
+                   "flag": flag, "cli": cli, "metavar": metavar, "repeat": repeat}}
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -63,6 +64,7 @@ class FieldInfo:
     flag: str  # e.g. "--key-interval"
     cli: bool
     metavar: str | None
+    repeat: bool
 
     @property
     def base_type(self) -> Any:
@@ -98,7 +100,7 @@ def fields(cls: type) -> list[FieldInfo]:
         out.append(FieldInfo(name=f.name, type=hints[f.name], default=default, help=meta.get("help", ""),
                              choices=meta.get("choices"), min=meta.get("min"), max=meta.get("max"),
                              flag=meta.get("flag") or "--" + f.name.replace("_", "-"), cli=meta.get("cli", True),
-                             metavar=meta.get("metavar")))
+                             metavar=meta.get("metavar"), repeat=meta.get("repeat", False)))
     return out
 
 

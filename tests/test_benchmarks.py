@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from benchmarks import bench_models, report
+from models.bundle import DEFAULT_BUNDLE
 
 
 def test_bench_models_json_and_speed_report(tmp_path):
@@ -24,13 +25,12 @@ def test_bench_models_json_and_speed_report(tmp_path):
 
 def test_bench_calibrate_timeline_reaches_the_swap(tmp_path):
     """A short live run with a tiny calibration: the swap happens, frames flow before, during and after."""
-    from pathlib import Path
 
     import pytest
 
     from benchmarks import bench_calibrate
 
-    if not (Path(__file__).resolve().parents[1] / "bundles" / "default" / "bundle.json").exists():
+    if not (DEFAULT_BUNDLE / "bundle.json").exists():
         pytest.skip("default bundle missing")
     out = tmp_path / "docs" / "bench" / "calibrate-cpu.json"
     assert bench_calibrate.main(["--input", "demo:portrait?fps=15&size=320x240&seed=5", "--seconds", "14",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.bundle import DEFAULT_BUNDLE
 from training.directions import EYE_L, EYE_R, INNER_LIPS
 from training.expression import (
     ExpressionConfig,
@@ -22,7 +23,7 @@ from training.expression import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "default"
+BUNDLE = DEFAULT_BUNDLE
 needs_bundle = pytest.mark.skipif(not (BUNDLE / "bundle.json").exists(), reason="default bundle missing")
 
 

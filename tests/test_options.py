@@ -24,6 +24,8 @@ class Demo:
     where: Path | None = opt(None, "a folder", metavar="DIR")
     names: list[str] = opt(default_factory=lambda: ["x", "y"], help="some names")
     hidden: int = opt(7, "set from code only", cli=False)
+    urls: list[str] = opt(default_factory=list, help="one per flag", repeat=True, flag="--url")
+    seeds: list[int] = opt(default_factory=lambda: [1, 2], help="integers")
 
 
 def parse(argv: list[str], prefix: str = "") -> argparse.Namespace:
@@ -42,6 +44,11 @@ def test_flags_round_trip_and_defaults():
     assert cfg.hidden == 7
     assert command_line("tool run", cfg) == "tool run --count 5 --rate 2.0 --mode b --on --where /tmp --names p q r"
     assert config_from_args(Demo, parse(["--calib-count", "4"], prefix="calib_"), prefix="calib_").count == 4
+    assert config_from_args(Demo, parse(["--url", "a", "--url", "b"])).urls == ["a", "b"]
+    assert Demo().urls == [] and config_from_args(Demo, parse([])).urls == []
+    assert config_from_args(Demo, parse(["--seeds", "4", "5,6"])).seeds == [4, 5, 6]
+    with pytest.raises(UserError, match="--seeds takes int values, got 'x'"):
+        config_from_args(Demo, parse(["--seeds", "x"]))
 
 
 def test_help_comes_from_the_declaration():

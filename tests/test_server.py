@@ -22,12 +22,12 @@ import pytest
 import torch
 
 from models.bundle import load_bundle, new_bundle
-from models.editing import EditSpec, EditStack, tensor_key
+from models.editing import EditSpec, tensor_key
 from models.errors import UserError
 from realtime import cli
-from realtime.cli.serve import make_factories
+from realtime.api import Filter
 from realtime.engines import make_engine
-from realtime.pipeline import FrameProcessor, PipelineConfig
+from realtime.pipeline import PipelineConfig
 from realtime.server import rtc_tuning
 from realtime.server.app import LiveServer, ServeConfig, check_bind, parse_ice_server, run_server
 from realtime.server.client import LiveClient, clip_frames, read_stamp, stamp_i420
@@ -49,10 +49,10 @@ def tiny_factories(path: Path, calibration: Any = None) -> tuple[Any, Any, list[
     b.edits.append(EditSpec("brighter", "w_direction", "test direction", range=(-8.0, 8.0)).to_dict())
     b.save(path)
     bundle = load_bundle(path)
-    engine = make_engine(bundle, "torch", "cpu", "fp32")
-    proc = FrameProcessor(engine, PipelineConfig(), edits=EditStack.from_bundle(bundle), calibration=calibration)
-    make_processor, make_tracker = make_factories(proc)
-    return make_processor, make_tracker, list(proc.edits.specs.values())
+    flt = Filter(engine=make_engine(bundle, "torch", "cpu", "fp32"), pipeline=PipelineConfig(),
+                 calibration=calibration)
+    make_processor, make_tracker = flt.stream_factories()
+    return make_processor, make_tracker, list(flt.processor.edits.specs.values())
 
 
 @pytest.fixture(autouse=True)

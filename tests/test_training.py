@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.bundle import DEFAULT_BUNDLE as BUILTIN_BUNDLE
 from models.errors import UserError
 from models.stylegan2 import GeneratorConfig
 from models.vit_encoder import ViTConfig
@@ -17,7 +18,7 @@ from training import losses as L
 from training.data import CropSet
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_BUNDLE = REPO / "bundles" / "default"
+DEFAULT_BUNDLE = BUILTIN_BUNDLE
 
 # A 32² generator and a one-block ViT: every loop step takes milliseconds.
 TINY_G = GeneratorConfig(img_resolution=32, channel_base=256, channel_max=32, mapping_layers=2, z_dim=32, w_dim=32,
@@ -371,7 +372,7 @@ def test_crop_face_mesh_landmark_loss_is_differentiable(held_out_crops):
 def test_default_bundle_reconstructs_better_than_untrained(held_out_crops):
     from models.bundle import load_bundle, new_bundle
 
-    assert DEFAULT_BUNDLE.exists(), "bundles/default is missing"
+    assert DEFAULT_BUNDLE.exists(), "the built-in bundle is missing"
     b = load_bundle(DEFAULT_BUNDLE)
     assert b.trained["generator"] and b.trained["fren"] and b.trained["vien"]
     assert sum(f.stat().st_size for f in DEFAULT_BUNDLE.iterdir()) <= 25 * 2**20

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.bundle import DEFAULT_BUNDLE
 from training.directions import EYE_L, EYE_R, INNER_LIPS
 
 Progress = Callable[[int, int, float], None]  # (step, total steps, loss)
@@ -328,7 +329,7 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser(description="offline editing measurement (docs/offline.md)")
     ap.add_argument("spec", nargs="?", default="demo:portrait?seconds=3&fps=15&seed=9101")
-    ap.add_argument("--bundle", default="bundles/default")
+    ap.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
     ap.add_argument("--adapt-iters", type=int, default=1000)
     ap.add_argument("--expr-iters", type=int, default=200)
     ap.add_argument("--strip", default=None)

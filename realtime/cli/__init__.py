@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from models.errors import UserError
+from realtime.vision.mediapipe_runtime import install_native_stderr_filter
 
 # (name, module, one-line help). Order is the order shown in --help.
 SUBCOMMANDS: list[tuple[str, str, str]] = [
@@ -44,10 +48,8 @@ def build_parser(load_all: bool = True) -> argparse.ArgumentParser:
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("stylestream")
-    except Exception:  # not installed (running from a checkout)
+    except PackageNotFoundError:  # not installed (running from a checkout)
         return "0+checkout"
 
 
@@ -66,9 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
-    from models.errors import UserError
-    from realtime.vision.mediapipe_runtime import install_native_stderr_filter
-
     install_native_stderr_filter()  # MediaPipe's native start-up logs never reach the user
     module = importlib.import_module(args._module)
     try:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+
+from benchmarks import bench_fidelity, bench_models, bench_pipeline
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench_kind", metavar="KIND", required=True)
-    from benchmarks import bench_fidelity, bench_models, bench_pipeline
 
     bench_models.add_arguments(sub.add_parser("models", help="ms per call of generator and encoders"))
     bench_pipeline.add_arguments(sub.add_parser("pipeline", help="end-to-end fps, per-stage ms, latency, drops"))
@@ -15,6 +17,4 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import importlib
-
     return importlib.import_module(f"benchmarks.bench_{args.bench_kind}").run(args)

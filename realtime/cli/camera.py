@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import UserError
-from realtime.cli.run import add_calibration_options, add_pipeline_options, run_pipeline
+from realtime.api import Filter
+from realtime.cli.common import add_calibration_options, add_filter_options
+from realtime.cli.run import run_filter
+from realtime.io.sources import paced_like_a_camera
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "background, switch to it (later: c + Enter or SIGUSR1; r + Enter or SIGUSR2 to go back)")
     p.add_argument("--save-calibrated", type=Path, default=None, metavar="DIR",
                    help="write the calibrated bundle here when a calibration finishes (use it with --bundle)")
-    add_pipeline_options(p)
+    add_filter_options(p)
     add_calibration_options(p)
 
 
@@ -42,8 +45,8 @@ class CalibrationControls:
     progress messages on state changes, and ``--save-calibrated``. Triggers only flip state; the recording runs in
     the device worker and the adaptation in the calibrator's worker process."""
 
-    def __init__(self, processor: Any, console: Any, start: bool, save_to: Path | None):
-        self.processor, self.console, self.start_now, self.save_to = processor, console, start, save_to
+    def __init__(self, flt: Filter, console: Any, start: bool, save_to: Path | None):
+        self.processor, self.console, self.start_now, self.save_to = flt.processor, console, start, save_to
         self._last = "idle"
         self._saved_run = -1
         self._old: dict[int, Any] = {}
@@ -136,13 +139,11 @@ def main(args: argparse.Namespace) -> int:
         opts["size"] = (w, h)
     if args.fps:
         opts["fps"] = args.fps
-    from realtime.io.sources import paced_like_a_camera
-
     args.realtime = paced_like_a_camera(args.source)  # a file or demo: clip stands in for a camera
     if args.save_calibrated is not None and args.save_calibrated.exists() and not args.save_calibrated.is_dir():
         raise UserError(f"--save-calibrated {args.save_calibrated} exists and is not a folder")
 
-    def controls(processor: Any, console: Any) -> CalibrationControls:
-        return CalibrationControls(processor, console, start=args.calibrate, save_to=args.save_calibrated)
+    def controls(flt: Filter, console: Any) -> CalibrationControls:
+        return CalibrationControls(flt, console, start=args.calibrate, save_to=args.save_calibrated)
 
-    return run_pipeline(args, live_default=True, progress=False, source_options=opts, controls=controls)
+    return run_filter(args, live_default=True, progress=False, source_options=opts, controls=controls)

@@ -1,12 +1,14 @@
 """`stylestream demo`: the whole filter on a synthetic talking-head clip with the built-in default bundle.
 
-Writes ``demo_out/`` (or ``-o DIR``):
+It says what it does before it starts, shows progress for every phase, and writes ``demo_out/`` (or ``-o DIR``):
 
-* ``input.mp4`` — the synthetic clip (``demo:portrait``, a new seed each run unless ``--seed``),
-* ``side_by_side.mp4`` — original | filtered (with a preset edit when the bundle has one),
+* ``input.mp4`` — the synthetic clip it filters (``demo:portrait``, seed ``--seed``: a clip no training run saw),
+* ``side_by_side.mp4`` — original | filtered, with the preset edit (the first of :data:`PRESET_EDITS` the bundle has;
+  ``--edit`` chooses others, ``--edit none`` shows the plain reconstruction),
 * ``metrics.json`` — run stats (fps, per-stage ms, latency, faces, key frames) and crop-level fidelity of the
   encoders (PSNR/SSIM of FrEN and ViEN reconstructions of the aligned crops, and their temporal consistency),
-* ``contact_sheet.png`` — sampled frames: original | filtered, plus aligned crops over their reconstructions.
+* ``contact_sheet.png`` — labelled frames (original | filtered) after the fade-in, plus aligned crops over their
+  reconstructions.
 
 No download, no GPU needed.
 """
@@ -18,9 +20,22 @@ import json
 from pathlib import Path
 from typing import Any
 
+import av
+import cv2
 import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from models.bundle import Bundle
+from models.editing import EditStack, parse_edit_args
 from models.errors import UserError
+from realtime.api import Filter, load, open_sink, open_source
+from realtime.frames import Frame, Output
+from realtime.pipeline import PipelineConfig
+from realtime.vision.align import align_crop
+from realtime.vision.tracking import FaceTracker, TrackerConfig
+from training.losses import ssim
 
 PRESET_EDITS = ("smile=1.5", "mouth_open=1.0", "eyes_open=1.0")  # first one the bundle has is applied
 
@@ -33,31 +48,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=float, default=30.0)
     p.add_argument("--seed", type=int, default=2024, help="synthetic clip seed (held out from training)")
     p.add_argument("--edit", action="append", metavar="NAME=STRENGTH",
-                   help="edit to show (default: a preset the bundle has, else plain reconstruction)")
+                   help="edit to show (repeatable; default: the first preset the bundle has, "
+                        f"{', '.join(PRESET_EDITS)}; 'none' for the plain reconstruction)")
     p.add_argument("--device", default="auto")
-
-
-def _render_input(spec: str, path: Path) -> Any:
-    from realtime.frames import Output
-    from realtime.io.sinks import open_sink
-    from realtime.io.sources import open_source
-
-    with open_source(spec, live=False) as src, \
-            open_sink(str(path), width=src.width, height=src.height, fps=src.fps, crf=14) as sink:
-        for f in src:
-            sink.write(Output(f.image, f.index, f.pts, f.time_base, f.capture_ns))
 
 
 def _crop_fidelity(bundle: Any, frames: list[np.ndarray], max_frames: int = 48) -> dict[str, Any]:
     """Encode the aligned crops of the first frames with FrEN (every frame) and ViEN (with reuse) and compare the
     reconstructions with the crops: PSNR, SSIM and temporal consistency (Video2StyleGAN TC, ±3 neighbours)."""
-    import torch
-
-    from realtime.frames import Frame
-    from realtime.vision.align import align_crop
-    from realtime.vision.tracking import FaceTracker, TrackerConfig
-    from training.losses import ssim
-
     crops = []
     with FaceTracker(TrackerConfig(smoothing="none")) as tracker:
         for i, img in enumerate(frames[:max_frames]):
@@ -101,11 +99,11 @@ def _crop_fidelity(bundle: Any, frames: list[np.ndarray], max_frames: int = 48) 
     }
 
 
-def _contact_sheet(out_frames: list[np.ndarray], strip: tuple | None, path: Path) -> None:
-    import cv2
-
-    picks = np.linspace(0, len(out_frames) - 1, num=min(4, len(out_frames))).round().astype(int)
-    rows = []
+def _contact_sheet(out_frames: list[np.ndarray], strip: tuple | None, path: Path, fps: float, caption: str) -> None:
+    # skip the first half second: the filter fades in there (DESIGN §2: no face → hold, then fade)
+    start = min(len(out_frames) - 1, int(round(0.5 * fps)))
+    picks = np.linspace(start, len(out_frames) - 1, num=min(4, len(out_frames) - start)).round().astype(int)
+    rows = [_label_row(("original", f"filtered: {caption}"), 960)]
     for i in picks:
         f = out_frames[i]
         scale = 960 / f.shape[1]
@@ -131,38 +129,61 @@ def _contact_sheet(out_frames: list[np.ndarray], strip: tuple | None, path: Path
     cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
 
 
+def _label_row(labels: tuple[str, ...], width: int, height: int = 30) -> np.ndarray:
+    row = np.full((height, width, 3), 255, np.uint8)
+    cell = width // len(labels)
+    for i, text in enumerate(labels):
+        cv2.putText(row, text, (i * cell + 8, height - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    return row
+
+
+def _bar(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False, disable=not console.is_terminal)
+
+
+def _render_input(spec: str, path: Path, console: Console) -> None:
+    with open_source(spec, live=False) as src, _bar(console) as bar, \
+            open_sink(str(path), width=src.width, height=src.height, fps=src.fps, crf=14) as sink:
+        task = bar.add_task("writing input.mp4", total=src.frame_count or None)
+        for f in src:
+            sink.write(Output(f.image, f.index, f.pts, f.time_base, f.capture_ns))
+            bar.advance(task)
+
+
+def _edits(bundle: Bundle, given: list[str] | None) -> dict[str, float]:
+    if given == ["none"]:
+        return {}
+    if given:
+        return parse_edit_args(given)
+    names = set(EditStack.from_bundle(bundle).names)
+    return parse_edit_args([e for e in PRESET_EDITS if e.split("=")[0] in names][:1])
+
+
 def main(args: argparse.Namespace) -> int:
-    import av
-    from rich.console import Console
-
-    from models.editing import EditStack
-    from realtime.cli import run as cmd_run
-
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     out: Path = args.output
+    bundle = load(args.bundle)
+    edits = _edits(bundle, args.edit)
+    caption = ", ".join(f"{k}={v:g}" for k, v in edits.items()) or "no edit (reconstruction)"
+    spec = f"demo:portrait?seconds={args.seconds:g}&fps={args.fps:g}&size={args.size}&seed={args.seed}"
+    console.print(f"stylestream demo: filtering a {args.seconds:g} s synthetic talking-head clip ({args.size}, "
+                  f"{args.fps:g} fps, seed {args.seed}) with bundle {bundle.name!r} and {caption}.\n"
+                  f"It writes {out}/: input.mp4 (the clip), side_by_side.mp4 (original | filtered), "
+                  "contact_sheet.png and metrics.json.", highlight=False)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create {out}: {exc.strerror}") from None
-    bundle = cmd_run.load_bundle_arg(args.bundle)
-    spec = f"demo:portrait?seconds={args.seconds:g}&fps={args.fps:g}&size={args.size}&seed={args.seed}"
-    with console.status(f"writing the synthetic clip {spec}"):
-        _render_input(spec, out / "input.mp4")
-    edits = args.edit
-    if edits is None:
-        names = set(EditStack.from_bundle(bundle).names)
-        edits = [e for e in PRESET_EDITS if e.split("=")[0] in names][:1]
-    p = argparse.ArgumentParser()
-    cmd_run.add_arguments(p)
-    run_argv = [str(out / "input.mp4"), "-o", str(out / "side_by_side.mp4"), "--side-by-side",
-                "--device", args.device, "--stats-json", str(out / "run_stats.json")]
-    if args.bundle is not None:
-        run_argv += ["--bundle", str(args.bundle)]
-    for e in edits:
-        run_argv += ["--edit", e]
-    rc = cmd_run.run_pipeline(p.parse_args(run_argv), live_default=False, progress=True)
-    if rc != 0:
-        return rc
+    _render_input(spec, out / "input.mp4", console)
+    with console.status("preparing the engine (the first run exports the bundle to ONNX, ≈ 15 s)"):
+        flt = Filter(bundle, edits, device=args.device, pipeline=PipelineConfig(side_by_side=True), live=False)
+    with flt, open_source(str(out / "input.mp4"), live=False) as src, _bar(console) as bar, \
+            open_sink(str(out / "side_by_side.mp4"), width=2 * src.width, height=src.height, fps=src.fps,
+                      audio_from=src) as sink:
+        task = bar.add_task("filtering", total=src.frame_count or None)
+        stats = flt.run(src, sink, live=False, on_output=lambda o, s: bar.advance(task))
+        engine = {"backend": flt.engine.name, "device": str(flt.engine.device), "precision": flt.engine.precision}
     with av.open(str(out / "side_by_side.mp4")) as c:
         out_frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     with av.open(str(out / "input.mp4")) as c:
@@ -170,16 +191,13 @@ def main(args: argparse.Namespace) -> int:
     with console.status("measuring encoder fidelity on the aligned crops"):
         fid = _crop_fidelity(bundle, in_frames)
     strip = fid.pop("_strip", None)
-    _contact_sheet(out_frames, strip, out / "contact_sheet.png")
-    stats = json.loads((out / "run_stats.json").read_text())
+    _contact_sheet(out_frames, strip, out / "contact_sheet.png", args.fps, caption)
     metrics = {"clip": spec, "bundle": bundle.name, "bundle_trained": bundle.trained, "edits": edits,
-               "run": stats["stats"], "engine": stats["engine"], "crop_fidelity": fid}
+               "run": stats.to_dict(), "engine": engine, "crop_fidelity": fid}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "run_stats.json").unlink()
-    f = fid.get("fren", {})
-    v = fid.get("vien_reuse", {})
-    console.print(f"[green]demo written to {out}/[/]: side_by_side.mp4, contact_sheet.png, metrics.json — "
-                  f"{stats['stats']['fps']:.1f} fps; crop PSNR FrEN {f.get('psnr_db', float('nan')):.1f} dB, "
+    f, v = fid.get("fren", {}), fid.get("vien_reuse", {})
+    console.print(f"[green]demo written to {out}/[/]: input.mp4, side_by_side.mp4, contact_sheet.png, metrics.json — "
+                  f"{stats.fps:.1f} fps; crop PSNR FrEN {f.get('psnr_db', float('nan')):.1f} dB, "
                   f"ViEN {v.get('psnr_db', float('nan')):.1f} dB; TC FrEN {f.get('tc', float('nan')):.4f}, "
                   f"ViEN {v.get('tc', float('nan')):.4f}")
     return 0

@@ -13,7 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
+
+import torch
+
+from benchmarks import bench_edits
+from benchmarks.provenance import command_line
+from models.bundle import Bundle, load_bundle, swap_dir_into_place
+from models.errors import BundleError, UserError
+from realtime.cli.common import print_edits
+from realtime.cli.options import add_config, config_from_args
+from training.directions import FitConfig, fit_edits, merge_into_bundle
+from training.losses import load_face_mesh
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,55 +34,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f = sub.add_parser("fit", help="fit edits and store them in the bundle (atomic)")
     f.add_argument("bundle", type=Path, help="bundle folder (updated in place)")
     f.add_argument("--out", type=Path, default=None, help="write the result to this folder instead")
-    f.add_argument("--seeds", default="101,102,103,104,105",
-                   help="synthetic clip seeds to fit on (comma-separated; the last is the validation clip)")
-    f.add_argument("--frames", type=int, default=100, help="frames per clip")
-    f.add_argument("--igan-samples", type=int, default=1000, help="InterFaceGAN samples (0: supervised only)")
-    f.add_argument("--igan-source", choices=("encoded", "mapping"), default="encoded",
-                   help="InterFaceGAN samples: around the encoded latents, or from the mapping network")
-    f.add_argument("--pe-steps", type=int, default=200, help="pose/expression network training steps")
-    f.add_argument("--lip-rank", type=int, default=12, help="keep_mouth: size of the removed lip subspace")
-    f.add_argument("--max-gain", type=float, default=4.0, help="cap on the calibration gain of a direction")
-    f.add_argument("--identity-layers", default="auto", help="random_identity W+ entries ('auto' or '5,6,7')")
-    f.add_argument("--seed", type=int, default=0, help="random seed")
-    f.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_config(f, FitConfig)
+    f.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     f.add_argument("--report", type=Path, default=None, help="write the fit report (JSON) here")
     ls = sub.add_parser("list", help="list a bundle's edits")
     ls.add_argument("bundle", type=Path, help="bundle folder")
     ls.add_argument("--json", action="store_true", help="print the specs as JSON")
     m = sub.add_parser("measure", help="measure the edits on held-out synthetic clips (table, JSON, PNG strips)")
-    from benchmarks import bench_edits
-
     bench_edits.add_arguments(m)
 
 
 def _fit(args: argparse.Namespace) -> int:
-    import torch
-
-    from benchmarks.provenance import command_line
-    from models.bundle import load_bundle
-    from models.errors import UserError
-    from training.directions import FitConfig, fit_edits, merge_into_bundle
-    from training.losses import load_face_mesh
-
     torch.set_num_threads(max(1, args.threads))
+    cfg = config_from_args(FitConfig, args)
+    if len(cfg.seeds) < 2:
+        raise UserError("--seeds needs at least two clips (the last one validates)")
     bundle = load_bundle(args.bundle)
     if bundle.fren is None:
         raise UserError(f"{args.bundle}: fitting edits needs a bundle with a FrEN encoder")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    if len(seeds) < 2:
-        raise UserError("--seeds needs at least two clips (the last one validates)")
     mesh = load_face_mesh()
     if mesh is None:
         logging.getLogger("stylestream.edits").warning(
             "no torch face mesh: only the supervised directions, random identity and the linear pose/expression "
             "map are fitted (no InterFaceGAN, keep_mouth, or landmark loss)")
-    cfg = FitConfig(seeds=seeds, frames=args.frames, igan_samples=args.igan_samples, igan_source=args.igan_source,
-                    pe_steps=args.pe_steps, lip_rank=args.lip_rank, max_gain=args.max_gain,
-                    identity_layers=args.identity_layers, seed=args.seed)
     specs, tensors, report = fit_edits(bundle, cfg, mesh, command=command_line())
     merge_into_bundle(bundle, specs, tensors)
     out = args.out or args.bundle
@@ -85,46 +72,27 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_in_place(bundle: object, path: Path) -> None:
+def _save_in_place(bundle: Bundle, path: Path) -> None:
     """Bundle.save into a sibling folder, carry over the folder's other files (README, …), swap atomically."""
-    import os
-    import shutil
-
-    from models.errors import BundleError
-
     tmp = path.parent / f".{path.name}.edits-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        bundle.save(tmp)  # type: ignore[attr-defined]
+        bundle.save(tmp)
         for f in path.iterdir():
             if f.is_file() and not (tmp / f.name).exists():
                 shutil.copy2(f, tmp / f.name)
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_dir_into_place(tmp, path)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise BundleError(f"cannot write bundle {path}: {exc.strerror or exc}") from None
 
 
 def _list(args: argparse.Namespace) -> int:
-    from models.bundle import load_bundle
-    from models.editing import EditStack
-
     bundle = load_bundle(args.bundle)
-    stack = EditStack.from_bundle(bundle)
     if args.json:
-        print(json.dumps([s.to_dict() for s in stack.specs.values()], indent=1))
+        print(json.dumps(bundle.edits, indent=1))
         return 0
-    if not stack.names:
-        print(f"bundle {bundle.name!r} has no edits")
-        return 0
-    for s in stack.specs.values():
-        lo, hi = s.range
-        route = s.extra.get("route", "")
-        print(f"{s.name:20s} {s.kind:16s} [{lo:g}, {hi:g}]  {s.description}" + (f"  ({route})" if route else ""))
-    return 0
+    return print_edits(bundle)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -133,6 +101,4 @@ def main(args: argparse.Namespace) -> int:
         return _fit(args)
     if args.edits_cmd == "list":
         return _list(args)
-    from benchmarks import bench_edits
-
     return bench_edits.run(args)

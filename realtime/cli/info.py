@@ -6,6 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
+from models.bundle import load_bundle
+from models.stylegan2 import count_parameters
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="bundle folder")
@@ -13,12 +19,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from models.bundle import load_bundle
-    from models.stylegan2 import count_parameters
-
     b = load_bundle(args.bundle)
     m = b.manifest()
     if args.json:

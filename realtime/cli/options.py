@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from models.config import FieldInfo, check, fields
+from models.errors import UserError
 
 
 def _dest(prefix: str, name: str) -> str:
@@ -56,19 +57,24 @@ def add_config(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: t
         tp = f.base_type
         shown = "" if default is None or default == "" else f" (default {_show(default)})"
         kw: dict[str, Any] = {"dest": dest, "default": default}
-        if f.metavar:
-            kw["metavar"] = f.metavar
+        kw["metavar"] = f.metavar or flag.lstrip("-").upper().replace("-", "_")
         if tp is bool:
+            del kw["metavar"]
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=f.help, **kw)
             continue
         origin = typing.get_origin(tp)
         if origin in (list, tuple):
-            args = typing.get_args(tp)
-            parser.add_argument(flag, nargs="*", type=_scalar(args[0] if args else str), help=f.help + shown, **kw)
+            if f.repeat:  # argparse appends to a copy of the default list
+                kw["default"] = list(default or [])
+                parser.add_argument(flag, action="extend", nargs=1, help=f.help + " (repeatable)", **kw)
+            else:  # values converted (and comma-separated ones split) by config_from_args
+                parser.add_argument(flag, nargs="+", help=f.help + shown, **kw)
             continue
         choices = f.choices
         if choices is None and typing.get_origin(tp) is typing.Literal:
             choices = typing.get_args(tp)
+        if choices is not None and not f.metavar:
+            del kw["metavar"]
         parser.add_argument(flag, type=_scalar(tp), choices=choices, help=f.help + shown, **kw)
 
 
@@ -83,10 +89,24 @@ def config_from_args(cls: type, args: argparse.Namespace, *, prefix: str = "", w
             values[f.name] = overrides[f.name]
         elif hasattr(args, dest) and f.cli and not dataclasses.is_dataclass(f.base_type):
             value = getattr(args, dest)
-            if typing.get_origin(f.base_type) is tuple and isinstance(value, list):
-                value = tuple(value)
+            if typing.get_origin(f.base_type) in (list, tuple) and isinstance(value, list | tuple):
+                value = _items(f, value)
             values[f.name] = value
     return check(cls(**values), where)
+
+
+def _items(f: FieldInfo, given: list[Any] | tuple[Any, ...]) -> list[Any] | tuple[Any, ...]:
+    """A list flag's values in the field's element type; "1,2" counts as two values."""
+    args = typing.get_args(f.base_type)
+    scalar = _scalar(args[0] if args else str)
+    out = []
+    for item in given:
+        for part in str(item).split(",") if scalar is not str and isinstance(item, str) else [item]:
+            try:
+                out.append(scalar(part) if isinstance(part, str) else part)
+            except ValueError:
+                raise UserError(f"{f.flag} takes {scalar.__name__} values, got {part!r}") from None
+    return tuple(out) if typing.get_origin(f.base_type) is tuple else out
 
 
 def command_line(prog: str, cfg: Any, *, prefix: str = "") -> str:

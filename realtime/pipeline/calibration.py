@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from export.onnx import export_bundle
+from models.config import opt
 from training.adapt import AdaptConfig, adapt_generator, reconstruction
 
 
@@ -35,12 +36,12 @@ from training.adapt import AdaptConfig, adapt_generator, reconstruction
 class CalibrationConfig:
     """Live "calibrate" in ``serve`` / ``camera``: how much of the user to record and how long to adapt."""
 
-    frames: int = 30  # (crop, latent) pairs to record (30 pairs = 2 s at 30 fps with stride 2)
-    stride: int = 2  # keep every N-th face frame while recording (more pose/expression variety per pair)
-    iters: int = 200  # Adam steps of the background adaptation
-    lr: float = 1e-3  # Adam learning rate
-    batch: int = 4  # frames per Adam step
-    threads: int = 1  # CPU threads of the adaptation (its own thread's setting; the stream's are untouched)
+    frames: int = opt(30, "(crop, latent) pairs to record (30 pairs = 2 s at 30 fps with stride 2)", min=1, max=10_000)
+    stride: int = opt(2, "keep every N-th face frame while recording (more pose/expression variety per pair)", min=1)
+    iters: int = opt(200, "Adam steps of the background adaptation", min=1)
+    lr: float = opt(1e-3, "Adam learning rate", min=1e-12, max=1.0)
+    batch: int = opt(4, "frames per Adam step", min=1)
+    threads: int = opt(1, "CPU threads of the adaptation (the stream's own threads are untouched)", min=1)
 
 
 class _Cancelled(Exception):

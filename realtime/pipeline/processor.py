@@ -30,6 +30,30 @@ from realtime.vision.composite import CompositeConfig, Compositor
 from realtime.vision.geometry import rescale_affine
 
 
+def composite_face(compositor: Compositor, frame: Frame, track: Track, crop: Crop | None,
+                   face: torch.Tensor | None) -> Output:
+    """The compositing stage: paste ``face`` ([1, 3, R, R] in [-1, 1], generated from ``crop``) back into ``frame``
+    through the face mask, or hold-then-fade when there is no face (``crop``/``face`` None). A generator resolution
+    R other than the crop's is handled by re-expressing the crop at R. The live processor and the offline editor's
+    render phase both paste through here."""
+    if crop is not None and face is not None:
+        r = face.shape[-1]
+        if r != crop.size:
+            image = F.interpolate(crop.image[None].float(), size=(r, r), mode="bilinear", align_corners=False,
+                                  antialias=True)[0]
+            crop = Crop(image=image, to_frame=rescale_affine(crop.to_frame, crop.size / r), size=r)
+        face = face[0]
+    return compositor.composite(frame, track, crop, face)
+
+
+def layout(view: str, frame: Frame, image: np.ndarray, face: bool = False) -> Output:
+    """The output frame for a view: ``side_by_side`` puts the original on the left (double width)."""
+    if view == "side_by_side":
+        image = np.concatenate([frame.image, image], axis=1)
+    return Output(image=np.ascontiguousarray(image), index=frame.index, pts=frame.pts, time_base=frame.time_base,
+                  capture_ns=frame.capture_ns, face=bool(face))
+
+
 @dataclass
 class StreamState:
     """Everything one video stream carries from frame to frame (never shared between streams)."""
@@ -170,27 +194,15 @@ class FrameProcessor:
 
     def composite(self, frame: Frame, track: Track, crop: Crop | None, face: torch.Tensor | None,
                   state: StreamState) -> Output:
-        """Paste ``face`` ([1, 3, R, R], generated from ``crop``) back into ``frame`` through the face mask, with the
-        hold-then-fade when there is no face (``crop``/``face`` None); the stream's view decides the layout."""
+        """Paste ``face`` back into ``frame`` (:func:`composite_face`), laid out for the stream's view."""
         if state.compositor is None:
             state.compositor = Compositor(CompositeConfig(color_match=self.cfg.color_match))
-        if crop is not None and face is not None:
-            r = face.shape[-1]
-            if r != crop.size:  # re-express the crop for the generator's resolution
-                image = F.interpolate(crop.image[None].float(), size=(r, r), mode="bilinear", align_corners=False,
-                                      antialias=True)[0]
-                crop = Crop(image=image, to_frame=rescale_affine(crop.to_frame, crop.size / r), size=r)
-            face = face[0]
-        out = state.compositor.composite(frame, track, crop, face)
-        return self.layout(frame, out.image, face=out.face, timings=out.timings_ms)
+        out = composite_face(state.compositor, frame, track, crop, face)
+        return layout(self._view, frame, out.image, face=out.face)
 
-    def layout(self, frame: Frame, image: np.ndarray, face: bool = False,
-               timings: dict[str, float] | None = None) -> Output:
-        """The output frame for this stream's view (side by side puts the original on the left)."""
-        if self._view == "side_by_side":
-            image = np.concatenate([frame.image, image], axis=1)
-        return Output(image=np.ascontiguousarray(image), index=frame.index, pts=frame.pts, time_base=frame.time_base,
-                      capture_ns=frame.capture_ns, face=bool(face), timings_ms=timings or {})
+    def layout(self, frame: Frame, image: np.ndarray, face: bool = False) -> Output:
+        """The output frame for this stream's view."""
+        return layout(self._view, frame, image, face=face)
 
     # -- one frame -----------------------------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from models.config import opt
 from models.errors import UserError
 from realtime.io.sources import open_source, paced_like_a_camera
 from realtime.pipeline import VIEWS, FrameProcessor
@@ -80,18 +81,23 @@ SECURITY_HEADERS = {
 class ServeConfig:
     """How `stylestream serve` listens and behaves (CLI flags of the same names)."""
 
-    host: str = "127.0.0.1"  # interface to bind; anything but loopback needs a token
-    port: int = 8080  # TCP port of the page and the signalling endpoints (0: any free port)
-    token: str | None = None  # shared secret for /offer, /config and /stats (required off loopback)
-    ice_servers: list[str] = field(default_factory=list)  # STUN/TURN URLs; none by default (no external server)
-    max_sessions: int = 4  # concurrent peers; more get 503
-    source: str | None = None  # viewer mode: process this source once and broadcast it to every viewer
-    offer_max_bytes: int = 64 * 1024  # largest accepted /offer body
-    stats_interval_s: float = 0.5  # how often stats go to each peer over the data channel
-    connect_timeout_s: float = 20.0  # a peer that has not connected by then is closed
-    tuning: rtc_tuning.RtcTuning = field(default_factory=rtc_tuning.RtcTuning)  # encoder overrides
-    tls_cert: str | None = None  # PEM certificate: serve HTTPS (browsers allow the camera only on https or localhost)
-    tls_key: str | None = None  # PEM private key for tls_cert
+    host: str = opt("127.0.0.1", "interface to bind; anything but loopback needs --token")
+    port: int = opt(8080, "TCP port of the page and the signalling endpoints (0: any free port)", min=0, max=65535)
+    token: str | None = opt(None, "shared secret the page must send (required off loopback)")
+    ice_servers: list[str] = opt(default_factory=list, help="STUN/TURN server: stun:HOST[:PORT] or "
+                                 "turn:USER:PASS@HOST[:PORT] (default: none, host candidates only)",
+                                 flag="--ice-server", metavar="URL", repeat=True)
+    max_sessions: int = opt(4, "concurrent peers; more get HTTP 503", min=1, max=1024)
+    source: str | None = opt(None, "viewer mode: process this rtmp://…|file|demo: source once and broadcast it to "
+                                   "every viewer")
+    offer_max_bytes: int = opt(64 * 1024, "largest accepted /offer body", min=1024, cli=False)
+    stats_interval_s: float = opt(0.5, "how often stats go to each peer over the data channel", min=0.05, cli=False)
+    connect_timeout_s: float = opt(20.0, "close peers not connected after this many seconds", min=0.1,
+                                   flag="--connect-timeout")
+    tuning: rtc_tuning.RtcTuning = field(default_factory=rtc_tuning.RtcTuning)  # encoder overrides (own flags)
+    tls_cert: str | None = opt(None, "PEM certificate: serve HTTPS (browsers allow the camera only on https or "
+                                     "localhost)", metavar="FILE")
+    tls_key: str | None = opt(None, "PEM private key for --tls-cert", metavar="FILE")
 
 
 # ------------------------------------------------------------------------------------------------- helpers

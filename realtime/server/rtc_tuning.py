@@ -40,6 +40,8 @@ from aiortc.codecs import h264, vpx
 from aiortc.codecs.base import Encoder
 from aiortc.mediastreams import VIDEO_TIME_BASE, convert_timebase
 
+from models.config import opt
+
 log = logging.getLogger(__name__)
 
 
@@ -47,15 +49,26 @@ log = logging.getLogger(__name__)
 class RtcTuning:
     """Video-encoder limits for the live server (CLI flags of `serve` set them)."""
 
-    fps: int = 60  # nominal encoder frame rate (aiortc: 30); frames are sent as fast as they are produced
-    min_bitrate: int = 300_000  # bps floor for congestion control (REMB) (aiortc: 0.5 M H.264, 0.25 M VP8)
-    max_bitrate: int = 20_000_000  # bps ceiling (aiortc: 3 M H.264, 1.5 M VP8)
-    bits_per_pixel: float = 0.08  # starting bitrate = this × width × height × fps, clamped to the bounds
-    codec: str = "h264"  # preferred codec in the answer: "h264" or "vp8" (the other stays as a fallback)
-    h264_encoder: str = "auto"  # "auto" (h264_nvenc if it opens, else libx264), "h264_nvenc" or "libx264"
-    x264_preset: str = "ultrafast"  # libx264 preset (aiortc: medium); ultrafast keeps 720p60 on 2 CPU cores
-    h264_level: str = "4.2"  # H.264 level (aiortc: 3.1); 4.2 carries 1080p60
-    gop_seconds: float = 4.0  # periodic key frame every N seconds (plus one on every PLI/FIR)
+    fps: int = opt(60, "nominal encoder frame rate (aiortc: 30); frames are sent as fast as they are produced",
+                   min=1, max=240)
+    min_bitrate: int = opt(300_000, "bps floor for congestion control (REMB) (aiortc: 0.5 M H.264, 0.25 M VP8)",
+                           min=10_000, cli=False)
+    max_bitrate_mbps: float = opt(20.0, "Mbps ceiling (aiortc: 3 H.264, 1.5 VP8)", min=0.31, max=1000.0,
+                                  flag="--max-bitrate")
+    bits_per_pixel: float = opt(0.08, "starting bitrate = this × width × height × fps, clamped to the bounds",
+                                min=0.0, cli=False)
+    codec: str = opt("h264", "preferred codec in the answer (the other stays as a fallback)", choices=("h264", "vp8"))
+    h264_encoder: str = opt("auto", "H.264 encoder: auto = h264_nvenc when it opens, else libx264",
+                            choices=("auto", "h264_nvenc", "libx264"))
+    x264_preset: str = opt("ultrafast", "libx264 preset (aiortc: medium); ultrafast keeps 720p60 on 2 CPU cores")
+    h264_level: str = opt("4.2", "H.264 level (aiortc: 3.1); 4.2 carries 1080p60", cli=False)
+    gop_seconds: float = opt(4.0, "periodic key frame every N seconds (plus one on every PLI/FIR)", min=0.1,
+                             cli=False)
+
+    @property
+    def max_bitrate(self) -> int:
+        """bps ceiling."""
+        return int(self.max_bitrate_mbps * 1e6)
 
 
 _lock = threading.Lock()

@@ -1,0 +1,68 @@
+"""What the filtering commands (run, camera, serve, demo) share: the model / engine / pipeline / calibration flags,
+built from their config dataclasses, and composing a :class:`realtime.api.Filter` from them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from models.bundle import DEFAULT_BUNDLE, Bundle
+from models.editing import EditStack, parse_edit_args
+from realtime.api import Filter, load
+from realtime.cli.options import add_config, config_from_args
+from realtime.engines import BACKENDS, add_backend_options, backend_options
+from realtime.pipeline import PipelineConfig
+from realtime.pipeline.calibration import CalibrationConfig
+
+
+def add_filter_options(p: argparse.ArgumentParser) -> None:
+    """--bundle, --edit, --list-edits, the engine flags and the pipeline flags."""
+    g = p.add_argument_group("model")
+    g.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the built-in bundle)")
+    g.add_argument("--edit", action="append", metavar="NAME=STRENGTH", help="apply an edit (repeatable)")
+    g.add_argument("--list-edits", action="store_true", help="list the bundle's edits and exit")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    g.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="engine: auto (default: onnx on CPU after a one-time export, torch on CUDA), torch "
+                        "(eager), onnx (ONNX Runtime), tensorrt, triton")
+    g.add_argument("--precision", default="auto", help="fp32, fp16, bf16 or auto (fp16 on CUDA, fp32 on CPU)")
+    add_backend_options(g)
+    add_config(p.add_argument_group("pipeline"), PipelineConfig)
+    p.add_argument("--stats-json", type=Path, default=None, help="write the run summary as JSON here")
+
+
+def add_calibration_options(p: argparse.ArgumentParser) -> None:
+    """--calibrate-frames/-stride/-iters/-lr/-batch/-threads (live calibration in camera / serve)."""
+    add_config(p.add_argument_group("live calibration (adapt the generator to the user in the background)"),
+               CalibrationConfig, prefix="calibrate_")
+
+
+def bundle_from_args(args: argparse.Namespace) -> Bundle:
+    return load(args.bundle)
+
+
+def filter_from_args(args: argparse.Namespace, bundle: Bundle, live: bool) -> Filter:
+    """The Filter the flags describe (edit names and every config value are checked before the engine starts)."""
+    calibration = (config_from_args(CalibrationConfig, args, prefix="calibrate_")
+                   if hasattr(args, "calibrate_frames") else None)
+    return Filter(bundle, parse_edit_args(args.edit), device=args.device, backend=args.backend,
+                  precision=args.precision, pipeline=config_from_args(PipelineConfig, args), calibration=calibration,
+                  live=live, **backend_options(args))
+
+
+def bundle_label(args: argparse.Namespace) -> str:
+    return str(args.bundle or DEFAULT_BUNDLE)
+
+
+def print_edits(bundle: Any) -> int:
+    """`--list-edits`: one aligned row per edit (name, kind, range, description)."""
+    stack = EditStack.from_bundle(bundle)
+    if not stack.names:
+        print(f"bundle {bundle.name!r} has no edits")
+        return 0
+    rows = [(s.name, s.kind, f"[{s.range[0]:g}, {s.range[1]:g}]", s.description) for s in stack.specs.values()]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
+    return 0
