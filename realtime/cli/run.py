@@ -25,19 +25,16 @@ DEFAULT_BUNDLE = REPO_ROOT / "bundles" / "default"
 
 def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     """Options shared by run / camera / serve: model, engine, edits, PipelineConfig fields."""
-    from realtime.engines import BACKENDS, add_backend_options
+    from realtime.cli.options import add_config
+    from realtime.engines import EngineOptions, EngineSpec
     from realtime.pipeline import PipelineConfig
 
     g = p.add_argument_group("model")
     g.add_argument("--bundle", type=Path, default=None, help=f"bundle folder (default: {DEFAULT_BUNDLE})")
     g.add_argument("--edit", action="append", metavar="NAME=STRENGTH", help="apply an edit (repeatable)")
     g.add_argument("--list-edits", action="store_true", help="list the bundle's edits and exit")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    g.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="engine: auto (default: onnx on CPU after a one-time export, torch on CUDA), torch "
-                        "(eager), onnx (ONNX Runtime), tensorrt, triton")
-    g.add_argument("--precision", default="auto", help="fp32, fp16, bf16 or auto (fp16 on CUDA, fp32 on CPU)")
-    add_backend_options(g)
+    add_config(g, EngineSpec)  # --backend, --device, --precision
+    add_config(g, EngineOptions)  # --cuda-graphs, --torch-compile, --model-dir, --trt-cache, --triton-url
     c = p.add_argument_group("pipeline")
     for f in fields(PipelineConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -112,15 +109,16 @@ def pipeline_config(args: argparse.Namespace):
 def build_processor(args: argparse.Namespace, bundle: Any):
     """Engine + edits + FrameProcessor from CLI options (edit names are checked before the engine starts)."""
     from models.editing import EditStack, parse_edit_args
-    from realtime.engines import backend_options, make_engine
+    from realtime.cli.options import config_from_args
+    from realtime.engines import EngineOptions, EngineSpec, make_engine
     from realtime.pipeline import FrameProcessor
 
     edits = EditStack.from_bundle(bundle)
     for name, value in parse_edit_args(args.edit).items():
         edits.set_strength(name, value)
     calibration = calibration_config(args)
-    engine = make_engine(bundle, backend=args.backend, device=args.device, precision=args.precision,
-                         **backend_options(args))
+    spec = config_from_args(EngineSpec, args, options=config_from_args(EngineOptions, args))
+    engine = make_engine(bundle, spec)
     return FrameProcessor(engine, pipeline_config(args), edits=edits, calibration=calibration)
 
 
@@ -184,7 +182,7 @@ def write_report(path: Path, args: argparse.Namespace, stats: Any, processor: An
     cfg = asdict(processor.cfg)
     eng = processor.engine
     report = {"input": args.input, "output": args.output, "bundle": str(args.bundle or DEFAULT_BUNDLE),
-              "engine": {"backend": eng.name, "device": str(eng.device), "precision": getattr(eng, "precision", "")},
+              "engine": {"backend": eng.name, "device": str(eng.device), "precision": eng.precision},
               "edits": {k: v for k, v in processor.edits.strengths().items() if v} if processor.edits else {},
               "pipeline_config": cfg, "source": {"fps": source.fps, "width": source.width, "height": source.height,
                                                   "live": source.is_live},

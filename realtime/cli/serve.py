@@ -81,8 +81,8 @@ def make_factories(processor: Any) -> tuple[Any, Any]:
     """(make_processor, make_tracker) for the server from one built processor: peers share its engine
     (serialised), copy its config and start from its edit strengths."""
     from models.editing import EditStack
+    from realtime.engines import SerialEngine
     from realtime.pipeline import FrameProcessor
-    from realtime.server.app import SerialEngine
     from realtime.vision.tracking import FaceTracker, TrackerConfig
 
     engine = SerialEngine(processor.engine)
@@ -113,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
     processor = build_processor(args, bundle)
     make_processor, make_tracker = make_factories(processor)
     eng = processor.engine
-    info = {"bundle": getattr(bundle, "name", ""), "engine": f"{eng.name} {eng.device} {getattr(eng, 'precision', '')}"}
+    info = {"bundle": getattr(bundle, "name", ""), "engine": f"{eng.name} {eng.device} {eng.precision}"}
     specs = list(processor.edits.specs.values()) if processor.edits is not None else []
     server = LiveServer(config, make_processor, make_tracker, info=info, edit_specs=specs)
 

@@ -218,9 +218,9 @@ class FrameProcessor:
         if self.calibrator is None:
             base = self.base_engine
             device = base.device if base.device.type == "cuda" else torch.device("cpu")
-            onnx = getattr(base, "recipe", ("torch",))[0] == "onnx"  # the worker exports the adapted bundle too
+            onnx = base.spec.backend == "onnx"  # the worker exports the adapted bundle too
             self.calibrator = Calibrator(self.calibration_cfg, device=device,
-                                         export_precision=getattr(base, "precision", "fp32") if onnx else None,
+                                         export_precision=base.precision if onnx else None,
                                          build=lambda bundle, model_dir: engine_like(base, bundle, model_dir))
         return bool(self.calibrator.start(self.base_engine.bundle))
 

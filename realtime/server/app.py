@@ -7,8 +7,9 @@ Two modes:
   :class:`~realtime.tracking.FaceTracker`) and *device* (:class:`~realtime.pipeline.FrameProcessor`: align,
   encode with previous-frame reuse, edit, generate, paste back, then RGB→YUV) — joined by 1-slot drop-oldest
   :class:`~realtime.pipeline.StageQueue` s, so each stage always works on the newest frame and latency stays
-  bounded. The engine is shared between peers (its calls are serialised by :class:`SerialEngine`); edits, the
-  latent state (:class:`~realtime.pipeline.StreamState`) and the tracker belong to the peer.
+  bounded. The engine is shared between peers (its calls are serialised by
+  :class:`realtime.engines.SerialEngine`); edits, the latent state (:class:`~realtime.pipeline.StreamState`) and
+  the tracker belong to the peer.
 * **viewer** (``source=``): one server-side source (``rtmp://…``, a file, ``demo:``) is processed once by the same
   worker and broadcast to every viewer through aiortc's ``MediaRelay``; controls change the broadcast.
 
@@ -176,33 +177,6 @@ class Rate:
         if n < 2 or time.monotonic() - last > self.window_s:
             return 0.0
         return (n - 1) / max(1e-6, last - first)
-
-
-class SerialEngine:
-    """A shared engine whose model calls run one at a time (CUDA graphs and ORT sessions are not re-entrant);
-    every other attribute is the wrapped engine's."""
-
-    def __init__(self, engine: Any):
-        self._engine = engine
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    def encode_key(self, crops: Any) -> Any:
-        with self._lock:
-            return self._engine.encode_key(crops)
-
-    def encode_reuse(self, crops: Any, prev_ws: Any) -> Any:
-        with self._lock:
-            return self._engine.encode_reuse(crops, prev_ws)
-
-    def synthesize(self, ws: Any, style_deltas: Any = None) -> Any:
-        with self._lock:
-            return self._engine.synthesize(ws, style_deltas)
-
-    def close(self) -> None:
-        self._engine.close()
 
 
 # --------------------------------------------------------------------------------------------- the tracks
