@@ -23,7 +23,7 @@ from models.errors import UserError
 from models.face_mesh import FaceLandmarks
 from models.stylegan2 import GENERATOR_PRESETS, Generator, count_parameters
 from models.vit_encoder import ENCODER_PRESETS, FrameEncoder, VideoEncoder
-from realtime.engines import EngineSpec, make_engine
+from realtime.engines import EngineOptions, EngineSpec, make_engine
 
 DEFAULT_GENERATORS = ["tiny-128", "small-128", "tiny-256", "small-256"]
 DEFAULT_ENCODERS = ["tiny", "small"]
@@ -127,7 +127,9 @@ def _engine_rows(args: argparse.Namespace, console: Console) -> list[dict]:
         for ename in args.encoder:
             bundle = new_bundle(gname, ename)
             with console.status(f"exporting {gname} + {ename} for {args.backend}"):
-                eng = make_engine(bundle, EngineSpec(args.backend, args.device, args.precision))
+                threads = args.threads if args.backend == "onnx" else 0  # ORT's threads; torch's are set above
+                eng = make_engine(bundle, EngineSpec(args.backend, args.device, args.precision,
+                                                     EngineOptions(threads=threads)))
             s = bundle.crop_size
             for b in args.batch:
                 x = torch.rand(b, 3, s, s, device=eng.device) * 2 - 1

@@ -33,15 +33,16 @@ class EngineOptions:
     cuda_graphs: bool = opt(False, "torch on CUDA: capture and replay CUDA graphs")
     compile: bool = opt(False, "torch on CUDA: torch.compile the networks", flag="--torch-compile")
     channels_last: bool = opt(True, "torch on CUDA: channels-last memory format", cli=False)
-    model_dir: Path | None = opt(None, "onnx/tensorrt: folder from `stylestream export --to onnx` (default: cache)")
+    model_dir: Path | None = opt(None, "onnx/tensorrt: folder from `stylestream export --to onnx` (default: cache)",
+                                 metavar="DIR")
     providers: tuple[str, ...] | None = opt(None, "onnx: ONNX Runtime execution providers, in order (default: CPU, "
                                                   "or CUDA on a CUDA device)", cli=False)
     ort_tensorrt: bool = opt(False, "onnx on CUDA: put ONNX Runtime's TensorRT provider first", cli=False)
     cache_dir: Path | None = opt(None, "tensorrt: engine cache folder (default ~/.cache/stylestream/tensorrt)",
-                                 flag="--trt-cache")
+                                 flag="--trt-cache", metavar="DIR")
     max_batch: int = opt(4, "tensorrt: largest batch the built engines accept", min=1, cli=False)
     triton_url: str | None = opt(None, "triton: server URL, http://host:8000 or grpc://host:8001 "
-                                       "(default localhost:8000)")
+                                       "(default localhost:8000)", metavar="URL")
     model_prefix: str = opt("stylestream_", "triton: prefix of the repository's model names", cli=False)
     timeout_s: float = opt(10.0, "triton: connection and network timeout in seconds", min=0.001, cli=False)
 
@@ -71,7 +72,7 @@ class EngineSpec:
 
     backend: str = opt("auto", "engine: auto (onnx on CPU after a one-time export, torch on CUDA), torch (eager), "
                                "onnx (ONNX Runtime), tensorrt, triton", choices=BACKENDS)
-    device: str = opt("auto", "cpu, cuda, cuda:N or auto (CUDA when present)")
+    device: str = opt("auto", "cpu, cuda, cuda:N or auto (CUDA when present)", metavar="DEVICE")
     precision: str = opt("auto", "fp32, fp16, bf16 (torch only) or auto (fp16 on CUDA, fp32 on CPU)",
                          choices=PRECISIONS)
     options: EngineOptions = field(default_factory=EngineOptions)  # backend options
