@@ -180,7 +180,8 @@ def test_auto_backend_is_onnx_on_cpu_and_falls_back_to_torch(bundle, onnx_dir, t
     blocker = tmp_path / "cache-is-a-file"
     blocker.write_text("")
     monkeypatch.setenv("STYLESTREAM_CACHE", str(blocker))
-    eng = make_engine(bundle, EngineSpec("auto", "cpu", options=EngineOptions(threads=1, providers=("CPUExecutionProvider",))))
+    onnx_only = EngineOptions(threads=1, providers=("CPUExecutionProvider",))
+    eng = make_engine(bundle, EngineSpec("auto", "cpu", options=onnx_only))
     assert isinstance(eng, TorchEngine)
     # the torch engine's spec keeps the options torch takes and drops onnx's
     assert eng.spec == EngineSpec("torch", "cpu", "fp32", EngineOptions(threads=1))
