@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from export.artifacts import TRITON_PREFIX
 from models.bundle import Bundle
 from models.config import check, fields, opt
 from models.errors import UserError
@@ -43,7 +44,7 @@ class EngineOptions:
     max_batch: int = opt(4, "tensorrt: largest batch the built engines accept", min=1, cli=False)
     triton_url: str | None = opt(None, "triton: server URL, http://host:8000 or grpc://host:8001 "
                                        "(default localhost:8000)", metavar="URL")
-    model_prefix: str = opt("stylestream_", "triton: prefix of the repository's model names", cli=False)
+    model_prefix: str = opt(TRITON_PREFIX, "triton: prefix of the repository's model names", cli=False)
     timeout_s: float = opt(10.0, "triton: connection and network timeout in seconds", min=0.001, cli=False)
 
 
