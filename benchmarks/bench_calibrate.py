@@ -41,16 +41,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def timeline(args: argparse.Namespace, path: str) -> dict:
     from benchmarks.bench_pipeline import _bundle
-    from realtime.engines import make_engine
+    from realtime.engines import EngineSpec, make_engine
     from realtime.frames import now_ns
     from realtime.io.sinks import open_sink
     from realtime.io.sources import open_source
     from realtime.pipeline import FrameProcessor, Pipeline, PipelineConfig
-    from realtime.vision.tracking import FaceTracker, TrackerConfig
     from realtime.pipeline.calibration import CalibrationConfig
+    from realtime.vision.tracking import FaceTracker, TrackerConfig
 
     bundle, which = _bundle(args.bundle)
-    engine = make_engine(bundle, backend=args.backend, device=args.device)
+    engine = make_engine(bundle, EngineSpec(args.backend, args.device))
     processor = FrameProcessor(engine, PipelineConfig(), calibration=CalibrationConfig(frames=args.frames,
                                                                                          iters=args.iters))
     rows: list[dict] = []
@@ -101,7 +101,7 @@ def timeline(args: argparse.Namespace, path: str) -> dict:
 
     start, active = events.get("start", 0.0), events.get("active", float("inf"))
     return {"input": args.input, "bundle": which, "engine": {"backend": engine.name, "device": str(engine.device),
-                                                             "precision": getattr(engine, "precision", "")},
+                                                             "precision": engine.precision},
             "calibration": {"frames": args.frames, "iters": args.iters, **status},
             "events_s": {k: round(v, 2) for k, v in events.items()},
             "time_to_active_s": round(active - start, 2) if active < float("inf") else None,

@@ -13,18 +13,23 @@ import argparse
 from pathlib import Path
 
 import torch
+from rich.console import Console
+from rich.table import Table
 
 from benchmarks.provenance import command_line, provenance, write_result
 from benchmarks.timing import summarise, time_calls
+from models.bundle import new_bundle
+from models.errors import UserError
+from models.face_mesh import FaceLandmarks
+from models.stylegan2 import GENERATOR_PRESETS, Generator, count_parameters
+from models.vit_encoder import ENCODER_PRESETS, FrameEncoder, VideoEncoder
+from realtime.engines import EngineOptions, EngineSpec, make_engine
 
 DEFAULT_GENERATORS = ["tiny-128", "small-128", "tiny-256", "small-256"]
 DEFAULT_ENCODERS = ["tiny", "small"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from models.stylegan2 import GENERATOR_PRESETS
-    from models.vit_encoder import ENCODER_PRESETS
-
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--generator", nargs="*", default=DEFAULT_GENERATORS, choices=list(GENERATOR_PRESETS),
                    help="generator presets to time")
@@ -49,13 +54,6 @@ def _dtype(precision: str) -> torch.dtype:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from models.errors import UserError
-    from models.stylegan2 import GENERATOR_PRESETS, Generator, count_parameters
-    from models.vit_encoder import ENCODER_PRESETS, FrameEncoder, VideoEncoder
-
     dev = args.device
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {dev}: no CUDA device is available (torch {torch.__version__})")
@@ -82,8 +80,6 @@ def run(args: argparse.Namespace) -> int:
                          "params": count_parameters(g), "batch": b, **summarise(ms)})
         del g
     if args.face_mesh:
-        from models.face_mesh import FaceLandmarks
-
         fl = FaceLandmarks().eval().to(dev)
         for b in args.batch:
             x = torch.rand(b, 3, 192, 192, device=dev)
@@ -124,18 +120,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine_rows(args: argparse.Namespace, console) -> list[dict]:
+def _engine_rows(args: argparse.Namespace, console: Console) -> list[dict]:
     """Time encode_key / encode_reuse / synthesize of an exported backend on random bundles."""
-    from models.bundle import new_bundle
-    from models.stylegan2 import count_parameters
-    from realtime.engines import make_engine
-
     rows = []
     for gname in args.generator:
         for ename in args.encoder:
             bundle = new_bundle(gname, ename)
             with console.status(f"exporting {gname} + {ename} for {args.backend}"):
-                eng = make_engine(bundle, backend=args.backend, device=args.device, precision=args.precision)
+                threads = args.threads if args.backend == "onnx" else 0  # ORT's threads; torch's are set above
+                eng = make_engine(bundle, EngineSpec(args.backend, args.device, args.precision,
+                                                     EngineOptions(threads=threads)))
             s = bundle.crop_size
             for b in args.batch:
                 x = torch.rand(b, 3, s, s, device=eng.device) * 2 - 1

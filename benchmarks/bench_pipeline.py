@@ -35,8 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _bundle(path: Path | None):
-    from models.bundle import load_bundle, new_bundle
-    from models.bundle import DEFAULT_BUNDLE
+    from models.bundle import DEFAULT_BUNDLE, load_bundle, new_bundle
 
     if path is not None:
         return load_bundle(path), str(path)
@@ -46,14 +45,14 @@ def _bundle(path: Path | None):
 
 
 def run_once(args: argparse.Namespace, mode: str) -> dict:
-    from realtime.engines import make_engine
+    from realtime.engines import EngineSpec, make_engine
     from realtime.io.sinks import open_sink
     from realtime.io.sources import open_source
     from realtime.pipeline import FrameProcessor, Pipeline, PipelineConfig
     from realtime.vision.tracking import FaceTracker, TrackerConfig
 
     bundle, which = _bundle(args.bundle)
-    engine = make_engine(bundle, backend=args.backend, device=args.device, precision=args.precision)
+    engine = make_engine(bundle, EngineSpec(args.backend, args.device, args.precision))
     live = mode == "live"
     processor = FrameProcessor(engine, PipelineConfig(key_interval=args.key_interval))
     source = open_source(args.input, live=live, realtime=live)
@@ -63,7 +62,7 @@ def run_once(args: argparse.Namespace, mode: str) -> dict:
     engine.close()
     return {"mode": mode, "input": args.input, "bundle": which, "source_fps": source.fps,
             "size": [source.width, source.height], "engine": {"backend": engine.name, "device": str(engine.device),
-                                                             "precision": getattr(engine, "precision", "")},
+                                                             "precision": engine.precision},
             **stats.to_dict(), "latency_samples_ms": [round(v, 2) for v in stats.latency_ms[:5000]]}
 
 

@@ -17,18 +17,17 @@ natural input for ONNX Runtime's CUDA/TensorRT providers and for TensorRT. (ONNX
 too, inserting casts around ops it has no fp16 kernel for; that is slower than fp32 on CPU and only useful for
 parity checks.)
 
-Files: ``{model}.{precision}.onnx`` plus ``manifest.json`` (bundle hash, shapes, names, opset, file hashes).
-Writing is atomic per file; the manifest is merged so fp32 and fp16 exports can share a folder.
+Files: ``{model}.{precision}.onnx`` plus ``manifest.json`` (bundle hash, shapes, names, opset, file hashes; names,
+paths and the manifest format are :mod:`export.artifacts`). Writing is atomic per file; the manifest is merged so
+fp32 and fp16 exports can share a folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import inspect
 import io
-import json
 import logging
 import os
 import time
@@ -38,25 +37,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 from torch import nn
 
+from export.artifacts import (
+    IO_NAMES,
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    MODELS,
+    PRECISIONS,
+    bundle_hash,
+    file_sha256,
+    onnx_filename,
+    read_manifest,
+    write_manifest,
+)
 from models.bundle import Bundle
 from models.errors import UserError
+from models.files import atomic_path
 
-MODELS: tuple[str, ...] = ("fren", "vien", "synthesis")
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
 DEFAULT_OPSET = 18
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "stylestream-onnx"
-MANIFEST_VERSION = 1
-
-# model → (input names, output names)
-IO_NAMES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "fren": (("crops",), ("ws",)),
-    "vien": (("crops", "prev_ws"), ("ws",)),
-    "synthesis": (("ws",), ("image",)),
-}
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -236,57 +238,6 @@ def example_inputs(bundle: Bundle, name: str, batch: int = 2, seed: int = 0) -> 
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Hashing and the manifest
-
-
-def bundle_hash(bundle: Bundle) -> str:
-    """sha256 over every network's state (names, shapes, dtypes, bytes) and the configs: a bundle's identity for
-    caches (exports, TensorRT engines). Same weights + configs → same hash, wherever they live."""
-    h = hashlib.sha256()
-    mf = bundle.manifest()
-    h.update(json.dumps({"generator": mf["generator"], "encoders": mf["encoders"]}, sort_keys=True).encode())
-    for name, module in sorted(bundle.modules().items()):
-        for k, v in sorted(module.state_dict().items()):
-            t = v.detach().to("cpu").contiguous().reshape(-1)
-            h.update(f"{name}.{k}:{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def onnx_filename(model: str, precision: str) -> str:
-    return f"{model}.{precision}.onnx"
-
-
-def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of an export folder; a clear error when it is missing or not ours."""
-    path = Path(out_dir) / MANIFEST_NAME
-    if not path.exists():
-        raise UserError(f"{out_dir} is not an ONNX export folder (no {MANIFEST_NAME}); "
-                        "make one with `stylestream export BUNDLE --to onnx -o DIR`")
-    try:
-        m = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is unreadable ({exc})") from None
-    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
-        raise UserError(f"{path} is not a stylestream ONNX manifest")
-    return m
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Export
 
 
@@ -296,13 +247,10 @@ def export_module(module: nn.Module, inputs: dict[str, torch.Tensor], path: str 
 
     Writes to a temporary sibling and renames, so a failure leaves nothing behind. Raises ExportError with the
     exporter's own message on failure."""
-    import onnx
-
     if opset < 17:
         raise UserError(f"opset {opset} is too old (need ≥ 17 for LayerNormalization)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     batch = torch.export.Dim("batch", min=1, max=4096)
     dyn: tuple[Any, ...] = tuple({0: batch} for _ in inputs)
     params = inspect.signature(module.forward).parameters.values()
@@ -312,26 +260,24 @@ def export_module(module: nn.Module, inputs: dict[str, torch.Tensor], path: str 
     torch_onnx_log = logging.getLogger("torch.onnx")
     level = torch_onnx_log.level
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            warnings.simplefilter("ignore")
-            torch_onnx_log.setLevel(logging.ERROR)  # e.g. "torchvision is not installed. Skipping …"
-            torch.onnx.export(module.eval(), tuple(inputs.values()), str(tmp), dynamo=True, external_data=False,
-                              input_names=list(inputs), output_names=list(output_names), opset_version=opset,
-                              dynamic_shapes=dyn, verbose=False)
-        if check:
-            model = onnx.load(str(tmp))
-            onnx.checker.check_model(model, full_check=True)
-            got_in = [i.name for i in model.graph.input]
-            got_out = [o.name for o in model.graph.output]
-            if got_in != list(inputs) or got_out[: len(output_names)] != list(output_names):
-                raise ExportError(f"{path.name}: exported names {got_in} → {got_out} differ from the requested "
-                                  f"{list(inputs)} → {list(output_names)}")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                warnings.simplefilter("ignore")
+                torch_onnx_log.setLevel(logging.ERROR)  # e.g. "torchvision is not installed. Skipping …"
+                torch.onnx.export(module.eval(), tuple(inputs.values()), str(tmp), dynamo=True, external_data=False,
+                                  input_names=list(inputs), output_names=list(output_names), opset_version=opset,
+                                  dynamic_shapes=dyn, verbose=False)
+            if check:
+                model = onnx.load(str(tmp))
+                onnx.checker.check_model(model, full_check=True)
+                got_in = [i.name for i in model.graph.input]
+                got_out = [o.name for o in model.graph.output]
+                if got_in != list(inputs) or got_out[: len(output_names)] != list(output_names):
+                    raise ExportError(f"{path.name}: exported names {got_in} → {got_out} differ from the requested "
+                                      f"{list(inputs)} → {list(output_names)}")
     except ExportError:
-        tmp.unlink(missing_ok=True)
         raise
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
         tail = " | ".join(log.getvalue().strip().splitlines()[-3:])
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise ExportError(f"ONNX export of {path.name} failed: {type(exc).__name__}: {first}"
@@ -349,8 +295,6 @@ def export_bundle(bundle: Bundle, out_dir: str | os.PathLike, precision: str = "
                   progress: ProgressFn | None = None) -> dict[str, Any]:
     """Export ``models`` (default: all the bundle has) at ``precision`` into ``out_dir`` and update its
     manifest. Returns the manifest."""
-    import onnx
-
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r} (fp32 or fp16)")
     if max_batch < 1:
@@ -410,7 +354,7 @@ def export_bundle(bundle: Bundle, out_dir: str | os.PathLike, precision: str = "
             "outputs": [{"name": k, "shape": spec.shapes[k], "dtype": "float32"} for k in spec.outputs],
             "internal_dtype": "float16" if precision == "fp16" else "float32",
         }
-    _atomic_write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+    write_manifest(out, manifest)
     return manifest
 
 

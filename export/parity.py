@@ -11,6 +11,11 @@ and checked against :data:`TOLERANCES` per precision. When a model fails, :func:
 with every block's output as an extra graph output ("taps": synthesis blocks b4 … bR, or the ViT's patch
 embedding, transformer blocks, final norm and head), runs that in the same runtime and reports the first tap whose
 error exceeds the tolerance — the layer where the drift starts (fp16 overflow, a bad TensorRT tactic, …).
+
+ONNX Runtime and torch runners are built in. Other runtimes come as a :data:`RunnerFactory` (``runner=`` /
+``runners=``): TensorRT's is :func:`realtime.engines.tensorrt.trt_runner`, which lives with the engine that runs
+TensorRT plans (this module imports nothing above the export layer). The speed comparison of the engines
+(ONNX Runtime vs torch) is ``python -m benchmarks.bench_export``.
 """
 
 from __future__ import annotations
@@ -18,15 +23,17 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
-from export.onnx import Tapped, example_inputs, export_tapped, model_spec, onnx_filename, read_manifest, tap_points
+from export.artifacts import bundle_hash, onnx_filename, read_manifest
+from export.onnx import Tapped, example_inputs, export_tapped, model_spec, tap_points
 from models.bundle import Bundle
 from models.errors import UserError
 
@@ -40,6 +47,8 @@ RUNTIMES: tuple[str, ...] = ("onnxruntime", "tensorrt", "torch")
 
 # A runner takes named float32 CPU arrays and returns the graph outputs in order, as float32 numpy arrays.
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+# How a runtime runs an exported file: (ONNX file, precision) → (runner, provider name for the tables).
+RunnerFactory = Callable[[Path, str], tuple[Runner, str]]
 
 
 @dataclass
@@ -111,8 +120,6 @@ def within(max_rel: float, mean_rel: float, tol: tuple[float, float]) -> bool:
 def ort_runner(path: str | os.PathLike, providers: Sequence[str] | None = None,
                threads: int = 0) -> tuple[Runner, str]:
     """ONNX Runtime session over ``path``; returns (runner, provider actually used)."""
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
@@ -123,25 +130,6 @@ def ort_runner(path: str | os.PathLike, providers: Sequence[str] | None = None,
         return [np.asarray(o, dtype=np.float32) for o in sess.run(None, feed)]
 
     return run, sess.get_providers()[0]
-
-
-def trt_runner(path: str | os.PathLike, precision: str, cache_dir: str | os.PathLike | None = None,
-               max_batch: int = 8) -> tuple[Runner, str]:
-    """TensorRT engine built from ``path`` (cached); raises UserError where TensorRT or CUDA is missing."""
-    import onnx
-
-    from export.tensorrt import TrtModel, build_engine, require_tensorrt
-
-    trt = require_tensorrt()
-    plan = build_engine(path, precision=precision, cache_dir=cache_dir, max_batch=max_batch)
-    model = TrtModel(plan, device=torch.device("cuda"))
-    order = [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]  # ONNX output order
-
-    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        outs = model({k: torch.from_numpy(v).cuda() for k, v in feed.items()})
-        return [outs[name].float().cpu().numpy() for name in order]
-
-    return run, f"TensorRT {trt.__version__}"
 
 
 def torch_runner(module: torch.nn.Module, device: str) -> tuple[Runner, str]:
@@ -159,15 +147,17 @@ def torch_runner(module: torch.nn.Module, device: str) -> tuple[Runner, str]:
 
 
 def _runner(runtime: str, path: Path, precision: str, module: torch.nn.Module | None,
-            providers: Sequence[str] | None, trt_cache: str | os.PathLike | None,
-            torch_device: str) -> tuple[Runner, str]:
+            providers: Sequence[str] | None, torch_device: str,
+            runner: RunnerFactory | None) -> tuple[Runner, str]:
+    if runner is not None:
+        return runner(path, precision)
     if runtime == "onnxruntime":
         return ort_runner(path, providers)
-    if runtime == "tensorrt":
-        return trt_runner(path, precision, cache_dir=trt_cache)
     if runtime == "torch":
         assert module is not None
         return torch_runner(module, torch_device)
+    if runtime == "tensorrt":
+        raise UserError("parity in TensorRT needs its runner: pass runner=realtime.engines.tensorrt.trt_runner(…)")
     raise UserError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
 
 
@@ -187,9 +177,10 @@ def reference(bundle: Bundle, model: str, inputs: dict[str, torch.Tensor], taps:
 
 def locate_drift(bundle: Bundle, model: str, precision: str, runtime: str = "onnxruntime",
                  tol: tuple[float, float] | None = None, providers: Sequence[str] | None = None,
-                 trt_cache: str | os.PathLike | None = None, torch_device: str = "cpu",
-                 batch: int = 2, seed: int = 0) -> list[TapError]:
-    """Per-tap errors of ``model`` at ``precision`` in ``runtime`` against float32 torch, in network order."""
+                 torch_device: str = "cpu", batch: int = 2, seed: int = 0,
+                 runner: RunnerFactory | None = None) -> list[TapError]:
+    """Per-tap errors of ``model`` at ``precision`` in ``runtime`` against float32 torch, in network order
+    (``runner``: how ``runtime`` runs an ONNX file, for runtimes other than onnxruntime / torch)."""
     tol = tol or TOLERANCES[precision]
     inputs = example_inputs(bundle, model, batch=batch, seed=seed)
     ref = reference(bundle, model, inputs, taps=True)
@@ -203,7 +194,7 @@ def locate_drift(bundle: Bundle, model: str, precision: str, runtime: str = "onn
             names = tapped.tap_names
         else:
             names = export_tapped(bundle, model, precision, path)
-            run, _ = _runner(runtime, path, precision, None, providers, trt_cache, torch_device)
+            run, _ = _runner(runtime, path, precision, None, providers, torch_device, runner)
             outs = run({k: v.numpy() for k, v in inputs.items()})
     errs = []
     for name, o, r in zip(names, outs[1:], ref[1:]):
@@ -214,11 +205,11 @@ def locate_drift(bundle: Bundle, model: str, precision: str, runtime: str = "onn
 
 def check_model(bundle: Bundle, onnx_dir: str | os.PathLike, model: str, precision: str,
                 runtime: str = "onnxruntime", tolerances: dict[str, tuple[float, float]] | None = None,
-                diagnose: bool = True, providers: Sequence[str] | None = None,
-                trt_cache: str | os.PathLike | None = None, torch_device: str = "cpu",
-                batch: int = 2, seed: int = 0) -> ParityResult:
+                diagnose: bool = True, providers: Sequence[str] | None = None, torch_device: str = "cpu",
+                batch: int = 2, seed: int = 0, runner: RunnerFactory | None = None) -> ParityResult:
     """Compare one exported model with the float32 torch reference; on failure (and ``diagnose``) find the
-    first drifting layer."""
+    first drifting layer. ``runner`` runs the file for ``runtime`` when that is not onnxruntime / torch (TensorRT:
+    :func:`realtime.engines.tensorrt.trt_runner`)."""
     tol = (tolerances or TOLERANCES)[precision]
     path = Path(onnx_dir) / onnx_filename(model, precision)
     module = model_spec(bundle, model, precision).module if runtime == "torch" else None
@@ -226,14 +217,13 @@ def check_model(bundle: Bundle, onnx_dir: str | os.PathLike, model: str, precisi
         raise UserError(f"{path} does not exist; export it first (`stylestream export … --precision {precision}`)")
     inputs = example_inputs(bundle, model, batch=batch, seed=seed)
     ref = reference(bundle, model, inputs)[0]
-    run, provider = _runner(runtime, path, precision, module, providers, trt_cache, torch_device)
+    run, provider = _runner(runtime, path, precision, module, providers, torch_device, runner)
     out = run({k: v.numpy() for k, v in inputs.items()})[0]
     max_abs, mean_abs, max_rel, mean_rel = compare(out, ref)
     res = ParityResult(model, precision, runtime, provider, max_abs, mean_abs, max_rel, mean_rel, tol[0], tol[1],
                        within(max_rel, mean_rel, tol))
     if not res.ok and diagnose:
-        res.taps = locate_drift(bundle, model, precision, runtime, tol, providers, trt_cache, torch_device,
-                                batch, seed)
+        res.taps = locate_drift(bundle, model, precision, runtime, tol, providers, torch_device, batch, seed, runner)
         res.first_drift = next((t.name for t in res.taps if not t.ok), None)
     return res
 
@@ -241,12 +231,12 @@ def check_model(bundle: Bundle, onnx_dir: str | os.PathLike, model: str, precisi
 def run_parity(bundle: Bundle, onnx_dir: str | os.PathLike, runtimes: Iterable[str] = ("onnxruntime",),
                precisions: Iterable[str] | None = None, models: Iterable[str] | None = None,
                tolerances: dict[str, tuple[float, float]] | None = None, diagnose: bool = True,
-               providers: Sequence[str] | None = None, trt_cache: str | os.PathLike | None = None,
-               torch_device: str = "cpu", progress: Callable[[str], None] | None = None) -> list[ParityResult]:
-    """Check every exported model in ``onnx_dir`` (filtered by ``precisions``/``models``) in each runtime."""
+               providers: Sequence[str] | None = None, torch_device: str = "cpu",
+               progress: Callable[[str], None] | None = None,
+               runners: Mapping[str, RunnerFactory] | None = None) -> list[ParityResult]:
+    """Check every exported model in ``onnx_dir`` (filtered by ``precisions``/``models``) in each runtime
+    (``runners``: runtime name → :data:`RunnerFactory` for runtimes other than onnxruntime / torch)."""
     manifest = read_manifest(onnx_dir)
-    from export.onnx import bundle_hash
-
     if manifest.get("bundle_hash") != bundle_hash(bundle):
         raise UserError(f"{onnx_dir} was exported from a different bundle (hash {manifest.get('bundle_hash', '?')[:12]}"
                         f" ≠ {bundle_hash(bundle)[:12]}); re-export it")
@@ -258,7 +248,7 @@ def run_parity(bundle: Bundle, onnx_dir: str | os.PathLike, runtimes: Iterable[s
             continue
         for rt in runtimes:
             r = check_model(bundle, onnx_dir, entry["model"], entry["precision"], rt, tolerances, diagnose,
-                            providers, trt_cache, torch_device)
+                            providers, torch_device, runner=(runners or {}).get(rt))
             if progress:
                 progress(r.message())
             results.append(r)
@@ -278,7 +268,7 @@ def format_table(results: Sequence[ParityResult]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Speed: ONNX Runtime vs torch through the one Engine interface
+# Test bundles
 
 
 def randomize_heads(bundle: Bundle, std: float = 0.02, seed: int = 0) -> Bundle:
@@ -292,118 +282,3 @@ def randomize_heads(bundle: Bundle, std: float = 0.02, seed: int = 0) -> Bundle:
                 w = enc.head[2].weight
                 w.copy_(torch.randn(w.shape, generator=gen) * std)
     return bundle
-
-
-def speed_compare(bundle: Bundle, onnx_dir: str | os.PathLike, threads: int = 2, batch: int = 1,
-                  iters: int = 20, warmup: int = 3, max_seconds: float = 20.0, seed: int = 0) -> dict[str, Any]:
-    """Median ms per call of encode_key / encode_reuse / synthesize for TorchEngine (CPU, fp32, eager) and
-    OrtEngine (CPU provider, fp32) with the same thread count, and torch/ORT ratios (> 1: ORT is faster)."""
-    from benchmarks.timing import summarise, time_calls
-    from realtime.engines import OrtEngine, TorchEngine
-
-    torch.set_num_threads(threads)
-    eng_t = TorchEngine(bundle, device="cpu", precision="fp32")
-    eng_o = OrtEngine(bundle, device="cpu", precision="fp32", model_dir=onnx_dir, threads=threads)
-    crops = example_inputs(bundle, "fren", batch=batch, seed=seed)["crops"]
-    prev = example_inputs(bundle, "vien", batch=batch, seed=seed)["prev_ws"]
-    ws = example_inputs(bundle, "synthesis", batch=batch, seed=seed)["ws"]
-    calls: dict[str, Callable[[Any], object]] = {
-        "encode_key": lambda e: e.encode_key(crops),
-        "encode_reuse": lambda e: e.encode_reuse(crops, prev),
-        "synthesize": lambda e: e.synthesize(ws),
-    }
-    out: dict[str, Any] = {"threads": threads, "batch": batch, "calls": {}}
-    for name, fn in calls.items():
-        row: dict[str, Any] = {}
-        # alternate the two engines in short rounds so background load hits both alike
-        ms: dict[str, list[float]] = {"torch": [], "onnx": []}
-        for _ in range(2):
-            for key, eng in (("torch", eng_t), ("onnx", eng_o)):
-                ms[key] += time_calls(lambda e=eng, f=fn: f(e), warmup=warmup, iters=max(1, iters // 2),
-                                      max_seconds=max_seconds / 4)
-        for key in ms:
-            row[key] = summarise(ms[key])
-        row["ratio_torch_over_onnx"] = row["torch"]["median_ms"] / row["onnx"]["median_ms"]
-        out["calls"][name] = row
-    frame_t = out["calls"]["encode_reuse"]["torch"]["median_ms"] + out["calls"]["synthesize"]["torch"]["median_ms"]
-    frame_o = out["calls"]["encode_reuse"]["onnx"]["median_ms"] + out["calls"]["synthesize"]["onnx"]["median_ms"]
-    out["frame"] = {"torch_ms": frame_t, "onnx_ms": frame_o, "ratio_torch_over_onnx": frame_t / frame_o}
-    eng_o.close()
-    eng_t.close()
-    return out
-
-
-def format_speed(speed: dict[str, Any]) -> str:
-    lines = ["| call | torch ms (median) | ONNX Runtime ms (median) | torch / ORT |", "|---|---|---|---|"]
-    for name, row in speed["calls"].items():
-        lines.append(f"| {name} | {row['torch']['median_ms']:.2f} | {row['onnx']['median_ms']:.2f} "
-                     f"| {row['ratio_torch_over_onnx']:.2f}× |")
-    f = speed["frame"]
-    lines.append(f"| frame (encode_reuse + synthesize) | {f['torch_ms']:.2f} | {f['onnx_ms']:.2f} "
-                 f"| {f['ratio_torch_over_onnx']:.2f}× |")
-    return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m export.parity``: export (if needed), check parity, optionally time ORT vs torch; print markdown
-    and write JSON with provenance. This is the command behind the tables in docs/export.md."""
-    import argparse
-    import json
-    import sys
-
-    from export.onnx import bundle_hash, export_bundle
-    from models.bundle import load_bundle, new_bundle
-
-    ap = argparse.ArgumentParser(prog="python -m export.parity", description=main.__doc__)
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--bundle", type=Path, help="bundle folder")
-    src.add_argument("--random", metavar="GEN:ENC", help="an untrained bundle from presets, e.g. tiny-128:tiny")
-    ap.add_argument("--randomize-heads", action="store_true",
-                    help="random encoder head weights (untrained encoders otherwise ignore their input)")
-    ap.add_argument("-o", "--out", type=Path, required=True, help="ONNX export folder (reused when it matches)")
-    ap.add_argument("--precisions", default="fp32,fp16")
-    ap.add_argument("--speed", action="store_true", help="also time ORT vs torch on the CPU")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=1, help="batch for the speed comparison")
-    ap.add_argument("--json", type=Path, default=None, help="write results + provenance here")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    try:
-        if args.bundle is not None:
-            bundle = load_bundle(args.bundle)
-        else:
-            gen, _, enc = args.random.partition(":")
-            bundle = new_bundle(gen, enc or "tiny", name=f"random-{gen}")
-        if args.randomize_heads:
-            randomize_heads(bundle)
-        precs = [p.strip() for p in args.precisions.split(",") if p.strip()]
-        have: dict[str, Any] = {}
-        if (args.out / "manifest.json").exists():
-            m = read_manifest(args.out)
-            have = m.get("models", {}) if m.get("bundle_hash") == bundle_hash(bundle) else {}
-        for p in precs:
-            missing = [k for k in ("fren", "vien", "synthesis") if f"{k}.{p}" not in have]
-            if missing:
-                export_bundle(bundle, args.out, precision=p, models=missing, progress=print)
-        results = run_parity(bundle, args.out, precisions=precs, progress=print)
-        print(format_table(results))
-        report: dict[str, Any] = {"parity": [r.to_dict() for r in results]}
-        if args.speed:
-            speed = speed_compare(bundle, args.out, threads=args.threads, batch=args.batch)
-            print(format_speed(speed))
-            report["speed"] = speed
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        from benchmarks.provenance import provenance
-
-        report["provenance"] = provenance("cpu")
-        report["provenance"]["loadavg_1_5_15"] = list(os.getloadavg())  # other work on the machine while timing
-        report["command"] = "python -m export.parity " + " ".join(sys.argv[1:] if argv is None else argv)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if all(r.ok for r in results) else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

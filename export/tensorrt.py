@@ -6,9 +6,9 @@
   encode everything that makes one engine differ from another:
   ``{stem}-{onnx sha256[:16]}-b{min}-{opt}-{max}-{precision}-{gpu name}-sm{cc}-trt{version}.plan``
   so a new model, new shapes, another GPU or another TensorRT version never picks up a stale engine.
-* :class:`TrtModel` runs an engine on torch's *current* CUDA stream with preallocated torch output buffers
-  (sized for ``max_batch``; a call binds views of their first ``B`` rows), so it composes with the rest of a torch
-  pipeline without host copies or extra synchronisation.
+
+This module is the *build* side. Running an engine (:class:`realtime.engines.tensorrt.TrtModel`, on torch's current
+CUDA stream) is the engines' business.
 
 TensorRT is optional: importing this module never fails, :func:`require_tensorrt` raises one clear
 :class:`~models.errors.UserError` where it (or CUDA) is missing. PyPI's ``tensorrt`` wheels need an NVIDIA driver
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,16 +26,17 @@ from typing import Any
 
 import torch
 
+from export.artifacts import default_trt_cache, file_sha256
 from models.errors import UserError
+from models.files import atomic_write_bytes
 
-DEFAULT_CACHE = Path(os.environ.get("STYLESTREAM_CACHE", Path.home() / ".cache" / "stylestream")) / "tensorrt"
 TIMING_CACHE_NAME = "timing.cache"
 
 
 def require_tensorrt() -> Any:
     """Import tensorrt, or raise a UserError saying why it cannot be used here."""
     try:
-        import tensorrt as trt
+        import tensorrt as trt  # noqa: PLC0415 - optional, and the PyPI stub raises at import
     except Exception as exc:  # ImportError, or the PyPI stub package raising at import
         raise UserError("TensorRT is not installed (or is only the PyPI stub): install NVIDIA TensorRT ≥ 8.6 for "
                         "your CUDA version (`pip install tensorrt` on a machine with an NVIDIA driver), or use "
@@ -57,8 +57,6 @@ def _slug(text: str) -> str:
 def engine_name(onnx_path: str | os.PathLike, precision: str, batches: tuple[int, int, int],
                 device: torch.device | None = None, trt_version: str | None = None) -> str:
     """Cache file name for an engine: model hash + shapes + precision + GPU + TensorRT version."""
-    from export.onnx import file_sha256
-
     p = Path(onnx_path)
     stem = p.name.removesuffix(".onnx").split(".")[0]
     dev = device or torch.device("cuda")
@@ -70,7 +68,7 @@ def engine_name(onnx_path: str | os.PathLike, precision: str, batches: tuple[int
     return (f"{stem}-{file_sha256(p)[:16]}-b{b0}-{b1}-{b2}-{precision}-{gpu}-sm{cc}-trt{trt_version}.plan")
 
 
-class _Logger:
+class TrtLogger:
     """TensorRT logger that keeps warnings/errors for error messages (and prints nothing by default)."""
 
     def __init__(self, trt: Any, verbose: bool = False):
@@ -108,13 +106,13 @@ def build_engine(onnx_path: str | os.PathLike, precision: str = "fp16", cache_di
     onnx_path = Path(onnx_path)
     if not onnx_path.exists():
         raise UserError(f"ONNX file not found: {onnx_path}")
-    cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
+    cache = Path(cache_dir) if cache_dir is not None else default_trt_cache()
     cache.mkdir(parents=True, exist_ok=True)
     plan = cache / engine_name(onnx_path, precision, (min_batch, opt_batch, max_batch), trt_version=trt.__version__)
     if plan.exists() and not force:
         return plan
     say = progress or (lambda _m: None)
-    log = _Logger(trt)
+    log = TrtLogger(trt)
     builder = trt.Builder(log.logger)
     flags = 0
     if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and int(trt.__version__.split(".")[0]) < 10:
@@ -149,97 +147,7 @@ def build_engine(onnx_path: str | os.PathLike, precision: str = "fp16", cache_di
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UserError(f"TensorRT failed to build {onnx_path.name}: " + " | ".join(log.lines[-3:]))
-    _atomic_write_bytes(plan, bytes(serialized))
-    _atomic_write_bytes(tc_path, bytes(config.get_timing_cache().serialize()))
+    atomic_write_bytes(plan, bytes(serialized))
+    atomic_write_bytes(tc_path, bytes(config.get_timing_cache().serialize()))
     say(f"built {plan.name} in {time.perf_counter() - t0:.0f} s")
     return plan
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _torch_dtype(trt: Any, dt: Any) -> torch.dtype:
-    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32, trt.int8: torch.int8,
-             trt.bool: torch.bool}
-    if hasattr(trt, "int64"):
-        table[trt.int64] = torch.int64
-    if hasattr(trt, "bfloat16"):
-        table[trt.bfloat16] = torch.bfloat16
-    if dt not in table:
-        raise UserError(f"TensorRT tensor type {dt} is not supported by stylestream")
-    return table[dt]
-
-
-class TrtModel:
-    """One deserialized engine + execution context, run on torch's current CUDA stream.
-
-    ``model({name: tensor})`` → ``{output name: tensor}``; inputs are made contiguous on the device in the engine's
-    dtype; outputs are fresh tensors (copied out of the preallocated bindings, so the next call cannot clobber
-    them)."""
-
-    def __init__(self, plan: str | os.PathLike, device: torch.device | str = "cuda"):
-        trt = require_tensorrt()
-        self.trt = trt
-        self.device = torch.device(device)
-        if self.device.type != "cuda":
-            raise UserError("TensorRT engines run on CUDA devices only")
-        self._log = _Logger(trt)
-        with torch.cuda.device(self.device):
-            self.runtime = trt.Runtime(self._log.logger)
-            self.engine = self.runtime.deserialize_cuda_engine(Path(plan).read_bytes())
-            if self.engine is None:
-                raise UserError(f"cannot load TensorRT engine {plan} (built for another GPU or TensorRT version?): "
-                                + " | ".join(self._log.lines[-2:]))
-            self.context = self.engine.create_execution_context()
-        self.inputs: list[str] = []
-        self.outputs: list[str] = []
-        self.dtypes: dict[str, torch.dtype] = {}
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
-            self.dtypes[name] = _torch_dtype(trt, self.engine.get_tensor_dtype(name))
-            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                self.inputs.append(name)
-            else:
-                self.outputs.append(name)
-        first = self.inputs[0]
-        _, _, mx = self.engine.get_tensor_profile_shape(first, 0)
-        self.max_batch = int(mx[0])
-        self.min_batch = int(self.engine.get_tensor_profile_shape(first, 0)[0][0])
-        # preallocated outputs at max batch: shapes from the context once inputs are at max
-        for name in self.inputs:
-            shape = tuple(int(d) for d in self.engine.get_tensor_profile_shape(name, 0)[2])
-            self.context.set_input_shape(name, shape)
-        self._out: dict[str, torch.Tensor] = {}
-        for name in self.outputs:
-            shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
-            self._out[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
-
-    def __call__(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        missing = [n for n in self.inputs if n not in feed]
-        if missing:
-            raise ValueError(f"missing TensorRT inputs {missing} (engine takes {self.inputs})")
-        b = int(feed[self.inputs[0]].shape[0])
-        if not self.min_batch <= b <= self.max_batch:
-            raise ValueError(f"batch {b} is outside the engine's profile {self.min_batch}…{self.max_batch}; "
-                             "rebuild with a larger --max-batch")
-        keep = []
-        for name in self.inputs:
-            t = feed[name].to(self.device, self.dtypes[name]).contiguous()
-            keep.append(t)
-            self.context.set_input_shape(name, tuple(t.shape))
-            self.context.set_tensor_address(name, t.data_ptr())
-        for name in self.outputs:
-            self.context.set_tensor_address(name, self._out[name].data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed: " + " | ".join(self._log.lines[-2:]))
-        # a batch-B view of a max-batch buffer is contiguous (batch is the leading dimension)
-        return {name: self._out[name][:b].clone() for name in self.outputs}

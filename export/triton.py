@@ -13,7 +13,7 @@ Every model uses the ONNX Runtime backend with dynamic batching (requests from m
 ``max_batch``), one instance per GPU (``instance_kind="KIND_CPU"`` for CPU-only servers), and for fp16 variants the
 TensorRT execution accelerator in FP16 mode. The batch dimension is implicit in Triton's ``dims``.
 ``stylestream serve --backend triton --triton-url http://host:8000`` (or ``grpc://host:8001``) uses it through
-:class:`realtime.engines.TritonEngine`.
+:class:`realtime.engines.TritonEngine` (model names: :func:`export.artifacts.triton_model_name`).
 """
 
 from __future__ import annotations
@@ -26,16 +26,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from export.onnx import available_models, bundle_hash, export_bundle, onnx_filename, read_manifest
+from export.artifacts import TRITON_PREFIX, bundle_hash, onnx_filename, read_manifest, triton_model_name
+from export.onnx import available_models, export_bundle
 from models.bundle import Bundle, swap_dir_into_place
 from models.errors import UserError
-
-DEFAULT_PREFIX = "stylestream_"
-
-
-def triton_model_name(model: str, precision: str = "fp32", prefix: str = DEFAULT_PREFIX) -> str:
-    """Repository name of one model: ``stylestream_synthesis``, ``stylestream_synthesis_fp16``, …"""
-    return f"{prefix}{model}" + ("_fp16" if precision == "fp16" else "")
 
 
 def _dims(shape: list[Any]) -> str:
@@ -89,7 +83,7 @@ def ensemble_config(name: str, fren: str, synthesis: str, manifest: dict[str, An
 
 def write_model_repository(bundle: Bundle, out_dir: str | os.PathLike, precisions: Iterable[str] = ("fp32",),
                            max_batch: int = 8, onnx_dir: str | os.PathLike | None = None, version: int = 1,
-                           instance_kind: str = "KIND_GPU", ensemble: bool = True, prefix: str = DEFAULT_PREFIX,
+                           instance_kind: str = "KIND_GPU", ensemble: bool = True, prefix: str = TRITON_PREFIX,
                            progress: Callable[[str], None] | None = None) -> list[str]:
     """Write (or update) a Triton model repository at ``out_dir``; returns the model names written.
 

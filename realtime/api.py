@@ -39,13 +39,12 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from models.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
 from models.editing import EditStack
 from models.errors import UserError
-from realtime.engines import Engine, make_engine
+from realtime.engines import Engine, EngineOptions, EngineSpec, SerialEngine, make_engine
 from realtime.frames import Frame, Output, Track
 from realtime.io.sinks import open_sink
 from realtime.io.sources import Source, open_source
 from realtime.pipeline import FrameProcessor, Pipeline, PipelineConfig, RunStats, StageRunner, StreamState
 from realtime.pipeline.calibration import CalibrationConfig
-from realtime.server.app import SerialEngine
 from realtime.server.media import OutputTrack
 from realtime.server.worker import post
 from realtime.vision.tracking import FaceTracker, TrackerConfig
@@ -89,22 +88,25 @@ class Filter:
         bundle: a bundle folder, a loaded :class:`Bundle`, or None for the built-in bundle.
         edits: initial strengths, e.g. ``{"smile": 1.5}`` (``Filter.edit_names`` lists them).
         device / backend / precision: the engine (``backend="auto"``: ONNX Runtime on CPU after a one-time
-            export, torch on CUDA). ``engine`` instead shares an existing engine (another stream).
+            export, torch on CUDA); ``engine_options`` are :class:`EngineOptions` fields (``model_dir=…``,
+            ``threads=…``). ``spec`` (an :class:`EngineSpec`) replaces all of these; ``engine`` instead shares an
+            existing engine (another stream).
         pipeline: latent policy, queues, view (:class:`PipelineConfig`); ``live`` selects causal stabilisation.
-        calibration: settings of live calibration (:meth:`processor` ``.calibrate()``).
-        engine_options: backend options (model folders, threads, …) as keyword arguments of ``make_engine``.
+        calibration: settings of live calibration (``filter.processor.calibrate()``).
     """
 
     def __init__(self, bundle: str | os.PathLike | Bundle | None = None, edits: Mapping[str, float] | None = None, *,
                  device: str = "auto", backend: str = "auto", precision: str = "auto",
                  pipeline: PipelineConfig | None = None, calibration: CalibrationConfig | None = None,
-                 engine: Engine | None = None, live: bool = True, tracker: TrackerConfig | None = None,
-                 **engine_options: Any):
+                 spec: EngineSpec | None = None, engine: Engine | None = None, live: bool = True,
+                 tracker: TrackerConfig | None = None, **engine_options: Any):
         self.bundle = engine.bundle if engine is not None else load(bundle)
         stack = edit_stack(self.bundle, edits)  # bad edit names fail before the engine is built
         self.owns_engine = engine is None
-        self.engine = engine if engine is not None else make_engine(self.bundle, backend=backend, device=device,
-                                                                    precision=precision, **engine_options)
+        if engine is None:
+            spec = spec or EngineSpec(backend, device, precision, EngineOptions(**engine_options))
+            engine = make_engine(self.bundle, spec)
+        self.engine = engine
         self.live = live
         self.tracker_config = tracker or TrackerConfig(smoothing="one_euro" if live else "none")
         self.processor = FrameProcessor(self.engine, dataclasses.replace(pipeline or PipelineConfig()), edits=stack,

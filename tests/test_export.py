@@ -5,28 +5,40 @@ One module-scoped export of the tiny-64 bundle (fp32: FrEN, ViEN, synthesis; fp1
 
 from __future__ import annotations
 
+import argparse
 import copy
+import dataclasses
 import json
+import re
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
-from export.onnx import (
-    MODELS,
-    bundle_hash,
-    example_inputs,
-    export_bundle,
-    file_sha256,
-    model_spec,
-    onnx_filename,
-    read_manifest,
+from benchmarks.bench_export import format_speed, speed_compare
+from export.artifacts import MODELS, bundle_hash, file_sha256, onnx_filename, read_manifest
+from export.onnx import example_inputs, export_bundle, model_spec
+from export.parity import (
+    TOLERANCES,
+    check_model,
+    compare,
+    format_table,
+    locate_drift,
+    randomize_heads,
+    run_parity,
 )
-from export.parity import TOLERANCES, check_model, compare, format_table, randomize_heads, run_parity
+from export.tensorrt import engine_name
+from export.triton import write_model_repository
 from models.bundle import new_bundle
 from models.errors import UserError
+from realtime.cli import main as cli_main
+from realtime.cli.options import add_config, config_from_args
+from realtime.engines import Engine, EngineOptions, EngineSpec, OrtEngine, TorchEngine, engine_like, make_engine
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +95,6 @@ def test_ort_parity_table(bundle, onnx_dir):
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_dynamic_batch_in_ort(bundle, onnx_dir, batch):
-    import onnxruntime as ort
-
     for name in MODELS:
         sess = ort.InferenceSession(str(onnx_dir / onnx_filename(name, "fp32")), providers=["CPUExecutionProvider"])
         inputs = example_inputs(bundle, name, batch=batch, seed=7)
@@ -110,12 +120,15 @@ def test_fp16_overflow_is_located(bundle, tmp_path):
     assert "drift starts at backbone.blocks.1" in r.message()
 
 
-def test_ort_engine_matches_torch_engine(bundle, onnx_dir):
-    from realtime.engines import Engine, OrtEngine, TorchEngine, make_engine
+def onnx_spec(model_dir: Path | None = None, **options) -> EngineSpec:
+    return EngineSpec("onnx", "cpu", options=EngineOptions(model_dir=model_dir, **options))
 
-    eng_t = TorchEngine(copy.deepcopy(bundle), device="cpu")
-    eng_o = make_engine(bundle, "onnx", device="cpu", model_dir=onnx_dir, threads=1)
+
+def test_ort_engine_matches_torch_engine(bundle, onnx_dir):
+    eng_t = TorchEngine(bundle, device="cpu")  # engines never modify their bundle: both can share it
+    eng_o = make_engine(bundle, onnx_spec(onnx_dir, threads=1))
     assert isinstance(eng_o, OrtEngine) and isinstance(eng_o, Engine)
+    assert eng_o.spec == EngineSpec("onnx", "cpu", "fp32", EngineOptions(model_dir=onnx_dir, threads=1))
     for attr in ("crop_size", "resolution", "num_ws", "w_dim", "num_coarse"):
         assert getattr(eng_o, attr) == getattr(eng_t, attr)
     crops = example_inputs(bundle, "fren", batch=2, seed=11)["crops"]
@@ -136,69 +149,69 @@ def test_ort_engine_matches_torch_engine(bundle, onnx_dir):
     assert (img_d - img_o).abs().max() > 1e-3
     with pytest.raises(ValueError, match="crops must be"):
         eng_o.encode_key(torch.zeros(1, 3, 8, 8))
+    # engine_like: an onnx engine for a bundle already exported to a folder (the calibration worker's job)
+    twin = engine_like(eng_o, bundle, onnx_dir)
+    assert isinstance(twin, OrtEngine) and twin.spec == dataclasses.replace(
+        eng_o.spec, options=EngineOptions(model_dir=onnx_dir))  # threads are process-wide: not set again
+    torch.testing.assert_close(twin.synthesize(ws_t), img_o, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="needs the folder the bundle was exported to"):
+        engine_like(eng_o, bundle)
     eng_o.close()
 
 
 def test_engine_model_dir_checks(bundle, onnx_dir, tmp_path):
-    from realtime.engines import make_engine
-
     other = new_bundle("tiny-64", "tiny", seed=4)
     with pytest.raises(UserError, match="another bundle"):
-        make_engine(other, "onnx", device="cpu", model_dir=onnx_dir)
+        make_engine(other, onnx_spec(onnx_dir))
     with pytest.raises(UserError, match="no fp16 export of"):
-        make_engine(bundle, "onnx", device="cpu", precision="fp16", model_dir=onnx_dir)
+        make_engine(bundle, EngineSpec("onnx", "cpu", "fp16", EngineOptions(model_dir=onnx_dir)))
     with pytest.raises(UserError, match="not an ONNX export folder"):
-        make_engine(bundle, "onnx", device="cpu", model_dir=tmp_path)
-    with pytest.raises(UserError, match="unknown backend"):
-        make_engine(bundle, "tflite")
-    with pytest.raises(UserError, match="does not take"):
-        make_engine(bundle, "torch", device="cpu", model_dir=onnx_dir)
+        make_engine(bundle, onnx_spec(tmp_path))
+    with pytest.raises(UserError, match="--backend must be one of auto, torch, onnx, tensorrt, triton, got 'tflite'"):
+        make_engine(bundle, EngineSpec("tflite"))
+    with pytest.raises(UserError, match="^--model-dir applies to --backend onnx / tensorrt, not torch$"):
+        make_engine(bundle, EngineSpec("torch", "cpu", options=EngineOptions(model_dir=onnx_dir)))
 
 
 def test_auto_backend_is_onnx_on_cpu_and_falls_back_to_torch(bundle, onnx_dir, tmp_path, monkeypatch, capsys):
-    import argparse
-
-    from realtime.engines import OrtEngine, TorchEngine, add_backend_options, backend_options, make_engine
-
-    eng = make_engine(bundle, "auto", device="cpu", model_dir=onnx_dir)
-    assert isinstance(eng, OrtEngine) and eng.recipe[0] == "onnx"
-    # the export cannot be written (the cache is a file): a warning, and the torch engine
+    eng = make_engine(bundle, EngineSpec("auto", "cpu", options=EngineOptions(model_dir=onnx_dir, threads=1)))
+    assert isinstance(eng, OrtEngine) and eng.spec.backend == "onnx" and eng.spec.options.model_dir == onnx_dir
+    # the export cannot be written (the cache is a file): one warning, and the torch engine
     blocker = tmp_path / "cache-is-a-file"
     blocker.write_text("")
     monkeypatch.setenv("STYLESTREAM_CACHE", str(blocker))
-    eng = make_engine(copy.deepcopy(bundle), "auto", device="cpu")
-    assert isinstance(eng, TorchEngine) and eng.recipe[0] == "torch"
-    err = capsys.readouterr().err
-    assert "Not a directory); using the torch engine" in err.strip().splitlines()[-1], err
-    # flags are checked against what auto resolves to (onnx on this CPU)
-    p = argparse.ArgumentParser()
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--device", default="cpu")
-    add_backend_options(p)
-    assert backend_options(p.parse_args(["--model-dir", str(tmp_path)])) == {"model_dir": tmp_path}
-    with pytest.raises(UserError, match="--cuda-graphs applies to --backend torch, not onnx"):
-        backend_options(p.parse_args(["--cuda-graphs"]))
+    onnx_only = EngineOptions(threads=1, providers=("CPUExecutionProvider",))
+    eng = make_engine(bundle, EngineSpec("auto", "cpu", options=onnx_only))
+    assert isinstance(eng, TorchEngine)
+    # the torch engine's spec keeps the options torch takes and drops onnx's
+    assert eng.spec == EngineSpec("torch", "cpu", "fp32", EngineOptions(threads=1))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Not a directory); using the torch engine" in err[-1], err
+    assert sum("using the torch engine" in line for line in err) == 1, err
+    # options are checked against what auto resolves to (onnx on this CPU), before anything is built
+    with pytest.raises(UserError, match="^--cuda-graphs applies to --backend torch, not onnx$"):
+        make_engine(bundle, EngineSpec("auto", "cpu", options=EngineOptions(cuda_graphs=True)))
+
+
+def _has_tensorrt() -> bool:
+    try:
+        import tensorrt  # noqa: F401, PLC0415 - optional; the PyPI stub raises at import
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
 
 
 def test_tensorrt_and_triton_fail_clearly(bundle):
-    from realtime.engines import make_engine
-
-    try:
-        import tensorrt  # noqa: F401
-
-        has_trt = torch.cuda.is_available()
-    except Exception:
-        has_trt = False
-    if not has_trt:
+    if not _has_tensorrt():
         with pytest.raises(UserError, match="TensorRT|CUDA"):
-            make_engine(bundle, "tensorrt")
+            make_engine(bundle, EngineSpec("tensorrt"))
     with pytest.raises(UserError, match="cannot reach the Triton server|Triton client"):
-        make_engine(bundle, "triton", device="cpu", triton_url="http://127.0.0.1:1", timeout_s=2.0)
+        make_engine(bundle, EngineSpec("triton", "cpu", options=EngineOptions(triton_url="http://127.0.0.1:1",
+                                                                              timeout_s=2.0)))
 
 
 def test_tensorrt_engine_names_encode_what_matters(onnx_dir, tmp_path):
-    from export.tensorrt import engine_name
-
     p = onnx_dir / "synthesis.fp32.onnx"
     base = engine_name(p, "fp16", (1, 1, 8), trt_version="10.3.0")
     assert base.startswith("synthesis-") and base.endswith("-trt10.3.0.plan") and "-fp16-" in base
@@ -212,8 +225,6 @@ def test_tensorrt_engine_names_encode_what_matters(onnx_dir, tmp_path):
 
 
 def test_triton_repository(bundle, onnx_dir, tmp_path):
-    from export.triton import write_model_repository
-
     repo = tmp_path / "repo"
     names = write_model_repository(bundle, repo, ["fp32"], max_batch=4, onnx_dir=onnx_dir)
     assert names == ["stylestream_fren", "stylestream_vien", "stylestream_synthesis", "stylestream_keyframe"]
@@ -236,8 +247,6 @@ def test_triton_repository(bundle, onnx_dir, tmp_path):
 
 
 def test_speed_compare_runs(bundle, onnx_dir):
-    from export.parity import format_speed, speed_compare
-
     s = speed_compare(bundle, onnx_dir, threads=1, iters=2, warmup=1, max_seconds=2)
     for row in s["calls"].values():
         assert row["torch"]["median_ms"] > 0 and row["onnx"]["median_ms"] > 0
@@ -246,22 +255,18 @@ def test_speed_compare_runs(bundle, onnx_dir):
 
 
 def test_cli_export(bundle, tmp_path, capsys):
-    from realtime.cli import main
-
     bdir = bundle.save(tmp_path / "b")
     out = tmp_path / "out"
-    assert main(["export", str(bdir), "--to", "onnx", "-o", str(out), "--models", "fren"]) == 0
+    assert cli_main(["export", str(bdir), "--to", "onnx", "-o", str(out), "--models", "fren"]) == 0
     text = capsys.readouterr().out
     assert "[1/1] exporting fren (fp32)" in text and "| fren | fp32 |" in text
     parity = json.loads((out / "parity.json").read_text())
     assert parity[0]["ok"] and parity[0]["model"] == "fren"
-    assert main(["export", str(tmp_path / "nope"), "-o", str(out)]) == 2
+    assert cli_main(["export", str(tmp_path / "nope"), "-o", str(out)]) == 2
     assert "bundle not found" in capsys.readouterr().err
-    assert main(["export", str(bdir), "-o", str(out), "--max-batch", "0"]) == 2
-    try:
-        import tensorrt  # noqa: F401
-    except Exception:
-        assert main(["export", str(bdir), "--to", "tensorrt", "-o", str(tmp_path / "trt")]) == 2
+    assert cli_main(["export", str(bdir), "-o", str(out), "--max-batch", "0"]) == 2
+    if not _has_tensorrt():
+        assert cli_main(["export", str(bdir), "--to", "tensorrt", "-o", str(tmp_path / "trt")]) == 2
         assert "TensorRT" in capsys.readouterr().err
         assert not (tmp_path / "trt").exists()
 
@@ -272,11 +277,9 @@ def test_cli_export(bundle, tmp_path, capsys):
 
 @pytest.mark.gpu
 def test_cuda_graphs_match_eager_and_are_not_stale():
-    from realtime.engines import TorchEngine
-
     b = randomize_heads(new_bundle("tiny-64", "tiny", seed=5), seed=5)
-    eager = TorchEngine(copy.deepcopy(b), device="cuda", precision="fp32", channels_last=False)
-    graphed = TorchEngine(copy.deepcopy(b), device="cuda", precision="fp32", cuda_graphs=True)
+    eager = TorchEngine(b, device="cuda", precision="fp32", channels_last=False)
+    graphed = TorchEngine(b, device="cuda", precision="fp32", cuda_graphs=True)
     for seed in (1, 2):  # second round replays the captured graphs with new inputs
         crops = example_inputs(b, "fren", batch=2, seed=seed)["crops"].cuda()
         ws_e, ws_g = eager.encode_key(crops), graphed.encode_key(crops)
@@ -293,62 +296,58 @@ def test_cuda_graphs_match_eager_and_are_not_stale():
 
 @pytest.mark.gpu
 def test_cuda_fp16_engine_close_to_fp32():
-    from realtime.engines import TorchEngine
-
     b = randomize_heads(new_bundle("tiny-64", "tiny", seed=5), seed=5)
-    ref = TorchEngine(copy.deepcopy(b), device="cuda", precision="fp32")
-    fast = TorchEngine(copy.deepcopy(b), device="cuda", precision="fp16", cuda_graphs=True)
+    ref = TorchEngine(b, device="cuda", precision="fp32")
+    fast = TorchEngine(b, device="cuda", precision="fp16", cuda_graphs=True)
     ws = example_inputs(b, "synthesis", batch=1)["ws"].cuda()
     _, _, max_rel, mean_rel = compare(fast.synthesize(ws).cpu().numpy(), ref.synthesize(ws).cpu().numpy())
     assert max_rel < TOLERANCES["fp16"][0] and mean_rel < TOLERANCES["fp16"][1]
+    # both engines run their own converted copies: the shared bundle is still CPU float32, contiguous
+    for t in [*b.generator.parameters(), *b.fren.parameters()]:
+        assert t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
+    assert fast.synthesis is not b.generator.synthesis and fast.synthesis.b8.conv1.affine.weight.dtype == torch.float16
 
 
 @pytest.mark.gpu
 def test_ort_cuda_provider(bundle, onnx_dir):
-    import onnxruntime as ort
-
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime-gpu is not installed")
-    from realtime.engines import TorchEngine, make_engine
-
-    eng = make_engine(bundle, "onnx", device="cuda", precision="fp32", model_dir=onnx_dir)
-    ref = TorchEngine(copy.deepcopy(bundle), device="cpu")
+    eng = make_engine(bundle, EngineSpec("onnx", "cuda", "fp32", EngineOptions(model_dir=onnx_dir)))
+    ref = TorchEngine(bundle, device="cpu")
     ws = example_inputs(bundle, "synthesis", batch=2)["ws"]
     out = eng.synthesize(ws.cuda())
     assert out.device.type == "cuda"
     torch.testing.assert_close(out.cpu(), ref.synthesize(ws), atol=1e-3, rtol=1e-3)
 
 
-def test_backend_flags_map_to_engine_options(tmp_path):
-    import argparse
-
-    from realtime.engines import add_backend_options, backend_options
-
+def test_backend_flags_map_to_engine_options(bundle, tmp_path):
+    """The CLI's engine flags come from EngineSpec / EngineOptions (one declaration); names are the old ones."""
     p = argparse.ArgumentParser()
-    p.add_argument("--backend", default="torch")
-    add_backend_options(p)
-    assert backend_options(p.parse_args([])) == {}
-    assert backend_options(p.parse_args(["--backend", "onnx", "--model-dir", str(tmp_path)])) == {"model_dir": tmp_path}
-    assert backend_options(p.parse_args(["--backend", "triton", "--triton-url", "grpc://h:8001"])) == {
-        "triton_url": "grpc://h:8001"}
-    assert backend_options(p.parse_args(["--cuda-graphs", "--torch-compile"])) == {"cuda_graphs": True,
-                                                                                  "compile": True}
-    with pytest.raises(UserError, match="--triton-url applies to --backend triton"):
-        backend_options(p.parse_args(["--backend", "onnx", "--triton-url", "x"]))
+    add_config(p, EngineSpec)
+    add_config(p, EngineOptions)
+    flags = {s for a in p._actions for s in a.option_strings}
+    assert {"--backend", "--device", "--precision", "--model-dir", "--triton-url", "--cuda-graphs", "--torch-compile",
+            "--trt-cache"} <= flags
+    assert not {"--threads", "--providers", "--max-batch", "--timeout-s", "--compile", "--cache-dir"} & flags
+
+    def spec(*argv: str) -> EngineSpec:
+        args = p.parse_args(list(argv))
+        return config_from_args(EngineSpec, args, options=config_from_args(EngineOptions, args))
+
+    assert spec() == EngineSpec()
+    assert spec("--backend", "onnx", "--model-dir", str(tmp_path)).options == EngineOptions(model_dir=tmp_path)
+    assert spec("--backend", "triton", "--triton-url", "grpc://h:8001").options.triton_url == "grpc://h:8001"
+    s = spec("--backend", "torch", "--cuda-graphs", "--torch-compile", "--trt-cache", str(tmp_path))
+    assert (s.options.cuda_graphs, s.options.compile, s.options.cache_dir) == (True, True, tmp_path)
+    with pytest.raises(UserError, match="^--triton-url applies to --backend triton, not onnx$"):
+        make_engine(bundle, spec("--backend", "onnx", "--triton-url", "x"))
+    with pytest.raises(UserError, match="^--trt-cache applies to --backend tensorrt, not torch$"):
+        make_engine(bundle, s)
 
 
 def test_triton_engine_against_the_repository(bundle, onnx_dir, tmp_path, monkeypatch):
     """TritonEngine through a stand-in for tritonclient.http that serves the written repository with ONNX Runtime
     (no Triton server here): names, shapes and dtypes of the requests must match config.pbtxt and model.onnx."""
-    import re
-    import sys
-    import types
-
-    import onnxruntime as ort
-
-    from export.triton import write_model_repository
-    from realtime.engines import TorchEngine, make_engine
-
     repo = tmp_path / "repo"
     write_model_repository(bundle, repo, ["fp32"], max_batch=4, onnx_dir=onnx_dir)
     seen: list[str] = []
@@ -403,9 +402,13 @@ def test_triton_engine_against_the_repository(bundle, onnx_dir, tmp_path, monkey
     monkeypatch.setitem(sys.modules, "tritonclient", pkg)
     monkeypatch.setitem(sys.modules, "tritonclient.http", http)
 
-    eng = make_engine(bundle, "triton", device="cpu", triton_url="http://localhost:8000")
-    assert eng.has_vien
-    ref = TorchEngine(copy.deepcopy(bundle), device="cpu")
+    def triton(url: str, precision: str = "auto") -> EngineSpec:
+        return EngineSpec("triton", "cpu", precision, EngineOptions(triton_url=url))
+
+    eng = make_engine(bundle, triton("http://localhost:8000"))
+    assert eng.has_vien and eng.spec == EngineSpec("triton", "cpu", "fp32",
+                                                   EngineOptions(triton_url="http://localhost:8000"))
+    ref = TorchEngine(bundle, device="cpu")
     crops = example_inputs(bundle, "fren", batch=2, seed=5)["crops"]
     ws = eng.encode_key(crops)
     torch.testing.assert_close(ws, ref.encode_key(crops), atol=1e-4, rtol=1e-4)
@@ -413,14 +416,12 @@ def test_triton_engine_against_the_repository(bundle, onnx_dir, tmp_path, monkey
     torch.testing.assert_close(eng.synthesize(ws), ref.synthesize(ws), atol=1e-4, rtol=1e-4)
     assert seen == ["stylestream_fren", "stylestream_vien", "stylestream_synthesis"]
     with pytest.raises(UserError, match="cannot reach the Triton server at http://127.0.0.1:1"):
-        make_engine(bundle, "triton", device="cpu", triton_url="http://127.0.0.1:1")
+        make_engine(bundle, triton("http://127.0.0.1:1"))
     with pytest.raises(UserError, match="no ready model 'stylestream_fren_fp16'"):
-        make_engine(bundle, "triton", device="cpu", precision="fp16", triton_url="http://localhost:8000")
+        make_engine(bundle, triton("http://localhost:8000", "fp16"))
 
 
 def test_synthesis_taps_cover_every_block(bundle):
-    from export.parity import locate_drift
-
     taps = locate_drift(bundle, "synthesis", "fp32", runtime="torch")  # torch vs torch: exact, every tap ok
     res = bundle.generator.img_resolution
     blocks = [4 * 2**i for i in range(res.bit_length() - 2)]  # 4, 8, …, res

@@ -26,7 +26,7 @@ from models.editing import EditSpec, tensor_key
 from models.errors import UserError
 from realtime import cli
 from realtime.api import Filter
-from realtime.engines import make_engine
+from realtime.engines import EngineSpec, make_engine
 from realtime.pipeline import PipelineConfig
 from realtime.server import rtc_tuning
 from realtime.server.app import LiveServer, ServeConfig, check_bind, parse_ice_server, run_server
@@ -49,7 +49,7 @@ def tiny_factories(path: Path, calibration: Any = None) -> tuple[Any, Any, list[
     b.edits.append(EditSpec("brighter", "w_direction", "test direction", range=(-8.0, 8.0)).to_dict())
     b.save(path)
     bundle = load_bundle(path)
-    flt = Filter(engine=make_engine(bundle, "torch", "cpu", "fp32"), pipeline=PipelineConfig(),
+    flt = Filter(engine=make_engine(bundle, EngineSpec("torch", "cpu", "fp32")), pipeline=PipelineConfig(),
                  calibration=calibration)
     make_processor, make_tracker = flt.stream_factories()
     return make_processor, make_tracker, list(flt.processor.edits.specs.values())

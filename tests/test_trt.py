@@ -1,19 +1,23 @@
 """TensorRT engines (marker ``trt``: skipped where TensorRT or CUDA is missing, i.e. on the 2-core CI machine).
 
 Builds real engines from the tiny-64 ONNX exports, checks them against torch with the fp16 tolerance, checks the
-on-disk engine cache (second build reuses the file), the batch profile, and the TrtEngine behind make_engine."""
+on-disk engine cache (second build reuses the file), the batch profile, and the TrtEngine behind make_engine.
+Importing the modules needs neither TensorRT nor CUDA (every entry point checks); the tests do."""
 
 from __future__ import annotations
 
-import copy
 import os
 
 import pytest
 import torch
 
-from export.onnx import example_inputs, export_bundle, model_spec, onnx_filename
+from export.artifacts import onnx_filename
+from export.onnx import example_inputs, export_bundle, model_spec
 from export.parity import TOLERANCES, check_model, compare, randomize_heads
+from export.tensorrt import TIMING_CACHE_NAME, build_engine
 from models.bundle import new_bundle
+from realtime.engines import Engine, EngineOptions, EngineSpec, TorchEngine, make_engine
+from realtime.engines.tensorrt import TrtModel, trt_runner
 
 pytestmark = pytest.mark.trt
 
@@ -39,13 +43,11 @@ def cache_dir(tmp_path_factory):
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("model", ["fren", "vien", "synthesis"])
 def test_trt_parity(bundle, onnx_dir, cache_dir, model, precision):
-    r = check_model(bundle, onnx_dir, model, precision, runtime="tensorrt", trt_cache=cache_dir)
+    r = check_model(bundle, onnx_dir, model, precision, runtime="tensorrt", runner=trt_runner(cache_dir))
     assert r.ok, r.message()
 
 
 def test_engine_cache_is_reused(onnx_dir, cache_dir):
-    from export.tensorrt import TIMING_CACHE_NAME, build_engine
-
     path = onnx_dir / onnx_filename("synthesis", "fp16")
     plan = build_engine(path, "fp16", cache_dir=cache_dir, max_batch=4)
     mtime = os.stat(plan).st_mtime_ns
@@ -57,8 +59,6 @@ def test_engine_cache_is_reused(onnx_dir, cache_dir):
 
 
 def test_trt_model_batches_and_stream(bundle, onnx_dir, cache_dir):
-    from export.tensorrt import TrtModel, build_engine
-
     plan = build_engine(onnx_dir / onnx_filename("synthesis", "fp32"), "fp32", cache_dir=cache_dir, max_batch=4)
     model = TrtModel(plan, "cuda")
     assert model.inputs == ["ws"] and model.outputs == ["image"] and model.max_batch == 4
@@ -78,11 +78,10 @@ def test_trt_model_batches_and_stream(bundle, onnx_dir, cache_dir):
 
 
 def test_trt_engine_matches_torch(bundle, onnx_dir, cache_dir):
-    from realtime.engines import Engine, TorchEngine, make_engine
-
-    eng = make_engine(bundle, "tensorrt", device="cuda", precision="fp16", model_dir=onnx_dir, cache_dir=cache_dir)
-    assert isinstance(eng, Engine) and eng.name == "tensorrt"
-    ref = TorchEngine(copy.deepcopy(bundle), device="cpu")
+    spec = EngineSpec("tensorrt", "cuda", "fp16", EngineOptions(model_dir=onnx_dir, cache_dir=cache_dir))
+    eng = make_engine(bundle, spec)
+    assert isinstance(eng, Engine) and eng.name == "tensorrt" and eng.spec.options == spec.options
+    ref = TorchEngine(bundle, device="cpu")
     crops = example_inputs(bundle, "fren", batch=2)["crops"]
     ws = eng.encode_key(crops.cuda())
     _, _, max_rel, _ = compare(ws.cpu().numpy(), ref.encode_key(crops).numpy())

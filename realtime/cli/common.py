@@ -11,7 +11,7 @@ from models.bundle import DEFAULT_BUNDLE, Bundle
 from models.editing import EditStack, parse_edit_args
 from realtime.api import Filter, load
 from realtime.cli.options import add_config, config_from_args
-from realtime.engines import BACKENDS, add_backend_options, backend_options
+from realtime.engines import EngineOptions, EngineSpec
 from realtime.pipeline import PipelineConfig
 from realtime.pipeline.calibration import CalibrationConfig
 
@@ -22,12 +22,8 @@ def add_filter_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the built-in bundle)")
     g.add_argument("--edit", action="append", metavar="NAME=STRENGTH", help="apply an edit (repeatable)")
     g.add_argument("--list-edits", action="store_true", help="list the bundle's edits and exit")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    g.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="engine: auto (default: onnx on CPU after a one-time export, torch on CUDA), torch "
-                        "(eager), onnx (ONNX Runtime), tensorrt, triton")
-    g.add_argument("--precision", default="auto", help="fp32, fp16, bf16 or auto (fp16 on CUDA, fp32 on CPU)")
-    add_backend_options(g)
+    add_config(g, EngineSpec)  # --backend, --device, --precision
+    add_config(g, EngineOptions)  # --cuda-graphs, --torch-compile, --model-dir, --trt-cache, --triton-url
     add_config(p.add_argument_group("pipeline"), PipelineConfig)
     p.add_argument("--stats-json", type=Path, default=None, help="write the run summary as JSON here")
 
@@ -46,9 +42,9 @@ def filter_from_args(args: argparse.Namespace, bundle: Bundle, live: bool) -> Fi
     """The Filter the flags describe (edit names and every config value are checked before the engine starts)."""
     calibration = (config_from_args(CalibrationConfig, args, prefix="calibrate_")
                    if hasattr(args, "calibrate_frames") else None)
-    return Filter(bundle, parse_edit_args(args.edit), device=args.device, backend=args.backend,
-                  precision=args.precision, pipeline=config_from_args(PipelineConfig, args), calibration=calibration,
-                  live=live, **backend_options(args))
+    spec = config_from_args(EngineSpec, args, options=config_from_args(EngineOptions, args))
+    return Filter(bundle, parse_edit_args(args.edit), spec=spec, pipeline=config_from_args(PipelineConfig, args),
+                  calibration=calibration, live=live)
 
 
 def bundle_label(args: argparse.Namespace) -> str:

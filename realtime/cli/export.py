@@ -82,7 +82,8 @@ def main(args: argparse.Namespace) -> int:
         say(format_table(results))
         failed = not all(r.ok for r in results)
     if args.to == "tensorrt":
-        from export.onnx import available_models, onnx_filename
+        from export.artifacts import onnx_filename
+        from export.onnx import available_models
         from export.tensorrt import build_engine
 
         for p in precisions:

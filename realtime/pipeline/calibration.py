@@ -225,17 +225,12 @@ class Calibrator:
         proc = None
         try:
             t0 = time.perf_counter()
-            # A CPU float32 copy goes to the worker; the live bundle keeps serving (it is only read here).
-            def cpu_copy(m: Any) -> Any:
-                return copy.deepcopy(m).cpu().float().to(memory_format=torch.contiguous_format) if m else None
-
-            cpu = dataclasses.replace(bundle, generator=cpu_copy(bundle.generator), fren=cpu_copy(bundle.fren),
-                                      vien=cpu_copy(bundle.vien), extra={k: v.cpu() for k, v in bundle.extra.items()})
-            # Bytes, not tensors: multiprocessing would share every tensor through its own file descriptor
-            # (hundreds for a full-size bundle, against a limit of 1024 open files).
+            # The bundle goes to the worker as it is: engines never convert the bundle they run (only their own
+            # copies), so it is the caller's float32 bundle, only read here while it keeps serving; the worker
+            # loads it onto the CPU. Bytes, not tensors: multiprocessing would share every tensor through its own
+            # file descriptor (hundreds for a full-size bundle, against a limit of 1024 open files).
             buf = io.BytesIO()
-            torch.save({"bundle": cpu, "crops": crops, "ws": ws, "held": held}, buf)
-            del cpu
+            torch.save({"bundle": bundle, "crops": crops, "ws": ws, "held": held}, buf)
             ctx = multiprocessing.get_context("spawn")  # fork is unsafe with the stream's threads
             parent, child = ctx.Pipe(duplex=False)
             device = "cpu" if self.device.type == "cpu" else str(self.device)

@@ -125,7 +125,7 @@ class FrameProcessor:
             if self.calibrator is None:
                 base = self.base_engine
                 device = base.device if base.device.type == "cuda" else torch.device("cpu")
-                onnx = base.name == "onnx"  # the worker exports the adapted bundle for an onnx stream
+                onnx = base.spec.backend == "onnx"  # the worker exports the adapted bundle for an onnx stream
                 self.calibrator = Calibrator(self.calibration_cfg, device=device,
                                              export_precision=base.precision if onnx else None,
                                              build=lambda bundle, model_dir: engine_like(base, bundle, model_dir))

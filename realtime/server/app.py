@@ -5,7 +5,8 @@ Two modes:
 * **camera** (default): each browser sends its webcam; the server filters it and sends it back. Per peer a
   :class:`~realtime.server.worker.PeerWorker` runs the pipeline's stage runner (tracking thread, device thread,
   1-slot drop-oldest queues, so each stage always works on the newest frame and latency stays bounded). The engine is
-  shared between peers (its calls are serialised); edits, the latent state and the tracker belong to the peer.
+  shared between peers (its calls are serialised by :class:`realtime.engines.SerialEngine`); edits, the latent state
+  and the tracker belong to the peer.
 * **viewer** (``source=``): one server-side source (``rtmp://…``, a file, ``demo:``) is processed once by the same
   worker and broadcast to every viewer through aiortc's ``MediaRelay`` (:class:`~realtime.server.worker.Broadcast`).
 
@@ -40,7 +41,6 @@ import ipaddress
 import json
 import logging
 import ssl
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -144,33 +144,6 @@ def ice_server_json(s: RTCIceServer) -> dict[str, Any]:
     if s.username:
         d["username"], d["credential"] = s.username, s.credential
     return d
-
-
-class SerialEngine:
-    """A shared engine whose model calls run one at a time (CUDA graphs and ORT sessions are not re-entrant);
-    every other attribute is the wrapped engine's."""
-
-    def __init__(self, engine: Any):
-        self._engine = engine
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    def encode_key(self, crops: Any) -> Any:
-        with self._lock:
-            return self._engine.encode_key(crops)
-
-    def encode_reuse(self, crops: Any, prev_ws: Any) -> Any:
-        with self._lock:
-            return self._engine.encode_reuse(crops, prev_ws)
-
-    def synthesize(self, ws: Any, style_deltas: Any = None) -> Any:
-        with self._lock:
-            return self._engine.synthesize(ws, style_deltas)
-
-    def close(self) -> None:
-        self._engine.close()
 
 
 # ------------------------------------------------------------------------------------------------ server
