@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from benchmarks import bench_models, report
+import pytest
+
+from benchmarks import bench_calibrate, bench_models, report
 
 
 def test_bench_models_json_and_speed_report(tmp_path):
@@ -24,12 +27,6 @@ def test_bench_models_json_and_speed_report(tmp_path):
 
 def test_bench_calibrate_timeline_reaches_the_swap(tmp_path):
     """A short live run with a tiny calibration: the swap happens, frames flow before, during and after."""
-    from pathlib import Path
-
-    import pytest
-
-    from benchmarks import bench_calibrate
-
     if not (Path(__file__).resolve().parents[1] / "bundles" / "default" / "bundle.json").exists():
         pytest.skip("default bundle missing")
     out = tmp_path / "docs" / "bench" / "calibrate-cpu.json"
