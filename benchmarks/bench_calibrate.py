@@ -19,10 +19,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import dataclasses
+import multiprocessing
+import tempfile
+import threading
 import time
 from pathlib import Path
 
+import torch
+from rich.console import Console
+
+from benchmarks.bench_pipeline import bundle_or_default, render_to_file
 from benchmarks.provenance import command_line, provenance, write_result
+from realtime.engines import EngineSpec, make_engine
+from realtime.frames import now_ns
+from realtime.io.sinks import open_sink
+from realtime.io.sources import open_source
+from realtime.pipeline import FrameProcessor, Pipeline, PipelineConfig
+from realtime.pipeline.calibration import CalibrationConfig, become_background_worker
+from realtime.vision.tracking import FaceTracker, TrackerConfig
+from training.adapt import AdaptConfig, adapt_generator
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,16 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def timeline(args: argparse.Namespace, path: str) -> dict:
-    from benchmarks.bench_pipeline import _bundle
-    from realtime.engines import EngineSpec, make_engine
-    from realtime.frames import now_ns
-    from realtime.io.sinks import open_sink
-    from realtime.io.sources import open_source
-    from realtime.pipeline import FrameProcessor, Pipeline, PipelineConfig
-    from realtime.pipeline.calibration import CalibrationConfig
-    from realtime.vision.tracking import FaceTracker, TrackerConfig
-
-    bundle, which = _bundle(args.bundle)
+    bundle, which = bundle_or_default(args.bundle)
     engine = make_engine(bundle, EngineSpec(args.backend, args.device))
     processor = FrameProcessor(engine, PipelineConfig(), calibration=CalibrationConfig(frames=args.frames,
                                                                                          iters=args.iters))
@@ -116,11 +124,6 @@ class _Stop(Exception):
 
 def _adapt_forever(bundle, crops, ws, stop=None) -> None:
     """The calibration's adaptation, endlessly (until ``stop`` is set or the process is terminated)."""
-    import copy
-    import dataclasses
-
-    from training.adapt import AdaptConfig, adapt_generator
-
     work = dataclasses.replace(bundle, generator=copy.deepcopy(bundle.generator))
 
     def check(it, total, loss) -> None:
@@ -132,22 +135,13 @@ def _adapt_forever(bundle, crops, ws, stop=None) -> None:
 
 
 def _child(bundle, crops, ws) -> None:
-    from realtime.pipeline.calibration import become_background_worker
-
     become_background_worker(1)  # exactly as the calibration worker (default --calibrate-threads 1)
     _adapt_forever(bundle, crops, ws)
 
 
 def isolation(args: argparse.Namespace, seconds: float = 8.0) -> dict:
-    import multiprocessing
-    import threading
-
-    import torch
-
-    from benchmarks.bench_pipeline import _bundle
-
     torch.set_num_threads(1)
-    bundle, which = _bundle(args.bundle)
+    bundle, which = bundle_or_default(args.bundle)
     g = bundle.generator.eval()
     s = bundle.crop_size
     crops = torch.rand(args.frames, 3, s, s) * 2 - 1
@@ -206,12 +200,6 @@ def markdown(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from rich.console import Console
-
-    from benchmarks.bench_pipeline import render_to_file
-
     console = Console(stderr=True)
     result: dict = {"benchmark": "calibrate", "command": command_line(), "provenance": provenance(args.device)}
     with tempfile.TemporaryDirectory() as tmp:

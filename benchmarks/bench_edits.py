@@ -4,7 +4,7 @@ For each edit and each strength (−2…+2; 0…1 for the bounded kinds), the he
 through :class:`models.editing.EditStack` exactly as the pipeline does, rendered, and measured with the
 differentiable face mesh (training/losses.py ``CropFaceMesh``) on the renders:
 
-* the targeted measure (training/directions.py ``face_measures``, or the landmark read-out's degrees / [0, 1]
+* the targeted measure (training/measures.py ``face_measures``, or the landmark read-out's degrees / [0, 1]
   parameters for pose/expression targets), its mean per strength, slope per unit strength (measure units and
   standard deviations of the measure over the held-out frames), whether the mean curve is monotonic and the
   fraction of frames that are;
@@ -26,8 +26,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
+
+from benchmarks.provenance import command_line, write_result
+from models.bundle import load_bundle
+from models.editing import PARAMS, EditContext, EditSpec, EditStack, landmark_features
+from models.errors import UserError
+from realtime.vision.topology import LIPS_INNER_LOOP
+from training.directions import encode_synthetic, mesh_landmarks, non_target_motion, region_masks, render
+from training.losses import load_face_mesh
+from training.measures import MEASURES, face_measures
 
 log = logging.getLogger("stylestream.edits")
 
@@ -69,8 +79,6 @@ def _monotonic(v: torch.Tensor, sign: float) -> torch.Tensor:
 
 
 def _to_u8(x: torch.Tensor, size: int) -> np.ndarray:
-    import cv2
-
     img = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     return cv2.resize(img, (size, size), interpolation=cv2.INTER_NEAREST)  # pixels as rendered (and small PNGs)
 
@@ -79,8 +87,6 @@ def draw_strip(path: Path, originals: torch.Tensor, renders: list[torch.Tensor],
                tile: int = 128) -> Path:
     """Rows = frames; columns = original crop, then one render per strength. originals [R, 3, S, S],
     renders: per strength [R, 3, S, S]."""
-    import cv2
-
     rows = []
     head = np.full((22, tile * (len(renders) + 1), 3), 255, np.uint8)
     for k, text in enumerate(["original", *labels]):
@@ -99,18 +105,6 @@ def draw_strip(path: Path, originals: torch.Tensor, renders: list[torch.Tensor],
 def measure_edits(bundle: Any, mesh: Any, seeds: list[int], frames: int, stride: int, names: list[str] | None = None,
                   img_dir: Path | None = None, strip_frames: int = 3) -> dict[str, Any]:
     """Measure the bundle's edits (see the module docstring). Returns {"edits": {name: row}, "baseline": …}."""
-    from models.editing import PARAMS, EditContext, EditSpec, EditStack, landmark_features
-    from training.directions import (
-        INNER_LIPS,
-        MEASURES,
-        encode_synthetic,
-        face_measures,
-        mesh_landmarks,
-        non_target_motion,
-        region_masks,
-        render,
-    )
-
     g = bundle.generator
     stack = EditStack.from_bundle(bundle)
     specs: dict[str, EditSpec] = stack.specs
@@ -123,7 +117,7 @@ def measure_edits(bundle: Any, mesh: Any, seeds: list[int], frames: int, stride:
     recon = render(g, data.ws)
     lm0 = mesh_landmarks(mesh, recon)
     m_std = {k: float(v.std().clamp_min(1e-6)) for k, v in face_measures(gt).items()}
-    inner = list(INNER_LIPS)
+    inner = list(LIPS_INNER_LOOP)
     recon_lip_err = (lm0[:, inner, :2] - gt[:, inner, :2]).norm(dim=-1).mean(1)  # [N]
     lm_w = bundle.extra.get("pose_expression.lm_readout.weight")
     lm_b = bundle.extra.get("pose_expression.lm_readout.bias")
@@ -273,11 +267,6 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmarks.provenance import command_line, write_result
-    from models.bundle import load_bundle
-    from models.errors import UserError
-    from training.losses import load_face_mesh
-
     torch.set_num_threads(max(1, args.threads))
     bundle = load_bundle(args.bundle)
     if not bundle.edits:

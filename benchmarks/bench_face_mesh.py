@@ -21,44 +21,28 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
+from skimage import data
 
 from benchmarks.provenance import command_line, provenance, write_result
 from benchmarks.timing import summarise, time_calls
-
-
-def _quiet_import_mediapipe() -> Any:
-    """Import mediapipe with its protobuf 'GetPrototype' noise (printed on import under protobuf 6) silenced."""
-    from models.errors import UserError
-
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        sys.stderr.flush()
-        os.dup2(devnull, 2)
-        import mediapipe
-    except ImportError as e:
-        raise UserError(f"MediaPipe is needed for the parity reference: {e}") from None
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-    return mediapipe
+from models.face_mesh import DETECTOR_MODEL, LANDMARK_MODEL, FaceMesh, crop, mediapipe_model_path, roi_from_detection
+from realtime.vision.mediapipe_runtime import import_mediapipe
 
 
 class MediaPipeRuntime:
     """MediaPipe's own TFLite runtime (its C++ calculator graph) on raw model inputs, plus its solutions."""
 
     def __init__(self) -> None:
-        self.mp = _quiet_import_mediapipe()
-        from mediapipe.python import packet_creator, packet_getter
-        from mediapipe.python._framework_bindings import calculator_graph, image_frame
+        self.mp = import_mediapipe("the parity reference")
+        from mediapipe.python import packet_creator, packet_getter  # noqa: PLC0415 - optional, heavy
+        from mediapipe.python._framework_bindings import calculator_graph, image_frame  # noqa: PLC0415
 
         self._creator, self._getter = packet_creator, packet_getter
         self._graph_cls, self._fmt = calculator_graph.CalculatorGraph, image_frame.ImageFormat.SRGB
@@ -96,15 +80,11 @@ node {{ calculator: "TensorsToFloatsCalculator" input_stream: "TENSORS:o1" outpu
 
     def landmarks_raw(self, crop192: np.ndarray) -> tuple[np.ndarray, float]:
         """uint8 ``[192, 192, 3]`` → (landmarks ``[468, 3]`` crop px, face-presence logit)."""
-        from models.face_mesh import LANDMARK_MODEL, mediapipe_model_path
-
         lm, flag = self.raw(mediapipe_model_path(LANDMARK_MODEL), crop192, 0.0, 1.0)
         return lm.reshape(468, 3), float(flag[0])
 
     def detector_raw(self, image128: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 ``[128, 128, 3]`` → (regressors ``[896, 16]``, logits ``[896]``)."""
-        from models.face_mesh import DETECTOR_MODEL, mediapipe_model_path
-
         reg, cls = self.raw(mediapipe_model_path(DETECTOR_MODEL), image128, -1.0, 1.0)
         return reg.reshape(896, 16), cls
 
@@ -137,8 +117,6 @@ node {{ calculator: "TensorsToFloatsCalculator" input_stream: "TENSORS:o1" outpu
 # ---------------------------------------------------------------------------------------------------------------
 def similarity_warp(image: np.ndarray, angle_deg: float, scale: float, shift: tuple[float, float]) -> np.ndarray:
     """Rotate/scale about the image centre and shift (pixels), replicate border. uint8 in and out."""
-    import cv2
-
     h, w = image.shape[:2]
     m = cv2.getRotationMatrix2D((w / 2, h / 2), angle_deg, scale)
     m[:, 2] += shift
@@ -147,8 +125,6 @@ def similarity_warp(image: np.ndarray, angle_deg: float, scale: float, shift: tu
 
 def test_images() -> dict[str, np.ndarray]:
     """astronaut, three similarity warps and synthetic variations (photometric, noise, mirror, non-square)."""
-    from skimage import data
-
     a = data.astronaut()
     rng = np.random.default_rng(0)
     out = {
@@ -180,10 +156,6 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 def parity(ref: MediaPipeRuntime, mesh: Any, images: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """Per image: same-tensor landmark/detector differences and whole-pipeline differences (see module doc)."""
-    import cv2
-
-    from models.face_mesh import crop, roi_from_detection
-
     rows = []
     for name, img in images.items():
         row: dict[str, Any] = {"image": name}
@@ -229,8 +201,6 @@ def parity(ref: MediaPipeRuntime, mesh: Any, images: dict[str, np.ndarray]) -> l
 
 def timings(mesh: Any, ref: MediaPipeRuntime | None, iters: int) -> dict[str, dict[str, float]]:
     """ms per call on CPU: landmark net, detector, full pipeline (512²), landmark forward+backward."""
-    from skimage import data
-
     x192 = torch.rand(1, 3, 192, 192)
     x128 = torch.rand(1, 3, 128, 128)
     full = to_tensor(data.astronaut())
@@ -249,8 +219,6 @@ def timings(mesh: Any, ref: MediaPipeRuntime | None, iters: int) -> dict[str, di
 
     out["FaceLandmarks 1x192² forward+backward"] = summarise(time_calls(fwd_bwd, iters=iters))
     if ref is not None:
-        from models.face_mesh import LANDMARK_MODEL, mediapipe_model_path
-
         c = (np.random.default_rng(0).random((192, 192, 3)) * 255).astype(np.uint8)
         p = mediapipe_model_path(LANDMARK_MODEL)
         out["MediaPipe runtime 1x192² (graph build + run, for scale)"] = summarise(
@@ -268,8 +236,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from models.face_mesh import FaceMesh
-
     mesh = FaceMesh().eval()
     ref = MediaPipeRuntime()
     rows = parity(ref, mesh, test_images())
@@ -282,8 +248,6 @@ def main(argv: list[str] | None = None) -> int:
     summary = {k: max(r[k] for r in rows if k in r) for k in keys}
     print("worst over images:", json.dumps(summary))
     if args.json:
-        from importlib.metadata import version
-
         prov = {**provenance("cpu"), "mediapipe": version("mediapipe")}
         result = {"benchmark": "face_mesh", "command": command_line(), "provenance": prov,
                   "threads": torch.get_num_threads(), "parity": rows, "worst": summary, "timing": tm}

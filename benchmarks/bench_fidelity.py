@@ -26,19 +26,23 @@ import math
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
 from benchmarks.metrics import landmark_error, mean_frame_psnr, temporal_consistency, warping_error
-from models.bundle import DEFAULT_BUNDLE
+from benchmarks.provenance import command_line, provenance, write_result
+from models.bundle import DEFAULT_BUNDLE, load_bundle
+from realtime.vision.mediapipe_runtime import detect_landmarks
+from training.common import save_grid
+from training.data import load_crops
+from training.losses import LPIPSLoss, ssim
 
 
 def mediapipe_landmarks(frames: torch.Tensor, upscale: int = 4) -> list[np.ndarray | None]:
     """MediaPipe runtime landmarks [468, 2] in crop pixels (or None) per frame [T, 3, S, S] in [0, 1]."""
-    import cv2
-
-    from realtime.io.synthetic import detect_landmarks
-
     imgs = []
     for f in frames:
         u8 = (f.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
@@ -109,11 +113,6 @@ def _u8(frames01: torch.Tensor) -> list[np.ndarray]:
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
 
-    from benchmarks.provenance import command_line, provenance, write_result
-    from models.bundle import load_bundle
-    from training.data import load_crops
-    from training.losses import ssim
-
     b = load_bundle(args.bundle)
     crops = load_crops([args.clip], b.crop_size)
     x = crops.float_images(torch.arange(len(crops)))
@@ -121,8 +120,6 @@ def run(args: argparse.Namespace) -> int:
     in_u8 = _u8(x01)
     lpips = None
     if args.lpips_backbone is not None:
-        from training.losses import LPIPSLoss
-
         lpips = LPIPSLoss(args.lpips_net, args.lpips_backbone, args.lpips_lin).eval()
     ref_lm = mediapipe_landmarks(x01)
     rows = {"input": {"tc": temporal_consistency(x01, data_range=1.0), "warp_err": warping_error(in_u8, in_u8)}}
@@ -150,8 +147,6 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     write_result(args.json, text + "\n")
     if args.strip:
-        from training.common import save_grid
-
         idx = torch.arange(0, min(len(x), 48), 6)
         save_grid(args.strip, [x[idx], recs["fren"][idx], recs["vien"][idx]], scale=2)
     if args.plot:
@@ -162,16 +157,12 @@ def run(args: argparse.Namespace) -> int:
 
 def plot(out: dict, path: Path) -> None:
     """Bar chart: TC and warping error per mode (the input clip's own values as reference lines)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     r = out["rows"]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    fig = Figure(figsize=(8, 3))  # no pyplot: no global figure state, no GUI backend
+    axes = fig.subplots(1, 2)
     for ax, key, label in ((axes[0], "tc", "TC (mean RMSE to ±3 neighbours)"),
                            (axes[1], "warp_err", "warping error (Lai et al.)")):
-        ax.bar(list(MODES), [r[m][key] for m in MODES], color=plt.cm.tab10(range(len(MODES))))
+        ax.bar(list(MODES), [r[m][key] for m in MODES], color=colormaps["tab10"](range(len(MODES))))
         ax.axhline(r["input"][key], color="k", ls="--", lw=1, label="input clip")
         ax.set_title(label, fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
@@ -179,7 +170,6 @@ def plot(out: dict, path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,17 +24,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from models.bundle import DEFAULT_BUNDLE
+import aioice.ice
+import numpy as np
+import torch
+
+from benchmarks.provenance import command_line, provenance, write_result
+from models.bundle import DEFAULT_BUNDLE, new_bundle
+from models.editing import EditSpec, tensor_key
+from realtime.server import rtc_tuning
+from realtime.server.client import LiveClient, clip_frames
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_bundle(path: Path) -> Path:
-    import torch
-
-    from models.bundle import new_bundle
-    from models.editing import EditSpec, tensor_key
-
     b = new_bundle("tiny-64", "tiny", seed=0)
     torch.nn.init.normal_(b.fren.head[2].weight, std=0.02)
     torch.nn.init.normal_(b.vien.head[2].weight, std=0.02)
@@ -63,9 +66,6 @@ def start_server(bundle: Path, codec: str, extra: list[str]) -> tuple[subprocess
 
 async def measure(url: str, width: int, height: int, fps: float, seconds: float, warmup: float,
                   passthrough: bool = False) -> dict[str, Any]:
-    from realtime.server import rtc_tuning
-    from realtime.server.client import LiveClient, clip_frames
-
     rtc_tuning.apply(rtc_tuning.RtcTuning(fps=int(fps)))  # the client sends like a browser would (60 fps allowed)
     client = LiveClient(url, clip_frames(width, height, count=30), fps=fps)
     await client.connect(timeout=60)
@@ -79,8 +79,6 @@ async def measure(url: str, width: int, height: int, fps: float, seconds: float,
         await asyncio.sleep(seconds)
         summary = client.summary(since=t0)
         lat = client.latency_ms[n0:]
-        import numpy as np
-
         a = np.asarray(lat) if lat else np.asarray([np.nan])
         summary["latency_ms"] = {"p50": round(float(np.percentile(a, 50)), 1),
                                  "p90": round(float(np.percentile(a, 90)), 1), "mean": round(float(a.mean()), 1)}
@@ -120,10 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-args", default="", help="extra `stylestream serve` options, e.g. '--backend onnx'")
     ap.add_argument("--out", type=Path, default=None, help="write JSON here")
     args = ap.parse_args(argv)
-
-    import aioice.ice
-
-    from benchmarks.provenance import command_line, provenance, write_result
 
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]  # loopback only (this process)
     with tempfile.TemporaryDirectory() as tmp:

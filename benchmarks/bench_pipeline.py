@@ -17,9 +17,19 @@ Without ``--bundle`` the trained default bundle is used when present, else a ran
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
+from rich.console import Console
+
 from benchmarks.provenance import command_line, provenance, write_result
+from models.bundle import DEFAULT_BUNDLE, Bundle, load_bundle, new_bundle
+from realtime.engines import EngineSpec, make_engine
+from realtime.frames import Output
+from realtime.io.sinks import open_sink
+from realtime.io.sources import open_source
+from realtime.pipeline import FrameProcessor, Pipeline, PipelineConfig
+from realtime.vision.tracking import FaceTracker, TrackerConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,9 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", type=Path, default=None)
 
 
-def _bundle(path: Path | None):
-    from models.bundle import DEFAULT_BUNDLE, load_bundle, new_bundle
-
+def bundle_or_default(path: Path | None) -> tuple[Bundle, str]:
+    """(bundle, description): ``path``, else the trained default bundle, else a random tiny one."""
     if path is not None:
         return load_bundle(path), str(path)
     if DEFAULT_BUNDLE.exists():
@@ -45,13 +54,7 @@ def _bundle(path: Path | None):
 
 
 def run_once(args: argparse.Namespace, mode: str) -> dict:
-    from realtime.engines import EngineSpec, make_engine
-    from realtime.io.sinks import open_sink
-    from realtime.io.sources import open_source
-    from realtime.pipeline import FrameProcessor, Pipeline, PipelineConfig
-    from realtime.vision.tracking import FaceTracker, TrackerConfig
-
-    bundle, which = _bundle(args.bundle)
+    bundle, which = bundle_or_default(args.bundle)
     engine = make_engine(bundle, EngineSpec(args.backend, args.device, args.precision))
     live = mode == "live"
     processor = FrameProcessor(engine, PipelineConfig(key_interval=args.key_interval))
@@ -92,10 +95,6 @@ def markdown(result: dict) -> str:
 def render_to_file(spec: str, path: Path) -> None:
     """Write a (synthetic) source to an H.264 file, so the benchmark decodes real video instead of timing the
     synthetic clip generator."""
-    from realtime.frames import Output
-    from realtime.io.sinks import open_sink
-    from realtime.io.sources import open_source
-
     with open_source(spec, live=False) as src, \
             open_sink(str(path), width=src.width, height=src.height, fps=src.fps, crf=16) as sink:
         for f in src:
@@ -103,10 +102,6 @@ def render_to_file(spec: str, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from rich.console import Console
-
     console = Console(stderr=True)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

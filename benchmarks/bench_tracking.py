@@ -1,4 +1,4 @@
-"""Tracking, alignment and paste-back: speed and steadiness on synthetic astronaut clips. Prints JSON.
+"""Tracking, alignment and paste-back: speed and steadiness on known-motion astronaut clips. Prints JSON.
 
     .venv/bin/python -m benchmarks.bench_tracking [--frames 90] [--out results.json]
 
@@ -6,34 +6,38 @@ Figures (see docs/tracking.md):
   tracking ms/frame at 640×480 and 1920×1080 (steady state, plus the detection frame), with and without
   stabilisation; align and paste-back ms; jitter reduction on a still face (simulated detector noise, and
   real MediaPipe); lag in frames on a moving face; alignment error in px at crop size.
-Ground truth comes from tests/clips.py (known similarity motion, clips written and decoded with PyAV).
+Ground truth comes from realtime/io/stills.py (known similarity motion, clips written and decoded with PyAV);
+the jitter/lag/alignment metrics are benchmarks/metrics.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
+from benchmarks.metrics import alignment_error, jitter, lag_frames
 from realtime.frames import Frame
+from realtime.io import stills
 from realtime.vision.align import align_crop, align_crops_torch, quad_from_landmarks
-from realtime.vision.composite import face_mask, landmarks_to_crop, paste_back, paste_back_torch
+from realtime.vision.composite import face_mask, paste_back, paste_back_torch
+from realtime.vision.geometry import landmarks_to_crop
+from realtime.vision.mediapipe_runtime import import_mediapipe
 from realtime.vision.tracking import FaceTracker, TrackerConfig, track_sequence
-from tests import clips
 
 
 def _provenance() -> dict:
-    import mediapipe
-    import torch
-
     cpu = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -49,7 +53,7 @@ def _provenance() -> dict:
         "python": sys.version.split()[0],
         "numpy": np.__version__,
         "opencv": cv2.__version__,
-        "mediapipe": mediapipe.__version__,
+        "mediapipe": version("mediapipe"),
         "torch": torch.__version__,
         "load_average_1min_at_start": round(os.getloadavg()[0], 2),  # the 2 cores are shared
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -75,13 +79,13 @@ def _stats(ms: list[float]) -> dict:
 def bench_tracking_speed(frames: int) -> dict:
     """Per-frame tracker cost on a moving face; the first frame (full-frame detection) reported apart."""
     out = {}
-    warm = clips.render(clips.moving_motion(20), noise_std=2.0)  # process-wide start-up (XNNPACK, caches)
+    warm = stills.render(stills.moving_motion(20), noise_std=2.0)  # process-wide start-up (XNNPACK, caches)
     with FaceTracker() as tr:
         for i, img in enumerate(warm):
             tr.track(Frame(img, i))
     for name, size, scale in (("640x480", (640, 480), 1.1), ("1920x1080", (1920, 1080), 2.4)):
-        mats = clips.moving_motion(frames, size=size, speed_px=3.0 * size[0] / 640, scale=scale)
-        imgs = clips.render(mats, size=size, noise_std=2.0)
+        mats = stills.moving_motion(frames, size=size, speed_px=3.0 * size[0] / 640, scale=scale)
+        imgs = stills.render(mats, size=size, noise_std=2.0)
         row = {}
         for label, cfg in (("stabilised", TrackerConfig()), ("raw_mesh_only", TrackerConfig(lk=False,
                                                                                              smoothing="none"))):
@@ -98,22 +102,17 @@ def bench_tracking_speed(frames: int) -> dict:
             row[label] = {"steady": _stats(ms[1:]), "steady_cpu_time": _stats(cpu[1:]),
                           "first_frame_ms": round(ms[0], 2), "faces_found": f"{found}/{len(imgs)}"}
         # the detector alone (what a lost face costs per frame)
-        import mediapipe as mp
-
+        mp = import_mediapipe()
         with mp.solutions.face_detection.FaceDetection(model_selection=1) as det:
             det.process(imgs[0])
             row["full_frame_detector"] = _stats(_timed(lambda im=imgs[0], d=det: d.process(im), 20))
-        row["quad_side_px"] = round(float(np.linalg.norm(clips.true_quads(mats[:1])[0, 3]
-                                                         - clips.true_quads(mats[:1])[0, 0])), 1)
+        row["quad_side_px"] = round(float(np.linalg.norm(stills.true_quads(mats[:1])[0, 3]
+                                                         - stills.true_quads(mats[:1])[0, 0])), 1)
         out[name] = row
     return out
 
 
 def _align_paste_row(frame: np.ndarray, lm: np.ndarray, n: int, repeat: int) -> dict:
-    import functools
-
-    import torch
-
     q = quad_from_landmarks(lm)
     crop = align_crop(frame, q, n)
     lm_c = landmarks_to_crop(lm, crop.to_frame)
@@ -137,16 +136,14 @@ def _align_paste_row(frame: np.ndarray, lm: np.ndarray, n: int, repeat: int) -> 
 
 def bench_align_paste(repeat: int) -> dict:
     """Align (frame → N×N crop), mask, paste-back (N×N → frame) costs for a face in 640×480 and 1080p."""
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the torch path is for GPUs; on a shared 2-core CPU OpenMP threads just fight
     out = {}
     try:
         for name, size, scale in (("640x480", (640, 480), 1.1), ("1920x1080", (1920, 1080), 2.4)):
-            m = clips.similarity(8.0, scale, size=size)
-            frame = clips.render(m[None], size=size, noise_std=2.0)[0]
-            lm = clips.true_landmarks(m).astype(np.float32)
+            m = stills.similarity(8.0, scale, size=size)
+            frame = stills.render(m[None], size=size, noise_std=2.0)[0]
+            lm = stills.true_landmarks(m).astype(np.float32)
             row = {f"N{n}": _align_paste_row(frame, lm, n, repeat) for n in (256, 1024)}
             row["full_frame_copy"] = _stats(_timed(frame.copy, repeat))  # what touching the whole frame costs
             out[name] = row
@@ -155,43 +152,43 @@ def bench_align_paste(repeat: int) -> dict:
     return out
 
 
-def _quads(clip: clips.Clip, cfg: TrackerConfig, source=None) -> np.ndarray:
+def _quads(clip: stills.Clip, cfg: TrackerConfig, source=None) -> np.ndarray:
     with FaceTracker(cfg, source) as tr:
         return np.stack([tr.track(f).quad for f in clip.as_frames()]).astype(np.float64)
 
 
 def bench_steadiness(tmp: Path, frames: int) -> dict:
     raw = TrackerConfig(lk=False, smoothing="none")
-    st = clips.make_clip(tmp / "static.mp4", clips.static_motion(frames))
-    mv = clips.make_clip(tmp / "moving.mp4", clips.moving_motion(frames))
+    st = stills.make_clip(tmp / "static.mp4", stills.static_motion(frames))
+    mv = stills.make_clip(tmp / "moving.mp4", stills.moving_motion(frames))
     out: dict = {"crop_size_px": 256}
-    g = clips.true_quads(st.matrices)
-    for label, src in (("simulated_noise", lambda: clips.OracleLandmarks(st.matrices)), ("mediapipe", lambda: None)):
-        j_raw = clips.jitter(_quads(st, raw, src()), g)
-        j_live = clips.jitter(_quads(st, TrackerConfig(), src()), g)
-        j_off = clips.jitter(np.stack([t.quad for t in track_sequence(st.as_frames(), source=src())]), g)
+    g = stills.true_quads(st.matrices)
+    for label, src in (("simulated_noise", lambda: stills.OracleLandmarks(st.matrices)), ("mediapipe", lambda: None)):
+        j_raw = jitter(_quads(st, raw, src()), g)
+        j_live = jitter(_quads(st, TrackerConfig(), src()), g)
+        j_off = jitter(np.stack([t.quad for t in track_sequence(st.as_frames(), source=src())]), g)
         out[f"static_jitter_{label}"] = {
             "raw_px": round(j_raw, 3), "live_px": round(j_live, 3), "offline_px": round(j_off, 3),
             "live_reduction_pct": round(100 * (1 - j_live / j_raw), 1),
             "offline_reduction_pct": round(100 * (1 - j_off / j_raw), 1)}
-    g = clips.true_quads(mv.matrices)
-    for label, src in (("simulated_noise", lambda: clips.OracleLandmarks(mv.matrices)), ("mediapipe", lambda: None)):
+    g = stills.true_quads(mv.matrices)
+    for label, src in (("simulated_noise", lambda: stills.OracleLandmarks(mv.matrices)), ("mediapipe", lambda: None)):
         q_raw = _quads(mv, raw, src())
         q_live = _quads(mv, TrackerConfig(), src())
         q_off = np.stack([t.quad for t in track_sequence(mv.as_frames(), source=src())])
-        lr = clips.lag_frames(q_raw, g)
+        lr = lag_frames(q_raw, g)
         out[f"moving_{label}"] = {
             "lag_frames_raw": round(lr, 2),
-            "lag_frames_added_live": round(clips.lag_frames(q_live, g) - lr, 2),
-            "lag_frames_added_offline": round(clips.lag_frames(q_off, g) - lr, 2),
-            "jitter_px_raw": round(clips.jitter(q_raw, g), 3),
-            "jitter_px_live": round(clips.jitter(q_live, g), 3),
-            "jitter_px_offline": round(clips.jitter(q_off, g), 3),
+            "lag_frames_added_live": round(lag_frames(q_live, g) - lr, 2),
+            "lag_frames_added_offline": round(lag_frames(q_off, g) - lr, 2),
+            "jitter_px_raw": round(jitter(q_raw, g), 3),
+            "jitter_px_live": round(jitter(q_live, g), 3),
+            "jitter_px_offline": round(jitter(q_off, g), 3),
         }
         if label == "mediapipe":
             for name, q in (("raw", q_raw), ("live", q_live), ("offline", q_off)):
-                rel = clips.alignment_error(q, g, 256)
-                ab = clips.alignment_error(q, g, 256, relative=False)
+                rel = alignment_error(q, g, 256)
+                ab = alignment_error(q, g, 256, relative=False)
                 out[f"alignment_error_px256_{name}"] = {
                     "motion_mean": round(float(rel.mean()), 2), "motion_max": round(float(rel.max()), 2),
                     "absolute_mean": round(float(ab.mean()), 2), "absolute_max": round(float(ab.max()), 2)}

@@ -11,6 +11,12 @@ All image inputs are float tensors in [-1, 1] (``data_range`` 2) unless said oth
   output frame warped by the optical flow of the *input* video, over pixels that are not occluded (forward-backward
   flow check). ~0 for a pure translation warped with its true flow.
 * :func:`landmark_error` — mean Euclidean distance between two landmark sets, ignoring missing detections.
+
+Tracking against a known motion (``realtime.io.stills`` clips; quads are FFHQ crop quads [T, 4, 2], frame px):
+
+* :func:`jitter` — frame-to-frame crop movement the true motion does not explain, in crop px.
+* :func:`alignment_error` — per-frame crop corner error, relative to the motion or absolute, in crop px.
+* :func:`lag_frames` — the delay that best aligns tracked quads with the true ones.
 """
 
 from __future__ import annotations
@@ -18,8 +24,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
+
+from realtime.vision.geometry import apply_affine, invert_affine
+from training.losses import ssim as _ssim
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> float:
@@ -38,8 +48,6 @@ def mean_frame_psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> float:
     """Mean SSIM of image batches [B, C, H, W] (training/losses.py: one definition)."""
-    from training.losses import ssim as _ssim
-
     return float(_ssim(a.float(), b.float(), data_range=data_range).mean())
 
 
@@ -60,8 +68,6 @@ def temporal_consistency(frames: torch.Tensor, radius: int = 3, data_range: floa
 
 
 def _to_gray_u8(img: np.ndarray) -> np.ndarray:
-    import cv2
-
     if img.dtype != np.uint8:
         img = np.clip((img.astype(np.float32) + 1.0) * 127.5, 0, 255).astype(np.uint8)
     return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
@@ -69,15 +75,11 @@ def _to_gray_u8(img: np.ndarray) -> np.ndarray:
 
 def optical_flow(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
     """Dense flow from ``nxt`` back to ``prev`` ([H, W, 2], pixels): prev(x + flow(x)) ≈ nxt(x) (Farnebäck)."""
-    import cv2
-
     return cv2.calcOpticalFlowFarneback(_to_gray_u8(nxt), _to_gray_u8(prev), None, 0.5, 4, 21, 5, 7, 1.5, 0)
 
 
 def warp(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Sample ``img`` at x + flow(x) (bilinear, border replicate)."""
-    import cv2
-
     h, w = flow.shape[:2]
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     return cv2.remap(img, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -134,3 +136,66 @@ def landmark_error(ref: Sequence[np.ndarray | None], rec: Sequence[np.ndarray | 
     d = [float(np.linalg.norm(a[:, :2] - b[:, :2], axis=1).mean()) for a, b in zip(ref, rec, strict=True)
          if a is not None and b is not None]
     return (float(np.mean(d)) if d else math.nan), len(d)
+
+
+# ---------------------------------------------------------------------------------- tracking vs known motion
+def crop_px(quads: np.ndarray, size: int) -> np.ndarray:
+    """Frame px → crop px factor per frame (size / quad side). quads [T, 4, 2] → [T]."""
+    q = np.asarray(quads, np.float64)
+    side = 0.5 * (np.linalg.norm(q[:, 3] - q[:, 0], axis=-1) + np.linalg.norm(q[:, 1] - q[:, 0], axis=-1))
+    return size / side
+
+
+def jitter(quads: np.ndarray, truth: np.ndarray, size: int = 256) -> float:
+    """Mean frame-to-frame corner movement not explained by the true motion, in crop px at ``size``.
+
+    quads, truth: [T, 4, 2] frame px. For a still face this is plain frame-to-frame crop jitter.
+    """
+    q, g = np.asarray(quads, np.float64), np.asarray(truth, np.float64)
+    d = np.diff(q - g, axis=0)  # [T-1, 4, 2]
+    return float((np.linalg.norm(d, axis=-1).mean(-1) * crop_px(g[1:], size)).mean())
+
+
+def alignment_error(quads: np.ndarray, truth: np.ndarray, size: int = 256, relative: bool = True) -> np.ndarray:
+    """Per-frame mean corner error [T] in crop px at ``size``.
+
+    relative=True: how well the crop follows the known motion. Every tracked quad is pulled back into the
+    first frame by the inverse true motion, their mean is the face's tracked quad "at rest", and each frame
+    is compared with that quad carried forward by the true motion. A constant bias of the detector on this
+    particular face cancels; everything that moves differently from the face counts.
+    relative=False: plain distance to the ground-truth quads.
+    """
+    q, g = np.asarray(quads, np.float64), np.asarray(truth, np.float64)
+    scale = crop_px(g, size)
+    if not relative:
+        return np.linalg.norm(q - g, axis=-1).mean(-1) * scale
+    motions = [_fit_similarity(g[0], g[t]) for t in range(len(q))]  # exact: quads move by the similarity
+    back = [apply_affine(invert_affine(r), q[t]) for t, r in enumerate(motions)]
+    rest = np.mean(back, axis=0)
+    return np.asarray([np.linalg.norm(q[t] - apply_affine(r, rest), axis=-1).mean() * scale[t]
+                       for t, r in enumerate(motions)])
+
+
+def _fit_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity [2, 3] mapping points src [K, 2] → dst [K, 2]."""
+    m, _ = cv2.estimateAffinePartial2D(np.asarray(src, np.float32), np.asarray(dst, np.float32), method=cv2.LMEDS)
+    if m is None:
+        raise ValueError("cannot fit a similarity")
+    return m.astype(np.float64)
+
+
+def lag_frames(quads: np.ndarray, truth: np.ndarray, max_lag: float = 5.0, step: float = 0.05) -> float:
+    """Delay (frames) that best aligns the tracked quad centres with the true ones (>0: tracked lags)."""
+    q = np.asarray(quads, np.float64).reshape(len(quads), -1)
+    g = np.asarray(truth, np.float64).reshape(len(truth), -1)
+    n = len(q)
+    t = np.arange(n, dtype=np.float64)
+    best, best_k = np.inf, 0.0
+    lo = int(np.ceil(max_lag)) + 1
+    for k in np.arange(-max_lag, max_lag + step / 2, step):
+        idx = t[lo : n - lo] - k
+        gi = np.stack([np.interp(idx, t, g[:, j]) for j in range(g.shape[1])], axis=1)
+        err = float(((q[lo : n - lo] - gi) ** 2).sum(1).mean())
+        if err < best:
+            best, best_k = err, float(k)
+    return best_k

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+
+import numpy
+import torch
 
 
 def cpu_name() -> str:
@@ -36,9 +42,6 @@ def git_commit() -> str:
 
 def command_line() -> str:
     """The command that is running, written so that it can be pasted to reproduce the figures."""
-    import shlex
-    import sys
-
     prog = os.path.basename(sys.argv[0])
     if prog == "stylestream":
         return "stylestream " + shlex.join(sys.argv[1:])
@@ -48,9 +51,6 @@ def command_line() -> str:
 
 
 def provenance(device: str = "cpu") -> dict:
-    import numpy
-    import torch
-
     info = {
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
@@ -76,8 +76,6 @@ def provenance(device: str = "cpu") -> dict:
 def write_result(path: Path | None, data: str | dict[str, Any], indent: int = 2) -> Path | None:
     """Write a result file, creating its folder: text as it is, anything else as JSON (``default=str``). Nothing
     when ``path`` is None (the flag was not given)."""
-    import json
-
     if path is None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,10 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
 from benchmarks.bench_calibrate import markdown as calibrate_markdown
 from benchmarks.bench_models import markdown_table
 from benchmarks.bench_pipeline import markdown as pipeline_markdown
@@ -33,37 +37,27 @@ def _load(path: Path) -> dict | None:
 
 def plot_stages(result: dict, path: Path) -> None:
     """Per-stage mean ms as stacked bars, one bar per pipeline mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = result["runs"]
     stages = [s for s in ("decode", "tracking", "align", "encode", "edit", "generate", "composite", "sink")
               if any(s in r["stages"] for r in runs)]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig = Figure(figsize=(7, 3.2))  # no pyplot: no global figure state, no GUI backend
+    ax = fig.subplots()
     for i, r in enumerate(runs):
         bottom = 0.0
         for j, s in enumerate(stages):
             v = r["stages"].get(s, {}).get("mean_ms", 0.0)
-            ax.barh(i, v, left=bottom, color=plt.cm.tab10(j), label=s if i == 0 else None)
+            ax.barh(i, v, left=bottom, color=colormaps["tab10"](j), label=s if i == 0 else None)
             bottom += v
     ax.set_yticks(range(len(runs)), [f"{r['mode']} ({r['fps']:.1f} fps)" for r in runs])
     ax.set_xlabel("ms per frame (sum of stages; stages run on parallel threads)")
     ax.legend(ncol=4, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.28))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_latency_cdf(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig = Figure(figsize=(6, 3))
+    ax = fig.subplots()
     for r in result["runs"]:
         lat = np.sort(np.asarray(r.get("latency_samples_ms") or [], float))
         if lat.size:
@@ -74,7 +68,6 @@ def plot_latency_cdf(result: dict, path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def live_table(results: list[tuple[str, dict]]) -> str:

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from models.errors import BundleError
@@ -106,8 +108,6 @@ class Bundle:
         """Write the bundle folder atomically. An existing *bundle* at ``path`` is replaced (files it holds besides
         bundle.json and *.safetensors, e.g. a README, are kept); anything else there is refused (we never delete a
         folder that is not ours)."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / MANIFEST).exists())):
             raise BundleError(f"refusing to overwrite {path}: it exists and is not a bundle folder")
@@ -178,9 +178,6 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 
 def _load_state(module: nn.Module, file: Path, what: str) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if not file.exists():
         raise BundleError(f"bundle is missing {file.name} ({what} weights)")
     try:
@@ -231,8 +228,6 @@ def load_bundle(path: str | os.PathLike, device: torch.device | str = "cpu") -> 
         _load_state(vien, path / "vien.safetensors", "ViEN")
     extra: dict[str, torch.Tensor] = {}
     if (path / "extra.safetensors").exists():
-        from safetensors.torch import load_file
-
         try:
             extra = load_file(str(path / "extra.safetensors"))
         except Exception as exc:  # safetensors raises several types for corrupt files

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.errors import UserError
+from models.legacy import read_tflite
 from models.tflite import TfliteGraph, fold_dequantize
 
 LANDMARK_MODEL = "modules/face_landmark/face_landmark.tflite"
@@ -68,8 +69,6 @@ def mediapipe_model_path(rel: str) -> Path:
 
 def load_graph(rel: str) -> TfliteGraph:
     """Read one of the wheel's .tflite models through models.legacy (the only foreign-checkpoint reader)."""
-    from models.legacy import read_tflite
-
     return read_tflite(mediapipe_model_path(rel))
 
 

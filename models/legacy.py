@@ -33,8 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.bundle import estimate_w_avg, load_state_checked
 from models.errors import CheckpointError, UnsafePickleError
 from models.stylegan2 import Generator, GeneratorConfig
+from models.tflite import read_tflite_file
 
 # ----------------------------------------------------------------------------------------------------------------
 # Restricted unpickling
@@ -446,7 +448,6 @@ def import_generator(path: str | Path) -> tuple[Generator, dict[str, Any]]:
             state[k] = v
     if fmt == "torch" and "mapping.w_avg" not in state:
         state["mapping.w_avg"] = torch.zeros(cfg.w_dim)
-    from models.bundle import estimate_w_avg, load_state_checked
 
     load_state_checked(g, {k: v.to(torch.float32) for k, v in state.items()}, f"{path.name} generator")
     w_avg_source = "checkpoint"
@@ -468,6 +469,4 @@ def import_generator(path: str | Path) -> tuple[Generator, dict[str, Any]]:
 
 def read_tflite(path: str | Path) -> Any:
     """Read a ``.tflite`` flatbuffer safely (parsed by hand, nothing executed) → ``models.tflite.TfliteGraph``."""
-    from models.tflite import read_tflite_file
-
     return read_tflite_file(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 import pytest
@@ -20,11 +21,9 @@ torch.set_num_threads(1)
 
 def pytest_collection_modifyitems(config, items):
     """Skip gpu/trt/browser tests with a reason where the hardware or library is missing."""
-    import shutil
-
     has_cuda = torch.cuda.is_available()
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt  # noqa: F401, PLC0415 - optional, only probed
 
         has_trt = has_cuda
     except Exception:

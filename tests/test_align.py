@@ -6,18 +6,19 @@ import numpy as np
 import pytest
 import torch
 
+from realtime.frames import Frame, Track
 from realtime.vision.align import (
-    EYE_LEFT_IDX,
-    EYE_RIGHT_IDX,
+    AlignConfig,
+    align,
     align_crop,
     align_crops_torch,
-    apply_affine,
-    crop_affine,
     ffhq_quad,
-    invert_affine,
     quad_from_landmarks,
     quad_size,
 )
+from realtime.vision.geometry import apply_affine, crop_affine, invert_affine
+from realtime.vision.topology import EYE_LEFT, EYE_RIGHT
+from realtime.vision.tracking import FaceTracker, TrackerConfig, track_sequence
 
 import clips  # tests/ is on sys.path (tests/conftest.py), so this works under `pytest` and `python -m pytest`
 
@@ -52,7 +53,7 @@ def test_quad_from_mesh_is_upright_and_similarity_equivariant() -> None:
     q = quad_from_landmarks(lm)
     tl, bl, br, tr = q
     assert tl[0] < tr[0] and tl[1] < bl[1] and br[0] > bl[0]  # TL, BL, BR, TR on an upright face
-    eyes = 0.5 * (lm[list(EYE_LEFT_IDX), :2].mean(0) + lm[list(EYE_RIGHT_IDX), :2].mean(0))
+    eyes = 0.5 * (lm[list(EYE_LEFT), :2].mean(0) + lm[list(EYE_RIGHT), :2].mean(0))
     assert tl[1] < eyes[1] < bl[1]
     for angle, scale, centre in ((30.0, 0.7, (100.0, 300.0)), (-75.0, 1.6, (400.0, 90.0))):
         m = clips.similarity(angle, scale, centre)
@@ -144,8 +145,6 @@ def test_torch_path_is_batched() -> None:
 
 def test_alignment_recovers_known_motion(tmp_path, record_property) -> None:
     """Real MediaPipe on a PyAV clip with known pan + rotation + zoom: crop error in px at 256."""
-    from realtime.vision.tracking import FaceTracker, TrackerConfig, track_sequence
-
     clip = clips.make_clip(tmp_path / "moving.mp4", clips.moving_motion(40))
     truth = clips.true_quads(clip.matrices)
     offline = np.stack([t.quad for t in track_sequence(clip.as_frames())])
@@ -169,9 +168,6 @@ def test_alignment_recovers_known_motion(tmp_path, record_property) -> None:
 
 
 def test_align_stage_helper() -> None:
-    from realtime.frames import Frame, Track
-    from realtime.vision.align import AlignConfig, align
-
     m = clips.similarity(0.0, 1.2)
     frame = Frame(clips.render(m[None])[0], 0)
     assert align(frame, Track(landmarks=None)) is None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from benchmarks import bench_models, report
+import pytest
+
+from benchmarks import bench_calibrate, bench_models, report
 from models.bundle import DEFAULT_BUNDLE
 
 
@@ -25,11 +27,6 @@ def test_bench_models_json_and_speed_report(tmp_path):
 
 def test_bench_calibrate_timeline_reaches_the_swap(tmp_path):
     """A short live run with a tiny calibration: the swap happens, frames flow before, during and after."""
-
-    import pytest
-
-    from benchmarks import bench_calibrate
-
     if not (DEFAULT_BUNDLE / "bundle.json").exists():
         pytest.skip("default bundle missing")
     out = tmp_path / "docs" / "bench" / "calibrate-cpu.json"

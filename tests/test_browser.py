@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aioice.ice
 import cv2
 import numpy as np
 import pytest
+from test_server import serving, tiny_factories, wait_until
 
+from realtime.pipeline.calibration import CalibrationConfig
 from realtime.server.client import clip_frames
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
@@ -59,7 +62,6 @@ def write_y4m(path: Path, frames: list[np.ndarray], fps: int) -> None:
 
 class Cdp:
     """Just enough of the DevTools protocol: send a command, wait for its reply."""
-
     def __init__(self, ws: aiohttp.ClientWebSocketResponse):
         self.ws = ws
         self.ids = itertools.count(1)
@@ -107,10 +109,7 @@ async def devtools_page(user_dir: Path, proc: subprocess.Popen[bytes], timeout: 
 
 def test_page_in_chromium_with_fake_camera(tmp_path):
     exe = chromium()
-    import aioice.ice
-    from test_server import serving, tiny_factories, wait_until
 
-    from realtime.pipeline.calibration import CalibrationConfig
 
     # the same tiny random bundle as the loopback tests, with a short calibration for the button
     factories = tiny_factories(tmp_path / "tiny", calibration=CalibrationConfig(frames=4, stride=1, iters=20))

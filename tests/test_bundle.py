@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -66,8 +67,6 @@ def test_save_replaces_a_bundle_but_refuses_other_folders(tmp_path, saved):
 
 
 def _copy(src, dst):
-    import shutil
-
     shutil.copytree(src, dst)
     return dst
 

@@ -8,18 +8,21 @@ import pytest
 import torch
 
 from realtime.frames import Crop, Frame, Track
-from realtime.vision.align import align_crop, align_crops_torch, apply_affine, quad_from_landmarks
+from realtime.vision.align import align_crop, align_crops_torch, quad_from_landmarks
 from realtime.vision.composite import (
     CompositeConfig,
     Compositor,
     FaceHold,
+    PersonSegmenter,
+    _crop_uint8,
     face_mask,
-    landmarks_to_crop,
     match_color,
     paste_back,
     paste_back_torch,
     skin_region,
 )
+from realtime.vision.geometry import apply_affine, landmarks_to_crop
+from realtime.vision.tracking import FaceTracker
 
 import clips  # tests/ is on sys.path (tests/conftest.py), so this works under `pytest` and `python -m pytest`
 
@@ -166,8 +169,6 @@ def test_frames_without_a_face_come_out_unchanged() -> None:
 
 def test_face_leaving_and_reentering_fades(tmp_path) -> None:
     """Real tracking on a PyAV clip; an inverting "generator"; no exception, hold, fade out, fade in."""
-    from realtime.vision.tracking import FaceTracker
-
     clip = clips.make_clip(tmp_path / "exit.mp4", clips.exit_motion(44, away_frames=14))
     comp = Compositor(CompositeConfig(hold_s=0.1, fade_out_s=0.1, fade_in_s=0.1))
     strength, faces = [], []
@@ -194,8 +195,6 @@ def test_face_leaving_and_reentering_fades(tmp_path) -> None:
 
 
 def test_person_segmentation_keeps_the_background_out() -> None:
-    from realtime.vision.composite import PersonSegmenter, _crop_uint8
-
     frame, track, crop = _scene()
     seg = PersonSegmenter()
     try:

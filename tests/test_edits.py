@@ -20,16 +20,16 @@ from models.editing import (
     tensor_key,
 )
 from models.errors import UserError
+from realtime import cli
 from training.directions import (
-    MEASURES,
     EncodedSet,
     LinearFit,
-    face_measures,
     interfacegan_directions,
     merge_into_bundle,
     random_identity_direction,
     supervised_directions,
 )
+from training.measures import MEASURES, face_measures
 from training.pose_expression import PETrainConfig, train_pose_expression
 
 torch.set_num_threads(1)
@@ -292,8 +292,6 @@ def test_face_measures_follow_the_synthetic_ground_truth():
 
 
 def test_edits_list_and_run_list_edits_show_every_kind(tmp_path, capsys):
-    from realtime import cli
-
     b, specs = _all_kinds_bundle()
     b.save(tmp_path / "b")
     assert cli.main(["edits", "list", str(tmp_path / "b")]) == 0

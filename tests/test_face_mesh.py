@@ -5,13 +5,30 @@ from __future__ import annotations
 import importlib.util
 import math
 
+import cv2
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from skimage import data
 
+from benchmarks.bench_face_mesh import MediaPipeRuntime, similarity_warp
+from models import face_mesh
 from models.errors import CheckpointError, UserError
-from models.tflite import TfliteGraph, TfliteOp, TfliteTensor, parse_tflite
+from models.face_mesh import (
+    DETECTOR_MODEL,
+    LANDMARK_MODEL,
+    FaceMesh,
+    TfliteModule,
+    crop,
+    mediapipe_model_path,
+    project_landmarks,
+    rect_to_affine,
+    roi_from_landmarks,
+    ssd_anchors,
+)
+from models.legacy import read_tflite
+from models.tflite import TfliteGraph, TfliteOp, TfliteTensor, fold_dequantize, parse_tflite
 
 HAS_MEDIAPIPE = importlib.util.find_spec("mediapipe") is not None
 needs_mp = pytest.mark.skipif(not HAS_MEDIAPIPE, reason="needs mediapipe==0.10.21 (pip install --no-deps)")
@@ -19,22 +36,16 @@ needs_mp = pytest.mark.skipif(not HAS_MEDIAPIPE, reason="needs mediapipe==0.10.2
 
 @pytest.fixture(scope="module")
 def mesh():
-    from models.face_mesh import FaceMesh
-
     return FaceMesh().eval()
 
 
 @pytest.fixture(scope="module")
 def ref():
-    from benchmarks.bench_face_mesh import MediaPipeRuntime
-
     return MediaPipeRuntime()
 
 
 @pytest.fixture(scope="module")
 def astronaut() -> np.ndarray:
-    from skimage import data
-
     return data.astronaut()
 
 
@@ -47,10 +58,6 @@ def _t(img: np.ndarray) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 @needs_mp
 def test_reader_parses_wheel_models_through_legacy():
-    from models.face_mesh import DETECTOR_MODEL, LANDMARK_MODEL, mediapipe_model_path
-    from models.legacy import read_tflite
-    from models.tflite import fold_dequantize
-
     g = read_tflite(mediapipe_model_path(LANDMARK_MODEL))
     assert g.tensors[g.inputs[0]].shape == (1, 192, 192, 3)
     assert [g.tensors[i].shape for i in g.outputs] == [(1, 1, 1, 1404), (1, 1, 1, 1)]
@@ -69,9 +76,6 @@ def test_reader_parses_wheel_models_through_legacy():
 
 @needs_mp
 def test_reader_refuses_corrupt_files(tmp_path):
-    from models.face_mesh import LANDMARK_MODEL, mediapipe_model_path
-    from models.legacy import read_tflite
-
     buf = mediapipe_model_path(LANDMARK_MODEL).read_bytes()
     with pytest.raises(CheckpointError, match="TFL3"):
         parse_tflite(b"\0" * 64, "x.tflite")
@@ -82,8 +86,6 @@ def test_reader_refuses_corrupt_files(tmp_path):
 
 
 def test_missing_mediapipe_is_a_user_error(monkeypatch):
-    from models import face_mesh
-
     monkeypatch.setattr(face_mesh.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError) as e:
         face_mesh.FaceLandmarks()
@@ -115,8 +117,6 @@ def _tensor(i: int, shape: tuple[int, ...], data: np.ndarray | None = None, dtyp
 
 
 def test_interpreter_matches_tflite_semantics():
-    from models.face_mesh import TfliteModule
-
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 7, 6, 3)).astype(np.float32)
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
@@ -155,8 +155,6 @@ def test_interpreter_matches_tflite_semantics():
 
 
 def test_interpreter_refuses_unknown_ops():
-    from models.face_mesh import TfliteModule
-
     g = TfliteGraph(tensors=[_tensor(0, (1, 2, 2, 1)), _tensor(1, (1, 2, 2, 1))],
                     ops=[TfliteOp("BUILTIN_999", [0], [1])], inputs=[0], outputs=[1])
     with pytest.raises(UserError, match="not supported"):
@@ -164,8 +162,6 @@ def test_interpreter_refuses_unknown_ops():
 
 
 def test_anchor_layout():
-    from models.face_mesh import ssd_anchors
-
     a = ssd_anchors()
     assert a.shape == (896, 2)
     assert torch.allclose(a[0], torch.tensor([0.5 / 16, 0.5 / 16])) and torch.equal(a[0], a[1])
@@ -174,8 +170,6 @@ def test_anchor_layout():
 
 
 def test_crop_and_projection_are_inverse():
-    from models.face_mesh import crop, project_landmarks, rect_to_affine
-
     rect = torch.tensor([[60.0, 50.0, 40.0, 40.0, 0.3]])
     m = rect_to_affine(rect, 192)[0]
     # crop corners (index coords 0 and 192) land on the rotated rect's corners
@@ -197,9 +191,6 @@ def test_crop_and_projection_are_inverse():
 @needs_mp
 def test_landmarks_same_tensor_parity(mesh, ref, astronaut):
     """Identical 192² crops into torch and MediaPipe's TFLite runtime: mean difference far below the 1 px bar."""
-    from benchmarks.bench_face_mesh import similarity_warp
-    from models.face_mesh import crop
-
     rects = torch.tensor([[225.2, 130.5, 143.0, 143.0, 0.094], [230.0, 140.0, 180.0, 180.0, -0.3]])
     imgs = [astronaut, similarity_warp(astronaut, 15, 0.85, (10, -5))]
     worst = 0.0
@@ -217,8 +208,6 @@ def test_landmarks_same_tensor_parity(mesh, ref, astronaut):
 
 @needs_mp
 def test_detector_raw_parity_and_face_found(mesh, ref, astronaut):
-    import cv2
-
     i128 = cv2.resize(astronaut, (128, 128), interpolation=cv2.INTER_AREA)
     with torch.no_grad():
         reg, logit = mesh.detector.raw(_t(i128))
@@ -235,8 +224,6 @@ def test_detector_raw_parity_and_face_found(mesh, ref, astronaut):
 
 @needs_mp
 def test_whole_pipeline_matches_mediapipe_face_mesh(mesh, ref, astronaut):
-    from benchmarks.bench_face_mesh import similarity_warp
-
     for img in (astronaut, similarity_warp(astronaut, -18, 1.15, (-15, 25)), np.ascontiguousarray(astronaut[10:410])):
         with torch.no_grad():
             lm, score, rect = mesh(_t(img))
@@ -268,8 +255,6 @@ def test_gradients_reach_the_input_image(mesh, astronaut):
 
 @needs_mp
 def test_landmark_roi_tracks_and_blank_images_do_not_crash(mesh, astronaut):
-    from models.face_mesh import roi_from_landmarks
-
     x = torch.cat([_t(astronaut), torch.full((1, 3, 512, 512), 0.5)])
     with torch.no_grad():
         lm, score, rect = mesh(x)

@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from models.bundle import load_bundle
 from models.errors import CheckpointError, UnsafePickleError
 from models.legacy import import_generator
 
@@ -178,7 +179,6 @@ def test_import_weights_cli_writes_a_bundle(tmp_path):
     write_nvlabs_pkl(tmp_path / "net.pkl", official_generator_tree(seed=6))
     r = _cli("import-weights", str(tmp_path / "net.pkl"), "-o", str(tmp_path / "bundle"))
     assert r.returncode == 0, r.stderr
-    from models.bundle import load_bundle
 
     b = load_bundle(tmp_path / "bundle")
     assert b.trained["generator"] is True and b.trained["fren"] is False

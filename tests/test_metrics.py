@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from skimage.data import astronaut
 
+from benchmarks.bench_fidelity import gaussian_smooth
 from benchmarks.metrics import landmark_error, psnr, ssim, temporal_consistency, warping_error
 
 
@@ -62,8 +63,6 @@ def test_landmark_error_ignores_missing():
 
 
 def test_latent_gaussian_smoothing_keeps_constants_and_damps_jitter():
-    from benchmarks.bench_fidelity import gaussian_smooth
-
     const = torch.ones(20, 4, 8)
     assert torch.allclose(gaussian_smooth(const, sigma=2.0), const)
     jitter = torch.randn(40, 4, 8)

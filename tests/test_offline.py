@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -10,8 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from models.bundle import DEFAULT_BUNDLE
-from training.directions import EYE_L, EYE_R, INNER_LIPS
+from models.bundle import DEFAULT_BUNDLE, load_bundle
+from models.editing import EditStack
+from realtime.cli import main
+from realtime.io.sources import open_source
+from realtime.pipeline.calibration import CalibrationConfig, Calibrator
+from realtime.vision.align import align_crop
+from realtime.vision.topology import BROW_LEFT_UPPER, BROW_RIGHT_UPPER, EYE_LEFT_LOOP, EYE_RIGHT_LOOP, LIPS_INNER_LOOP
+from realtime.vision.tracking import track_sequence
+from tests.media import _add_audio, _write_audio
+from training.adapt import AdaptConfig, adapt_generator, invert_crops, reconstruction, save_adapted
 from training.expression import (
     ExpressionConfig,
     eye_mask,
@@ -21,6 +30,7 @@ from training.expression import (
     reg_term,
     temporal_term,
 )
+from training.losses import RandomConvPerceptual, load_face_mesh
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = DEFAULT_BUNDLE
@@ -37,7 +47,7 @@ def test_lip_term_zero_for_identical_and_known_for_shift() -> None:
     lm = _landmarks()
     assert float(lip_term(lm, lm.clone(), 64)) == 0.0
     moved = lm.clone()
-    moved[:, list(INNER_LIPS), 1] += 3.2  # every inner-lip point 3.2 px down → (3.2 / 64)²
+    moved[:, list(LIPS_INNER_LOOP), 1] += 3.2  # every inner-lip point 3.2 px down → (3.2 / 64)²
     assert float(lip_term(moved, lm, 64)) == pytest.approx((3.2 / 64) ** 2, rel=1e-5)
     other = lm.clone()
     other[:, 1, :2] += 10.0  # a landmark outside the inner lips does not count
@@ -59,18 +69,15 @@ def test_temporal_and_reg_terms() -> None:
 
 
 def test_eye_mask_and_eye_term_only_see_the_eyes() -> None:
-    from training.losses import RandomConvPerceptual
-
     lm = torch.zeros(1, 468, 3)
     lm[0, :, 0], lm[0, :, 1] = 32.0, 46.0  # everything at the mouth …
-    lm[0, list(EYE_L), 0] = 22 + torch.cos(torch.linspace(0, 6.28, len(EYE_L))) * 4  # … but the eyes
-    lm[0, list(EYE_L), 1] = 26 + torch.sin(torch.linspace(0, 6.28, len(EYE_L))) * 2
-    lm[0, list(EYE_R), 0] = 42 + torch.cos(torch.linspace(0, 6.28, len(EYE_R))) * 4
-    lm[0, list(EYE_R), 1] = 26 + torch.sin(torch.linspace(0, 6.28, len(EYE_R))) * 2
-    from training.expression import BROW_ABOVE
+    lm[0, list(EYE_LEFT_LOOP), 0] = 22 + torch.cos(torch.linspace(0, 6.28, len(EYE_LEFT_LOOP))) * 4  # … but the eyes
+    lm[0, list(EYE_LEFT_LOOP), 1] = 26 + torch.sin(torch.linspace(0, 6.28, len(EYE_LEFT_LOOP))) * 2
+    lm[0, list(EYE_RIGHT_LOOP), 0] = 42 + torch.cos(torch.linspace(0, 6.28, len(EYE_RIGHT_LOOP))) * 4
+    lm[0, list(EYE_RIGHT_LOOP), 1] = 26 + torch.sin(torch.linspace(0, 6.28, len(EYE_RIGHT_LOOP))) * 2
 
-    lm[0, list(BROW_ABOVE[:5]), 0], lm[0, list(BROW_ABOVE[:5]), 1] = 22.0, 21.0
-    lm[0, list(BROW_ABOVE[5:]), 0], lm[0, list(BROW_ABOVE[5:]), 1] = 42.0, 21.0
+    lm[0, list(BROW_LEFT_UPPER), 0], lm[0, list(BROW_LEFT_UPPER), 1] = 22.0, 21.0
+    lm[0, list(BROW_RIGHT_UPPER), 0], lm[0, list(BROW_RIGHT_UPPER), 1] = 42.0, 21.0
     m = eye_mask(lm, 64)
     assert m.shape == (1, 1, 64, 64)
     assert float(m[0, 0, 26, 22]) > 0.9 and float(m[0, 0, 26, 42]) > 0.9
@@ -88,11 +95,6 @@ def test_eye_mask_and_eye_term_only_see_the_eyes() -> None:
 # ------------------------------------------------------------------------------------------------ models
 @pytest.fixture(scope="module")
 def clip() -> tuple[object, torch.Tensor]:
-    from models.bundle import load_bundle
-    from realtime.io.sources import open_source
-    from realtime.vision.align import align_crop
-    from realtime.vision.tracking import track_sequence
-
     if not (BUNDLE / "bundle.json").exists():
         pytest.skip("default bundle missing")
     with open_source("demo:portrait?seconds=0.4&fps=15&seed=9103&size=320x240") as src:
@@ -106,9 +108,6 @@ def clip() -> tuple[object, torch.Tensor]:
 
 @needs_bundle
 def test_adaptation_lowers_reconstruction_error(clip: tuple[object, torch.Tensor], tmp_path: Path) -> None:
-    from models.bundle import load_bundle
-    from training.adapt import AdaptConfig, adapt_generator, invert_crops, reconstruction, save_adapted
-
     torch.set_num_threads(1)
     bundle = load_bundle(BUNDLE)
     crops = clip[1]
@@ -132,10 +131,6 @@ def test_adaptation_lowers_reconstruction_error(clip: tuple[object, torch.Tensor
 
 @needs_bundle
 def test_expression_optimisation_pulls_lips_to_target(clip: tuple[object, torch.Tensor]) -> None:
-    from models.editing import EditStack
-    from training.adapt import invert_crops
-    from training.losses import load_face_mesh
-
     torch.set_num_threads(1)
     mesh = load_face_mesh()
     if mesh is None:
@@ -161,9 +156,6 @@ def test_expression_optimisation_pulls_lips_to_target(clip: tuple[object, torch.
 
 # ------------------------------------------------------------------------------------------------ CLI
 def _write_portrait_clip(path: Path, seconds: float = 0.6, fps: int = 10) -> int:
-    from realtime.io.sources import open_source
-    from tests.media import _add_audio, _write_audio
-
     with open_source(f"demo:portrait?seconds={seconds}&fps={fps}&seed=9104&size=320x240") as src:
         frames = [f.image for f in src]
     with av.open(str(path), "w") as out:
@@ -189,8 +181,6 @@ def _probe(path: Path) -> tuple[int, bool]:
 
 @needs_bundle
 def test_edit_cli_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from realtime.cli import main
-
     src = tmp_path / "in.mp4"
     n = _write_portrait_clip(src)
     out, work = tmp_path / "out.mp4", tmp_path / "work"
@@ -228,8 +218,6 @@ def test_edit_cli_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureFi
 ])
 def test_edit_cli_bad_input_is_one_line(argv: list[str], message: str, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    from realtime.cli import main
-
     argv = [str(tmp_path / "o.mp4") if a == "OUT" else a for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -239,10 +227,6 @@ def test_edit_cli_bad_input_is_one_line(argv: list[str], message: str, tmp_path:
 
 @needs_bundle
 def test_calibrator_adapts_a_copy_in_background_and_hands_it_over_once(clip: tuple[object, torch.Tensor]) -> None:
-    from models.bundle import load_bundle
-    from realtime.pipeline.calibration import CalibrationConfig, Calibrator
-    from training.adapt import invert_crops, reconstruction
-
     bundle = load_bundle(BUNDLE)
     crops = clip[1]
     n = crops.shape[0]
@@ -283,10 +267,6 @@ def test_calibrator_adapts_a_copy_in_background_and_hands_it_over_once(clip: tup
 
 @needs_bundle
 def test_calibrator_stride_cancel_and_failure(clip: tuple[object, torch.Tensor]) -> None:
-    from models.bundle import load_bundle
-    from realtime.pipeline.calibration import CalibrationConfig, Calibrator
-    from training.adapt import invert_crops
-
     bundle = load_bundle(BUNDLE)
     crops = clip[1][:4]
     ws = invert_crops(bundle, crops)
@@ -301,7 +281,6 @@ def test_calibrator_stride_cancel_and_failure(clip: tuple[object, torch.Tensor])
     assert cal.state == "idle" and cal.take() is None
 
     # cancelled while the stream's engine is being built: nothing is handed over, the state stays idle
-    import threading
 
     building, go = threading.Event(), threading.Event()
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,11 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.bundle import new_bundle
+from models.bundle import load_bundle, new_bundle
 from models.editing import EditSpec, EditStack, tensor_key
+from models.errors import UserError
 from realtime import cli
 from realtime.engines import TorchEngine
 from realtime.frames import Crop, Frame, Track
+from realtime.io.sinks import open_sink
+from realtime.io.sources import open_source
 from realtime.pipeline import (
     CLOSED,
     FrameProcessor,
@@ -29,8 +35,17 @@ from realtime.pipeline import (
     StageQueue,
     StreamState,
 )
+from realtime.vision.tracking import FaceTracker, TrackerConfig
 
-from media import probe, write_clip, write_empty, write_garbage, write_resolution_change, write_truncated_mp4
+from media import (
+    probe,
+    write_audio_only,
+    write_clip,
+    write_empty,
+    write_garbage,
+    write_resolution_change,
+    write_truncated_mp4,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +76,6 @@ def test_stage_queue_drop_oldest_and_lossless():
     lossless = StageQueue(1, drop_oldest=False)
     lossless.put(1)
     t0 = time.monotonic()
-    import threading
 
     threading.Timer(0.3, lossless.get).start()
     lossless.put(2)  # blocks until the consumer takes item 1
@@ -108,8 +122,6 @@ class _CountingEngine(TorchEngine):
 
 
 def test_key_frame_policy_interval_drift_and_fine_blend(tiny_bundle):
-    from models.bundle import load_bundle
-
     eng = _CountingEngine(load_bundle(tiny_bundle), device="cpu")
     proc = FrameProcessor(eng, PipelineConfig(key_interval=5, fine_blend_frames=3, drift_threshold=0.5))
     st = StreamState()
@@ -128,9 +140,6 @@ def test_key_frame_policy_interval_drift_and_fine_blend(tiny_bundle):
 
 
 def test_edit_stack_composition_identity_and_unknown_names(tiny_bundle):
-    from models.bundle import load_bundle
-    from models.errors import UserError
-
     b = load_bundle(tiny_bundle)
     stack = EditStack.from_bundle(b)
     ws = torch.randn(2, 10, 64)
@@ -187,11 +196,6 @@ def test_resolution_change_mid_stream_keeps_going(tmp_path, tiny_bundle, capsys)
 
 
 def test_overload_drops_frames_and_keeps_latency_bounded(tiny_bundle):
-    from models.bundle import load_bundle
-    from realtime.io.sinks import open_sink
-    from realtime.io.sources import open_source
-    from realtime.vision.tracking import FaceTracker, TrackerConfig
-
     eng = _CountingEngine(load_bundle(tiny_bundle), device="cpu", delay_s=0.15)
     proc = FrameProcessor(eng, PipelineConfig(queue_size=1))
     src = open_source("demo:?seconds=3&fps=30&size=480x360", realtime=True)
@@ -253,8 +257,6 @@ def test_sigint_leaves_a_playable_file_with_every_processed_frame(tmp_path, tiny
     ],
 )
 def test_bad_input_is_one_clear_line_and_nonzero_exit(tmp_path, tiny_bundle, kind, message, capsys):
-    from media import write_audio_only
-
     inp = str(tmp_path / "in.mp4")
     out = str(tmp_path / "out.mp4")
     bundle = str(tiny_bundle)
@@ -283,7 +285,6 @@ def test_bad_input_is_one_clear_line_and_nonzero_exit(tmp_path, tiny_bundle, kin
         bundle = str(tmp_path / "nobundle")
     elif kind == "bundle_broken":
         write_clip(inp, width=160, height=120, fps=10, seconds=0.5)
-        import shutil
 
         shutil.copytree(tiny_bundle, tmp_path / "broken")
         (tmp_path / "broken" / "bundle.json").write_text("{oops")
@@ -295,7 +296,6 @@ def test_bad_input_is_one_clear_line_and_nonzero_exit(tmp_path, tiny_bundle, kin
     assert rc == 2
     lines = [line for line in err.strip().splitlines() if line.startswith("stylestream")]
     assert len(lines) == 1 and "Traceback" not in err
-    import re
 
     assert re.search(message, lines[0], re.IGNORECASE), lines[0]
 
@@ -313,8 +313,6 @@ def test_list_edits(tiny_bundle, capsys):
 
 
 def test_camera_into_a_registered_virtual_camera_backend(tiny_bundle, capsys):
-    import pyvirtualcam
-
     received: list[np.ndarray] = []
 
     class Backend:
@@ -334,6 +332,7 @@ def test_camera_into_a_registered_virtual_camera_backend(tiny_bundle, capsys):
             return None
 
     name = "stylestream-test-pipeline"
+    pyvirtualcam = pytest.importorskip("pyvirtualcam")  # optional: the sink imports it on use
     pyvirtualcam.register_backend(name, Backend)
     rc, _, err = _run_cli(["camera", "--source", "demo:?seconds=1&fps=10&size=320x240", "-o",
                            f"virtualcam:?backend={name}", "--bundle", str(tiny_bundle)], capsys)
@@ -344,7 +343,6 @@ def test_camera_into_a_registered_virtual_camera_backend(tiny_bundle, capsys):
 def test_camera_calibrates_live_saves_the_bundle_and_keeps_streaming(tmp_path, tiny_bundle):
     """`camera --calibrate --save-calibrated`: the stream keeps being written while the generator adapts in the
     background; the calibrated bundle is saved and loads; Ctrl-C still leaves a playable file."""
-    from models.bundle import load_bundle
 
     out, saved = tmp_path / "cal.mp4", tmp_path / "calibrated"
     rc, err = _interrupt_cli(["camera", "--source", "demo:?seconds=120&fps=15&size=320x240", "-o", str(out),

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import gc
 import json
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -17,9 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aioice.ice
+import av
 import numpy as np
 import pytest
 import torch
+from aiortc import RTCConfiguration, RTCPeerConnection, mediastreams, rtcrtpsender
+from aiortc.codecs import h264, vpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from models.bundle import load_bundle, new_bundle
 from models.editing import EditSpec, tensor_key
@@ -28,9 +43,10 @@ from realtime import cli
 from realtime.api import Filter
 from realtime.engines import EngineSpec, make_engine
 from realtime.pipeline import PipelineConfig
+from realtime.pipeline.calibration import CalibrationConfig
 from realtime.server import rtc_tuning
 from realtime.server.app import LiveServer, ServeConfig, check_bind, parse_ice_server, run_server
-from realtime.server.client import LiveClient, clip_frames, read_stamp, stamp_i420
+from realtime.server.client import LiveClient, StampedTrack, clip_frames, read_stamp, stamp_i420
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -58,8 +74,6 @@ def tiny_factories(path: Path, calibration: Any = None) -> tuple[Any, Any, list[
 @pytest.fixture(autouse=True)
 def loopback_only(monkeypatch):
     """ICE host candidates on 127.0.0.1 only: nothing leaves the machine, whatever its interfaces."""
-    import aioice.ice
-
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
     yield
     rtc_tuning.restore()
@@ -127,10 +141,6 @@ def test_bind_needs_token_and_ice_urls():
 
 
 def test_tuning_patches_aiortc_and_encodes_720p_at_level_42():
-    import av
-    from aiortc import mediastreams, rtcrtpsender
-    from aiortc.codecs import h264, vpx
-
     t = rtc_tuning.apply(rtc_tuning.RtcTuning(fps=60, h264_encoder="libx264"))
     try:
         assert h264.MAX_FRAME_RATE == vpx.MAX_FRAME_RATE == 60 and abs(mediastreams.VIDEO_PTIME - 1 / 60) < 1e-9
@@ -330,7 +340,6 @@ def test_viewer_mode_broadcasts_one_source(tiny):
 def test_live_calibration_swaps_the_generator_without_stopping_the_stream(tmp_path):
     """A "calibrate" message: the stream records, adapts in a worker process and switches to its own engine while
     frames keep coming; another stream cannot calibrate meanwhile and keeps the shared engine; "reset" goes back."""
-    from realtime.pipeline.calibration import CalibrationConfig
 
     tiny = tiny_factories(tmp_path / "tiny", calibration=CalibrationConfig(frames=4, stride=1, iters=40))
     w, h = 256, 192
@@ -378,18 +387,7 @@ def test_live_calibration_swaps_the_generator_without_stopping_the_stream(tmp_pa
 
 def test_cli_serves_https_and_stops_on_sigint(tmp_path):
     """`stylestream serve` end to end: HTTPS with a self-signed certificate, token, Ctrl-C stops it cleanly."""
-    import datetime
-    import os
-    import re
-    import signal
-    import ssl
-    import subprocess
-    import sys
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
@@ -443,9 +441,7 @@ def test_cli_serves_https_and_stops_on_sigint(tmp_path):
 
 def test_peer_that_never_connects_is_freed(tiny):
     """An offer whose peer never completes ICE holds its slot only until --connect-timeout."""
-    from aiortc import RTCConfiguration, RTCPeerConnection
 
-    from realtime.server.client import StampedTrack
 
     async def main() -> None:
         async with serving(tiny, connect_timeout_s=1.5, max_sessions=1) as (server, url), \

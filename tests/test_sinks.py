@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pyvirtualcam
 
 from models.errors import UserError
 from realtime.frames import Frame, Output
@@ -257,6 +256,7 @@ class MemoryCamera:
 
 @pytest.fixture
 def memory_backend():
+    pyvirtualcam = pytest.importorskip("pyvirtualcam")  # optional: the virtual-camera sink imports it on use
     pyvirtualcam.register_backend("memory-test", MemoryCamera)
     MemoryCamera.instances.clear()
     MemoryCamera.fail = None

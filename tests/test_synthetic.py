@@ -5,28 +5,37 @@ from __future__ import annotations
 import itertools
 import math
 
+import av
+import cv2
 import numpy as np
 import pytest
 
+from models.errors import UserError
+from realtime.io import sources, synthetic
 from realtime.io.synthetic import (
-    BROW_L,
-    BROW_R,
     EXPRESSIONS,
-    LIPS_LOWER_INNER,
-    LIPS_UPPER_INNER,
     FrameParams,
     SynthConfig,
     SyntheticClip,
+    _face_frame,
     detect_landmarks,
     load_portraits,
     synthetic_clip,
 )
+from realtime.vision.topology import (
+    BROW_LEFT_LOOP,
+    BROW_RIGHT_LOOP,
+    CHEEK_LEFT,
+    CHEEK_RIGHT,
+    LIPS_LOWER_INNER,
+    LIPS_UPPER_INNER,
+    MOUTH_LEFT,
+    MOUTH_RIGHT,
+    NOSE_TIP,
+)
 
-NOSE_TIP = 1
-OVAL_LEFT, OVAL_RIGHT = 234, 454  # face-oval points at the cheekbones (image left / right)
 EYE_L_TOP, EYE_L_BOTTOM = 159, 145
 EYE_R_TOP, EYE_R_BOTTOM = 386, 374
-MOUTH_L, MOUTH_R = 61, 291
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +50,6 @@ def _small(seed: int = 0, **kw) -> SynthConfig:
 
 
 def _iod(lm: np.ndarray) -> float:
-    from realtime.io.synthetic import _face_frame
-
     return _face_frame(lm.astype(np.float64))[3]
 
 
@@ -183,9 +190,10 @@ def test_expressions_move_the_right_landmarks(portraits):
     assert (j[152, 1] - rest[152, 1]) / iod > 0.25  # the chin follows
     # smile: mouth corners up and out, lower lip middle nearly still
     s = lm(smile=1.0)
-    assert (rest[MOUTH_L, 1] - s[MOUTH_L, 1]) / iod > 0.06 and (rest[MOUTH_R, 1] - s[MOUTH_R, 1]) / iod > 0.06
-    width_rest = rest[MOUTH_R, 0] - rest[MOUTH_L, 0]
-    assert (s[MOUTH_R, 0] - s[MOUTH_L, 0]) - width_rest > 0.1 * iod
+    assert (rest[MOUTH_LEFT, 1] - s[MOUTH_LEFT, 1]) / iod > 0.06
+    assert (rest[MOUTH_RIGHT, 1] - s[MOUTH_RIGHT, 1]) / iod > 0.06
+    width_rest = rest[MOUTH_RIGHT, 0] - rest[MOUTH_LEFT, 0]
+    assert (s[MOUTH_RIGHT, 0] - s[MOUTH_LEFT, 0]) - width_rest > 0.1 * iod
     assert abs(s[17, 1] - rest[17, 1]) / iod < 0.03
     # blink: each eye's vertical opening shrinks to < 25 %
     b = lm(blink=1.0)
@@ -194,12 +202,12 @@ def test_expressions_move_the_right_landmarks(portraits):
     assert far_from(b, [13, 14, 152, 61, 291]) < 0.01
     # brow raise: brows up, mouth still
     br = lm(brow_raise=1.0)
-    brows = list(BROW_L + BROW_R)
+    brows = list(BROW_LEFT_LOOP + BROW_RIGHT_LOOP)
     assert np.mean(rest[brows, 1] - br[brows, 1]) / iod > 0.1
     assert far_from(br, [13, 14, 61, 291, 152]) < 0.01
     # pucker: mouth narrower, lips forward (smaller z)
     p = lm(pucker=1.0)
-    assert width_rest - (p[MOUTH_R, 0] - p[MOUTH_L, 0]) > 0.15 * iod
+    assert width_rest - (p[MOUTH_RIGHT, 0] - p[MOUTH_LEFT, 0]) > 0.15 * iod
     assert p[[0, 17], 2].mean() < rest[[0, 17], 2].mean() - 0.05 * iod
 
 
@@ -224,7 +232,7 @@ def test_pose_signs(portraits):
     clip = SyntheticClip(_small(width=480, height=360), portraits)
 
     def asym(lm):  # > 0 when the nose is nearer the right cheek
-        return (lm[OVAL_RIGHT, 0] - lm[NOSE_TIP, 0]) / (lm[OVAL_RIGHT, 0] - lm[OVAL_LEFT, 0]) - 0.5
+        return (lm[CHEEK_RIGHT, 0] - lm[NOSE_TIP, 0]) / (lm[CHEEK_RIGHT, 0] - lm[CHEEK_LEFT, 0]) - 0.5
 
     rest = clip.landmarks(_clean(clip))
     right, left = clip.landmarks(_clean(clip, yaw=20.0)), clip.landmarks(_clean(clip, yaw=-20.0))
@@ -254,19 +262,16 @@ def test_pose_yaw_sign_seen_by_mediapipe(portraits):
     assert all(f is not None for f in found)
 
     def asym(lm):
-        return (lm[OVAL_RIGHT, 0] - lm[NOSE_TIP, 0]) / (lm[OVAL_RIGHT, 0] - lm[OVAL_LEFT, 0])
+        return (lm[CHEEK_RIGHT, 0] - lm[NOSE_TIP, 0]) / (lm[CHEEK_RIGHT, 0] - lm[CHEEK_LEFT, 0])
 
     a = [asym(lm) for lm in found]
     assert a[0] > a[1] > a[2], a
 
 
 # ---------------------------------------------------------------------------------------------- demo
-def test_register_demo_makes_demo_portrait_a_source(portraits, monkeypatch):
-    from realtime.io import sources, synthetic
-
+def test_demo_portrait_is_a_built_in_source(portraits, monkeypatch):
     monkeypatch.setattr(synthetic, "_astronaut", lambda: portraits[0])
-    monkeypatch.setattr(sources, "DEMO_GENERATORS", dict(sources.DEMO_GENERATORS))
-    synthetic.register_demo()
+    assert sources.DEMO_GENERATORS["portrait"] is synthetic.portrait_demo and sources.DEFAULT_DEMO == "portrait"
     with sources.open_source("demo:portrait?seconds=0.3&fps=10&size=160x120&seed=2&jpeg=0&max_yaw=5") as src:
         frames = list(src)
     assert len(frames) == 3
@@ -274,19 +279,12 @@ def test_register_demo_makes_demo_portrait_a_source(portraits, monkeypatch):
     clip = SyntheticClip(SynthConfig(width=160, height=120, fps=10, seconds=0.3, seed=2, jpeg=False, max_yaw=5),
                          portraits)
     assert np.array_equal(frames[1].image, clip[1].image)
-    from models.errors import UserError
-
     with pytest.raises(UserError, match="unknown option"):
         list(synthetic.portrait_demo(sources.DemoOptions(extra={"nonsense": "1"})))
 
 
 # ------------------------------------------------------------------------------------------ portraits
 def test_load_portraits_from_a_folder_of_images_and_videos(tmp_path, portraits):
-    import av
-    import cv2
-
-    from models.errors import UserError
-
     face = portraits[0].image
     cv2.imwrite(str(tmp_path / "a_face.png"), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
     rng = np.random.default_rng(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
@@ -165,8 +166,6 @@ def test_tiny_faces_are_skipped() -> None:
 
 def test_all_faces_and_primary_choice() -> None:
     """Two faces: track_all returns both; track() picks the larger, more central one."""
-    import cv2
-
     w, h = 960, 540
     big = clips.render(clips.similarity(0.0, 1.1, (560.0, 280.0), size=(w, h))[None], size=(w, h))[0]
     small_face = cv2.warpAffine(np.asarray(clips.astronaut()), clips.similarity(0.0, 0.75, (160.0, 250.0),

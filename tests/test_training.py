@@ -4,18 +4,33 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
+from skimage.metrics import structural_similarity
 
 from models.bundle import DEFAULT_BUNDLE as BUILTIN_BUNDLE
+from models.bundle import load_bundle, new_bundle
 from models.errors import UserError
 from models.stylegan2 import GeneratorConfig
 from models.vit_encoder import ViTConfig
+from realtime.cli import main
 from training import losses as L
-from training.data import CropSet
+from training.autoencode import AutoencodeConfig, train_autoencoder
+from training.data import CropSet, load_crops
+from training.networks import Discriminator, MinibatchStd
+from training.train_encoder import EncoderTrainConfig, train_encoder
+from training.train_generator import GeneratorTrainConfig, train_generator
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = BUILTIN_BUNDLE
@@ -52,8 +67,6 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def crop_dir(tmp_path_factory) -> Path:
-    import cv2
-
     d = tmp_path_factory.mktemp("crops")
     for i, img in enumerate(_blobs(24, 32)):
         cv2.imwrite(str(d / f"f{i:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
@@ -79,7 +92,6 @@ def test_ssim_identical_is_one_and_drops_with_noise():
     s1, s2 = L.ssim(x, noisy).mean().item(), L.ssim(x, very).mean().item()
     assert 0 < s2 < s1 < 0.95
     # against scikit-image on a grey image (same Gaussian window settings)
-    from skimage.metrics import structural_similarity
 
     a, b = x[0, :1], noisy[0, :1]
     ref = structural_similarity(a[0].numpy(), b[0].numpy(), data_range=2.0, gaussian_weights=True, sigma=1.5,
@@ -167,15 +179,11 @@ def test_cropset_pairs_stay_inside_clips():
 
 
 def _ae_cfg(out: Path, crop_dir: Path, steps: int, **kw):
-    from training.autoencode import AutoencodeConfig
-
     return AutoencodeConfig(out=str(out), data=[str(crop_dir)], generator=G_JSON, encoder=E_JSON, steps=steps,
                             batch=4, cache="", ckpt_every=1000, sample_every=1000, threads=0, **kw)
 
 
 def test_autoencoder_reduces_loss_and_resumes_bit_exactly(tmp_path, crop_dir):
-    from training.autoencode import train_autoencoder
-
     train_autoencoder(_ae_cfg(tmp_path / "a", crop_dir, 40, lr_g=3e-3, lr_e=1e-3))
     rec = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     first = np.mean([r["loss"] for r in rec[:5]])
@@ -197,14 +205,6 @@ def test_autoencoder_reduces_loss_and_resumes_bit_exactly(tmp_path, crop_dir):
 def test_sigterm_stops_after_the_step_checkpoints_and_resume_continues(tmp_path, crop_dir):
     """A pre-empted job (SIGTERM) ends its loop cleanly, writes the checkpoint and the bundle; the same command
     continues from that step."""
-    import os
-    import signal
-    import threading
-    import time
-
-    from models.bundle import load_bundle
-    from training.autoencode import train_autoencoder
-
     metrics = tmp_path / "t" / "metrics.jsonl"
 
     def pre_empt() -> None:
@@ -227,8 +227,6 @@ def test_sigterm_stops_after_the_step_checkpoints_and_resume_continues(tmp_path,
 
 
 def test_gan_steps_run_and_resume_bit_exactly(tmp_path, crop_dir):
-    from training.train_generator import GeneratorTrainConfig, train_generator
-
     def cfg(out: Path, steps: int) -> GeneratorTrainConfig:
         return GeneratorTrainConfig(out=str(out), data=[str(crop_dir)], generator=G_JSON, steps=steps, batch=4,
                                     cache="", r1_every=2, pl_weight=2.0, pl_every=2, augment="ada", ada_p=0.5,
@@ -248,7 +246,6 @@ def test_gan_steps_run_and_resume_bit_exactly(tmp_path, crop_dir):
         for name, v in a[k].items():
             assert torch.equal(v, b[k][name]), (k, name)
     assert a["ada_p"] == b["ada_p"]
-    from models.bundle import load_bundle
 
     bb = load_bundle(tmp_path / "s" / "bundle")
     assert bb.trained["generator"] and bb.generator.img_resolution == 32
@@ -257,10 +254,6 @@ def test_gan_steps_run_and_resume_bit_exactly(tmp_path, crop_dir):
 
 def test_gan_runs_data_parallel_under_torchrun(tmp_path, crop_dir):
     """Two CPU processes (Gloo) through torchrun: ranks find each other, gradients all-reduce, rank 0 writes."""
-    import socket
-    import subprocess
-    import sys
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -275,8 +268,6 @@ def test_gan_runs_data_parallel_under_torchrun(tmp_path, crop_dir):
 
 
 def test_discriminator_minibatch_std_and_shapes():
-    from training.networks import Discriminator, MinibatchStd
-
     d = Discriminator(32, channel_base=128, channel_max=16)
     assert d(torch.randn(4, 3, 32, 32)).shape == (4, 1)
     same = MinibatchStd(4)(torch.ones(4, 2, 3, 3))
@@ -286,9 +277,6 @@ def test_discriminator_minibatch_std_and_shapes():
 
 
 def test_encoder_two_stages_and_resume(tmp_path, crop_dir):
-    from training.autoencode import train_autoencoder
-    from training.train_encoder import EncoderTrainConfig, train_encoder
-
     src = train_autoencoder(_ae_cfg(tmp_path / "ae", crop_dir, 2))
 
     def cfg(out: Path, fs: int, vs: int) -> EncoderTrainConfig:
@@ -301,7 +289,6 @@ def test_encoder_two_stages_and_resume(tmp_path, crop_dir):
     assert [k for k in rec[0] if k.startswith("fren/")] and [k for k in rec[-1] if k.startswith("vien/")]
     f = [r["fren/loss"] for r in rec if "fren/loss" in r]
     assert np.mean(f[-4:]) < np.mean(f[:4]), f
-    from models.bundle import load_bundle
 
     b = load_bundle(out)
     assert b.trained == {"generator": True, "fren": True, "vien": True}
@@ -323,9 +310,6 @@ def test_encoder_two_stages_and_resume(tmp_path, crop_dir):
 
 
 def test_cli_train_autoencode_writes_loadable_bundle(tmp_path, crop_dir, capsys):
-    from models.bundle import load_bundle
-    from realtime.cli import main
-
     rc = main(["train", "autoencode", "--out", str(tmp_path / "run"), "--data", str(crop_dir), "--generator", G_JSON,
                "--encoder", E_JSON, "--steps", "3", "--batch", "2", "--cache", "", "--threads", "0"])
     assert rc == 0
@@ -345,16 +329,13 @@ def test_cli_train_autoencode_writes_loadable_bundle(tmp_path, crop_dir, capsys)
 @pytest.fixture(scope="module")
 def held_out_crops():
     """A held-out synthetic clip (seed and motion never used in training), aligned with its ground truth."""
-    from training.data import load_crops
-
     return load_crops(["synthetic:seed=4242,frames=8"], 64)
 
 
 def test_crop_face_mesh_landmark_loss_is_differentiable(held_out_crops):
-    if not L.face_mesh_available():
-        pytest.skip("models/face_mesh.py is not available")
     mesh = L.load_face_mesh()
-    assert mesh is not None
+    if mesh is None:
+        pytest.skip("the face-mesh weights (inside the MediaPipe wheel) are not installed")
     x = held_out_crops.float_images(torch.arange(2))
     lm = mesh(x)
     assert lm.shape == (2, 468, 3)
@@ -370,8 +351,6 @@ def test_crop_face_mesh_landmark_loss_is_differentiable(held_out_crops):
 
 
 def test_default_bundle_reconstructs_better_than_untrained(held_out_crops):
-    from models.bundle import load_bundle, new_bundle
-
     assert DEFAULT_BUNDLE.exists(), "the built-in bundle is missing"
     b = load_bundle(DEFAULT_BUNDLE)
     assert b.trained["generator"] and b.trained["fren"] and b.trained["vien"]

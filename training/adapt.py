@@ -23,6 +23,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from models.config import opt
+from models.editing import EditStack
+from realtime.vision.topology import LIPS_INNER_LOOP
+from training.losses import LPIPSLoss, RandomConvPerceptual
+from training.measures import face_measures
+
 Progress = Callable[[int, int, float], None]  # (iteration, total, loss)
 
 
@@ -30,20 +36,18 @@ Progress = Callable[[int, int, float], None]  # (iteration, total, loss)
 class AdaptConfig:
     """Video adaptation hyper-parameters (paper defaults; tests use a handful of iterations)."""
 
-    iters: int = 1000  # Adam steps
-    lr: float = 1e-3  # Adam learning rate (paper: 1e-3)
-    batch: int = 4  # frames per step
-    l2_weight: float = 1.0  # weight of the pixel L2 term
-    perceptual_weight: float = 1.0  # weight of the perceptual term (LPIPS or the random-conv stand-in)
-    lpips_backbone: str | None = None  # LPIPS backbone weights (.pth); None: RandomConvPerceptual
-    lpips_lin: str | None = None  # LPIPS linear-layer weights (.pth)
-    seed: int = 0
+    iters: int = opt(1000, "Adam steps", min=0)
+    lr: float = opt(1e-3, "Adam learning rate (paper: 1e-3)", min=0.0)
+    batch: int = opt(4, "frames per step", min=1)
+    l2_weight: float = opt(1.0, "weight of the pixel L2 term", min=0.0)
+    perceptual_weight: float = opt(1.0, "weight of the perceptual term (LPIPS or the random-conv stand-in)", min=0.0)
+    lpips_backbone: str | None = opt(None, "LPIPS backbone weights (.pth); None: RandomConvPerceptual")
+    lpips_lin: str | None = opt(None, "LPIPS linear-layer weights (.pth)")
+    seed: int = opt(0, "all randomness derives from it")
 
 
 def perceptual_loss(cfg: AdaptConfig) -> torch.nn.Module:
     """LPIPS when weights are supplied, otherwise the weights-free perceptual stand-in."""
-    from training.losses import LPIPSLoss, RandomConvPerceptual
-
     if cfg.lpips_backbone:
         return LPIPSLoss("vgg", backbone=cfg.lpips_backbone, lin=cfg.lpips_lin)
     return RandomConvPerceptual()
@@ -88,7 +92,7 @@ def adapt_generator(bundle: Any, crops: torch.Tensor, ws: torch.Tensor, cfg: Ada
     params = [p for p in g.synthesis.parameters() if p.is_floating_point()]
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
+    optim = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
     gen = torch.Generator().manual_seed(cfg.seed)
     n = ws.shape[0]
     losses: list[float] = []
@@ -99,9 +103,9 @@ def adapt_generator(bundle: Any, crops: torch.Tensor, ws: torch.Tensor, cfg: Ada
         img = g.synthesis(ws[idx], noise_mode="const")
         x = target[idx]
         loss = cfg.l2_weight * F.mse_loss(img, x) + cfg.perceptual_weight * perc(img, x)
-        opt.zero_grad(set_to_none=True)
+        optim.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        optim.step()
         losses.append(float(loss.detach()))
         if progress is not None:
             progress(it + 1, cfg.iters, losses[-1])
@@ -118,8 +122,6 @@ def reconstruction(bundle: Any, crops: torch.Tensor, ws: torch.Tensor, mesh: Any
                    batch: int = 32) -> dict[str, float]:
     """Mean PSNR (dB, [-1, 1] images) of G(ws) against the crops, and — with a face mesh — the mean landmark
     distance (crop px) between the render's and the crop's face-mesh landmarks (all 468 and inner lips)."""
-    from training.directions import INNER_LIPS
-
     g = bundle.generator.eval()
     res = g.img_resolution
     dev = next(g.synthesis.parameters()).device
@@ -135,7 +137,7 @@ def reconstruction(bundle: Any, crops: torch.Tensor, ws: torch.Tensor, mesh: Any
             a, b = mesh(img)[..., :2], mesh(x)[..., :2]
             d = (a - b).norm(dim=-1)
             lm_all.append(d.mean(1))
-            lm_lip.append(d[:, list(INNER_LIPS)].mean(1))
+            lm_lip.append(d[:, list(LIPS_INNER_LOOP)].mean(1))
     out = {"psnr": float(torch.cat(psnrs).mean())}
     if lm_all:
         out["landmark_px"] = float(torch.cat(lm_all).mean())
@@ -148,9 +150,6 @@ def edit_response(bundle: Any, ws: torch.Tensor, mesh: Any, name: str = "smile",
                   measure: str = "smile") -> float:
     """How much edit ``name`` at ``strength`` moves face-mesh measure ``measure`` per unit strength on these
     latents (mean over frames): the check that the latent space stays editable after adaptation."""
-    from models.editing import EditStack
-    from training.directions import face_measures
-
     stack = EditStack.from_bundle(bundle)
     if name not in stack.specs:
         return math.nan

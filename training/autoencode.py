@@ -19,9 +19,10 @@ command continues where it stopped.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from models.bundle import Bundle, estimate_w_avg, load_bundle
+from models.config import opt
 from models.stylegan2 import GENERATOR_PRESETS, Generator, GeneratorConfig
 from models.vit_encoder import ENCODER_PRESETS, FrameEncoder, VideoEncoder, ViTConfig
 from training import common
 from training.data import CropSet, load_crops
 from training.losses import L2Loss, LandmarkLoss, LatentLoss, RandomConvPerceptual, SSIMLoss, load_face_mesh
+from training.networks import Discriminator
 
 log = logging.getLogger("stylestream.train")
 
@@ -42,39 +45,39 @@ log = logging.getLogger("stylestream.train")
 class AutoencodeConfig:
     """Generator + FrEN autoencoder training."""
 
-    out: str = "runs/autoencode"  # run directory: state.pt, samples/, metrics.jsonl, bundle/
-    data: list[str] = field(default_factory=lambda: ["demo:astronaut?seconds=10&seed=1"])  # data specs
-    holdout: str = ""  # data spec for held-out samples/eval (empty: the last clip of --data)
-    generator: str = "tiny-64"  # generator preset (models/stylegan2.py) or a JSON GeneratorConfig
-    encoder: str = "tiny"  # encoder preset (models/vit_encoder.py) or a JSON ViTConfig
-    init: str = ""  # start from this bundle's generator/FrEN instead of random weights
-    steps: int = 5000  # total optimisation steps
-    batch: int = 16  # crops per step (per process)
-    lr_g: float = 2e-3  # Adam learning rate of the generator
-    lr_e: float = 4e-4  # Adam learning rate of FrEN
-    l2: float = 1.0  # weight of the L2 term
-    ssim: float = 0.5  # weight of 1 − SSIM
-    perceptual: float = 0.5  # weight of the weights-free perceptual term (random conv features + gradients)
-    landmark: float = 0.0  # weight of the face-mesh landmark term (skipped when models/face_mesh.py is absent)
-    cycle: float = 0.0  # weight of the latent cycle term FrEN(G(w)) ≈ w on mapping samples
-    adv: float = 0.0  # weight of the adversarial term (0: no discriminator)
-    r1_gamma: float = 0.1  # R1 weight (adversarial phase only)
-    r1_every: int = 16  # lazy R1 interval
-    flip: bool = True  # random horizontal flips
-    seed: int = 0  # all randomness derives from it
-    device: str = "cpu"  # cpu, cuda, cuda:N
-    threads: int = 2  # torch CPU threads (0: torch default)
-    ckpt_every: int = 200  # steps between checkpoints (and bundle exports)
-    sample_every: int = 200  # steps between sample grids
-    log_every: int = 25  # steps between log lines when not on a terminal
-    tensorboard: bool = False  # also write TensorBoard scalars (needs the train extra)
-    cache: str = "runs/cache"  # crop cache folder ("" = none)
-    bundle_name: str = "default"  # name written into the exported bundle
+    out: str = opt("runs/autoencode", "run directory: state.pt, samples/, metrics.jsonl, bundle/")
+    data: list[str] = opt(default_factory=lambda: ["demo:astronaut?seconds=10&seed=1"], help="data specs")
+    holdout: str = opt("", "data spec for held-out samples/eval (empty: the last clip of --data)")
+    generator: str = opt("tiny-64", "generator preset (models/stylegan2.py) or a JSON GeneratorConfig")
+    encoder: str = opt("tiny", "encoder preset (models/vit_encoder.py) or a JSON ViTConfig")
+    init: str = opt("", "start from this bundle's generator/FrEN instead of random weights")
+    steps: int = opt(5000, "total optimisation steps", min=0)
+    batch: int = opt(16, "crops per step (per process)", min=1)
+    lr_g: float = opt(2e-3, "Adam learning rate of the generator", min=0.0)
+    lr_e: float = opt(4e-4, "Adam learning rate of FrEN", min=0.0)
+    l2: float = opt(1.0, "weight of the L2 term", min=0.0)
+    ssim: float = opt(0.5, "weight of 1 − SSIM", min=0.0)
+    perceptual: float = opt(0.5, "weight of the weights-free perceptual term (random conv features + gradients)",
+                            min=0.0)
+    landmark: float = opt(0.0, "weight of the face-mesh landmark term (skipped when models/face_mesh.py is absent)",
+                          min=0.0)
+    cycle: float = opt(0.0, "weight of the latent cycle term FrEN(G(w)) ≈ w on mapping samples", min=0.0)
+    adv: float = opt(0.0, "weight of the adversarial term (0: no discriminator)", min=0.0)
+    r1_gamma: float = opt(0.1, "R1 weight (adversarial phase only)", min=0.0)
+    r1_every: int = opt(16, "lazy R1 interval", min=1)
+    flip: bool = opt(True, "random horizontal flips")
+    seed: int = opt(0, "all randomness derives from it")
+    device: str = opt("cpu", "cpu, cuda, cuda:N")
+    threads: int = opt(2, "torch CPU threads (0: torch default)", min=0)
+    ckpt_every: int = opt(200, "steps between checkpoints (and bundle exports)", min=1)
+    sample_every: int = opt(200, "steps between sample grids", min=1)
+    log_every: int = opt(25, "steps between log lines when not on a terminal", min=1)
+    tensorboard: bool = opt(False, "also write TensorBoard scalars (needs the train extra)")
+    cache: str = opt("runs/cache", "crop cache folder (empty: none)")
+    bundle_name: str = opt("default", "name written into the exported bundle")
 
 
 def parse_generator(spec: str) -> GeneratorConfig:
-    import json
-
     if spec in GENERATOR_PRESETS:
         return GENERATOR_PRESETS[spec]
     try:
@@ -85,8 +88,6 @@ def parse_generator(spec: str) -> GeneratorConfig:
 
 
 def parse_encoder(spec: str, img_size: int) -> ViTConfig:
-    import json
-
     if spec in ENCODER_PRESETS:
         cfg = ENCODER_PRESETS[spec]
     else:
@@ -157,8 +158,6 @@ def train_autoencoder(cfg: AutoencodeConfig, command: str = "") -> Path:
     opt_e = torch.optim.Adam(fren.parameters(), lr=cfg.lr_e, betas=(0.9, 0.99), eps=1e-8)
     disc = opt_d = None
     if cfg.adv > 0:
-        from training.networks import Discriminator
-
         disc = Discriminator(size).to(device).train()
         common.broadcast_params([disc], d)
         opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_g, betas=(0.0, 0.99), eps=1e-8)

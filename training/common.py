@@ -15,9 +15,12 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
 
 from models.errors import UserError
 
@@ -158,16 +161,13 @@ class Progress:
         self._metrics = open(run_dir / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115
         if enabled and tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - optional (the train extra)
 
                 self._tb = SummaryWriter(str(run_dir / "tb"))
             except ImportError:
                 log.warning("TensorBoard is not installed (pip install 'stylestream[train]'); scalars go to "
                             "metrics.jsonl only")
         if enabled and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-            from rich.progress import Progress as RichProgress
-
             self._bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                      TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
             self._bar.start()
@@ -209,8 +209,6 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def save_grid(path: Path, rows: list[torch.Tensor], scale: int = 1) -> Path:
     """Write a PNG whose rows are image batches [B, 3, H, W] in [-1, 1] (same B, H, W)."""
-    import cv2
-
     strips = [np.concatenate(list(to_uint8(r)), axis=1) for r in rows]
     grid = np.concatenate(strips, axis=0)
     if scale > 1:

@@ -6,7 +6,7 @@ Two kinds of data feed the training loops:
   index of every crop (so consecutive-frame pairs can be drawn for ViEN) and, where the clip carries ground truth,
   the 468 face-mesh landmarks in crop pixels. Clips come from *specs*:
 
-  ``synthetic:seed=3,frames=120``  realtime/io/synthetic.py clips (ground-truth landmarks; needs that module)
+  ``synthetic:seed=3,frames=120``  realtime/io/synthetic.py clips (ground-truth landmarks)
   ``demo:astronaut?seconds=8&seed=1``  any ``realtime/io/sources.py`` spec (demo clips, files, URLs); landmarks and
                                    the crop quad come from the MediaPipe tracker (``track_sequence``)
   ``/path/to/folder``              every video file in the folder (tracked like a file source); a folder of
@@ -22,6 +22,7 @@ Two kinds of data feed the training loops:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -30,10 +31,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
 from models.errors import UserError
+from realtime.io import synthetic
+from realtime.io.sources import open_source
+from realtime.vision.align import align_crop, quad_from_landmarks
+from realtime.vision.geometry import landmarks_to_crop
+from realtime.vision.tracking import track_sequence
 
 log = logging.getLogger(__name__)
 
@@ -119,21 +126,9 @@ def concat(sets: Sequence[CropSet]) -> CropSet:
 # ------------------------------------------------------------------------------------------- building crops
 
 
-def _to_crop_landmarks(landmarks: np.ndarray, to_frame: np.ndarray) -> np.ndarray:
-    """Frame-pixel landmarks [468, 3] → crop pixels (x, y by the inverse affine; z scaled like x)."""
-    from realtime.vision.align import apply_affine, invert_affine
-
-    inv = invert_affine(to_frame)
-    xy = apply_affine(inv, landmarks[:, :2])
-    scale = float(np.sqrt(abs(np.linalg.det(inv[:, :2]))))
-    return np.concatenate([xy, landmarks[:, 2:3] * scale], axis=1).astype(np.float32)
-
-
 def crops_from_frames(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndarray | None], size: int,
                       clip_id: int = 0) -> CropSet:
     """Align every frame that has landmarks. frames: [H, W, 3] uint8; landmarks: [468, 3] frame pixels or None."""
-    from realtime.vision.align import align_crop, quad_from_landmarks
-
     imgs, idx, lms = [], [], []
     for i, (img, lm) in enumerate(zip(frames, landmarks, strict=True)):
         if lm is None:
@@ -142,7 +137,7 @@ def crops_from_frames(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndarr
         u8 = np.clip(np.rint((crop.hwc() + 1.0) * 127.5), 0, 255).astype(np.uint8)
         imgs.append(torch.from_numpy(u8).permute(2, 0, 1))
         idx.append(i)
-        lms.append(torch.from_numpy(_to_crop_landmarks(np.asarray(lm, np.float32), crop.to_frame)))
+        lms.append(torch.from_numpy(landmarks_to_crop(np.asarray(lm, np.float32), crop.to_frame, keep_z=True)))
     if not imgs:
         return CropSet(torch.zeros(0, 3, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.long),
                        torch.zeros(0, dtype=torch.long), torch.zeros(0, 468, 3))
@@ -153,9 +148,6 @@ def crops_from_frames(frames: Iterable[np.ndarray], landmarks: Iterable[np.ndarr
 
 def crops_from_source(spec: str, size: int, max_frames: int | None = None, clip_id: int = 0) -> CropSet:
     """Open a ``realtime/io/sources.py`` spec, track it with MediaPipe and align every tracked frame."""
-    from realtime.io.sources import open_source
-    from realtime.vision.tracking import track_sequence
-
     frames = []
     with open_source(spec, live=False, realtime=False) as src:
         for f in src:
@@ -180,12 +172,6 @@ def _parse_kv(text: str) -> dict[str, str]:
 def crops_from_synthetic(options: dict[str, str], size: int, clip_id: int = 0) -> CropSet:
     """A realtime/io/synthetic.py clip (ground-truth landmarks). Options: ``frames`` (default 120), ``portraits``
     (folder), and any SynthConfig field (seed, max_yaw, jpeg, ...)."""
-    import dataclasses
-
-    try:
-        from realtime.io import synthetic
-    except ImportError as exc:
-        raise UserError(f"synthetic: data needs realtime/io/synthetic.py ({exc})") from None
     opts = dict(options)
     frames = int(opts.pop("frames", "120"))
     folder = opts.pop("portraits", None)
@@ -214,8 +200,6 @@ def crops_from_synthetic(options: dict[str, str], size: int, clip_id: int = 0) -
 
 def crops_from_images(files: Sequence[Path], size: int, clip_id: int = 0) -> CropSet:
     """Already-aligned crops from image files (one clip, in the given order), resized to size×size."""
-    import cv2
-
     imgs = []
     for f in files:
         bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)

@@ -10,7 +10,7 @@ Routes, all fitted by :func:`fit_edits` (``stylestream edits fit``):
   The same fit gives the linear read-out ``y ≈ A·W + a`` the pose/expression targets use.
 * **InterFaceGAN** (:func:`interfacegan_directions`): W+ samples (from the mapping network, or — for an
   autoencoder-trained generator whose z space is not a face distribution — Gaussian samples around the encoded
-  latents), rendered, labelled by face-mesh measures (:func:`face_measures`: mouth open, smile, eye openness,
+  latents), rendered, labelled by face-mesh measures (training/measures.py: mouth open, smile, eye openness,
   brow raise, yaw, pitch, roll), a linear boundary per attribute (logistic regression on the top/bottom 30 %),
   unit normal, orthogonalised against the yaw/pitch normals for expression attributes.
 * **StyleSpace** (:func:`stylespace_channels`): per channel of every affine output, the render's response to
@@ -38,82 +38,33 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
+from models.config import opt
 from models.editing import PARAMS, EditSpec, landmark_features, tensor_key
+from realtime.io.synthetic import SynthConfig, SyntheticClip
+from realtime.vision.align import align_crop, quad_from_landmarks
+from realtime.vision.geometry import landmarks_to_crop
+from realtime.vision.topology import (
+    BROW_LEFT_LOOP,
+    BROW_RIGHT_LOOP,
+    EYE_LEFT,
+    EYE_LEFT_LOOP,
+    EYE_RIGHT,
+    EYE_RIGHT_LOOP,
+    FACE_OVAL,
+    FOREHEAD_TOP,
+    LIPS_INNER_LOOP,
+    LIPS_OUTER_LOOP,
+)
+from training.measures import MEASURE_REGION, MEASURES, POSE_MEASURES, face_measures, stack_measures
+from training.pose_expression import PETrainConfig, train_pose_expression
 
 log = logging.getLogger("stylestream.edits")
 
 Mesh = Callable[[torch.Tensor], torch.Tensor]  # crops [B, 3, S, S] in [-1, 1] → landmarks [B, 468, 3] crop px
-
-# ------------------------------------------------------------------------------------------ face measures
-MEASURES = ("mouth_open", "smile", "eyes_open", "brow_raise", "yaw", "pitch", "roll")
-LIPS_UPPER_INNER = (191, 80, 81, 82, 13, 312, 311, 310, 415)
-LIPS_LOWER_INNER = (95, 88, 178, 87, 14, 317, 402, 318, 324)
-INNER_LIPS = (78, *LIPS_UPPER_INNER, 308, *LIPS_LOWER_INNER)
-MOUTH_OUTER = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
-EYE_L = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
-EYE_R = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
-BROW_L = (70, 63, 105, 66, 107, 55, 65, 52, 53, 46)
-BROW_R = (300, 293, 334, 296, 336, 285, 295, 282, 283, 276)
-FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148,
-             176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
-# landmarks each measure is about (the rest count as "non-targeted" when an edit is scored)
-MEASURE_REGION: dict[str, tuple[int, ...]] = {
-    "mouth_open": MOUTH_OUTER + INNER_LIPS + tuple(FACE_OVAL[14:23]),  # lips and chin
-    "smile": MOUTH_OUTER + INNER_LIPS,
-    "eyes_open": EYE_L + EYE_R,
-    "brow_raise": BROW_L + BROW_R,
-}
-POSE_MEASURES = ("yaw", "pitch", "roll")
-
-
-def face_measures(lm: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Attribute measures of face-mesh landmarks [B, 468, ≥2] (crop or frame px) → {name: [B]}.
-
-    Lengths are in inter-ocular distances (iod), so they do not depend on the crop size:
-    mouth_open = inner-lip gap; smile = lift of the outer mouth corners above the lip centre plus half the
-    mouth width; eyes_open = lid gap / eye width; brow_raise = brow height above the eye centres; yaw = nose-tip
-    offset from the cheek midpoint / cheek distance (> 0: nose to image right); pitch = nose-tip height above the
-    cheek line / face height (> 0: nose up); roll = eye-line angle in degrees (clockwise > 0).
-    """
-    xy = lm[..., :2].to(torch.float32)
-
-    def p(*idx: int) -> torch.Tensor:
-        return xy[:, list(idx)].mean(1)
-
-    eye_l, eye_r = p(*EYE_L), p(*EYE_R)
-    iod = (eye_r - eye_l).norm(dim=-1).clamp_min(1e-3)
-    gap = (p(*LIPS_LOWER_INNER[3:6]) - p(*LIPS_UPPER_INNER[3:6])).norm(dim=-1)
-    corners = p(61, 291)
-    mid = p(0, 17)
-    width = (xy[:, 291] - xy[:, 61]).norm(dim=-1)
-    lid_l = (xy[:, [145, 144, 153]] - xy[:, [159, 160, 158]]).norm(dim=-1).mean(1) / (
-        xy[:, 133] - xy[:, 33]).norm(dim=-1).clamp_min(1e-3)
-    lid_r = (xy[:, [374, 373, 380]] - xy[:, [386, 387, 385]]).norm(dim=-1).mean(1) / (
-        xy[:, 362] - xy[:, 263]).norm(dim=-1).clamp_min(1e-3)
-    brows = (p(*BROW_L) + p(*BROW_R)) / 2
-    eyes = (eye_l + eye_r) / 2
-    cheek_l, cheek_r = xy[:, 234], xy[:, 454]
-    cheeks = (cheek_l + cheek_r) / 2
-    nose = xy[:, 1]
-    face_h = (xy[:, 152] - xy[:, 10]).norm(dim=-1).clamp_min(1e-3)
-    d = eye_r - eye_l
-    return {
-        "mouth_open": gap / iod,
-        "smile": (mid[:, 1] - corners[:, 1]) / iod + 0.5 * width / iod,
-        "eyes_open": (lid_l + lid_r) / 2,
-        "brow_raise": (eyes[:, 1] - brows[:, 1]) / iod,
-        "yaw": (nose[:, 0] - cheeks[:, 0]) / (cheek_r[:, 0] - cheek_l[:, 0]).abs().clamp_min(1e-3),
-        "pitch": (cheeks[:, 1] - nose[:, 1]) / face_h,
-        "roll": torch.rad2deg(torch.atan2(d[:, 1], d[:, 0])),
-    }
-
-
-def stack_measures(m: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.stack([m[k] for k in MEASURES], 1)
-
 
 # ------------------------------------------------------------------------------------------ synthetic data
 @dataclass
@@ -172,10 +123,6 @@ def encode_synthetic(bundle: Any, seeds: Sequence[int], frames: int, *, randomiz
     randomize: replace each frame's expression by :func:`random_expression` (pose, camera and photometrics stay
     the clip's own). Held-out measurement uses the natural trajectories (randomize=False).
     """
-    from realtime.io.synthetic import SynthConfig, SyntheticClip
-    from realtime.vision.align import align_crop, quad_from_landmarks
-    from training.data import _to_crop_landmarks
-
     if bundle.fren is None:
         raise ValueError("the bundle has no FrEN to encode with")
     size = bundle.crop_size
@@ -190,7 +137,7 @@ def encode_synthetic(bundle: Any, seeds: Sequence[int], frames: int, *, randomiz
             fr = clip.render(fp, i)
             crop = align_crop(fr.image, quad_from_landmarks(fr.landmarks), size)
             crops.append(crop.image)
-            lms.append(torch.from_numpy(_to_crop_landmarks(fr.landmarks, crop.to_frame)))
+            lms.append(torch.from_numpy(landmarks_to_crop(fr.landmarks, crop.to_frame, keep_z=True)))
             params.append(torch.tensor([*fr.pose.tolist(), *(fr.expression[k] for k in PARAMS[3:])]))
             clips.append(c)
             idx.append(i)
@@ -341,15 +288,15 @@ def _logistic_normal(x: torch.Tensor, y: torch.Tensor, steps: int = 300, l2: flo
     xs = (x - mu) / sd
     w = torch.zeros(x.shape[1], requires_grad=True)
     b = torch.zeros((), requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
+    optim = torch.optim.LBFGS([w, b], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
-        opt.zero_grad()
+        optim.zero_grad()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(xs @ w + b, y) + l2 * w.pow(2).sum()
         loss.backward()
         return loss
 
-    opt.step(closure)
+    optim.step(closure)
     n = (w.detach() / sd)  # back to raw coordinates
     return n / n.norm().clamp_min(1e-12)
 
@@ -475,8 +422,6 @@ def _below(lm: torch.Tensor, size: int) -> torch.Tensor:
 def region_masks(lm: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
     """Face-mesh region masks [B, size, size] bool from crop landmarks [B, 468, ≥2]: mouth, eyes, brows, skin
     (face oval minus the others), hair (above the face oval's top, beside/over the forehead)."""
-    import cv2
-
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("mouth", "eyes", "brows", "skin", "hair")}
     for pts in lm[..., :2].cpu().numpy():
         def poly(idx: Sequence[int], grow: float = 1.0, pts: np.ndarray = pts) -> np.ndarray:
@@ -487,14 +432,14 @@ def region_masks(lm: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
             cv2.fillPoly(m, [np.round(p).astype(np.int32)], 1)
             return m.astype(bool)
 
-        mouth = poly(MOUTH_OUTER, 1.15)
-        eyes = poly(EYE_L, 1.4) | poly(EYE_R, 1.4)
-        brows = poly(BROW_L, 1.5) | poly(BROW_R, 1.5)
+        mouth = poly(LIPS_OUTER_LOOP, 1.15)
+        eyes = poly(EYE_LEFT_LOOP, 1.4) | poly(EYE_RIGHT_LOOP, 1.4)
+        brows = poly(BROW_LEFT_LOOP, 1.5) | poly(BROW_RIGHT_LOOP, 1.5)
         oval = poly(FACE_OVAL)
         skin = oval & ~mouth & ~eyes & ~brows
         head = poly(FACE_OVAL, 1.35)
-        top = pts[10, 1]
-        eye_y = pts[list(EYE_L + EYE_R), 1].mean()
+        top = pts[FOREHEAD_TOP, 1]
+        eye_y = pts[list(EYE_LEFT + EYE_RIGHT), 1].mean()
         ys = np.arange(size)[:, None] * np.ones((1, size))
         hair = head & ~oval & (ys < eye_y) | (ys < top) & head
         for k, v in (("mouth", mouth), ("eyes", eyes), ("brows", brows), ("skin", skin), ("hair", hair)):
@@ -590,7 +535,7 @@ def lip_basis(g: Any, mesh: Mesh, ws: torch.Tensor, layers: Sequence[int], rank:
         def f(sub: torch.Tensor, w0: torch.Tensor = w0) -> torch.Tensor:
             w = w0.clone()
             w[:, layers] = sub
-            return mesh(g.synthesis(w))[0, list(INNER_LIPS), :2].flatten()
+            return mesh(g.synthesis(w))[0, list(LIPS_INNER_LOOP), :2].flatten()
 
         jac = torch.autograd.functional.jacobian(f, sub, vectorize=False)  # [2K, 1, L, w_dim]
         rows.append(jac.reshape(jac.shape[0], -1))
@@ -631,20 +576,21 @@ def random_identity_direction(data: EncodedSet, layers: Sequence[int], avoid: to
 class FitConfig:
     """`stylestream edits fit` options."""
 
-    seeds: list[int] = field(default_factory=lambda: [101, 102, 103, 104, 105])  # synthetic clips (last: validation)
-    frames: int = 100  # frames per clip
-    stride: int = 1  # frame stride inside a clip
-    igan_samples: int = 1000  # InterFaceGAN samples (0: skip that route)
-    igan_source: str = "encoded"  # "encoded" (Gaussian around encoded latents) or "mapping" (G.mapping(z))
-    pe_steps: int = 200  # pose/expression MLP steps (0: linear map only)
-    pe_landmark: float = 1.0  # landmark-loss weight of the MLP (0: no face mesh in the MLP loss)
-    gradient_route: bool = True  # also try the mean measure-gradient direction (needs the face mesh)
-    max_gain: float = 4.0  # calibration: a direction is scaled by at most this to reach 1σ of its measure
-    lip_rank: int = 12  # keep_mouth: dimensions of the removed lip subspace
-    style_frames: int = 8  # frames for StyleSpace attribution
-    score_frames: int = 24  # validation frames for choosing between routes
-    seed: int = 0  # everything random
-    identity_layers: str = "auto"  # random_identity layers: "auto" (the upper half of W+) or "4,5,6"
+    seeds: list[int] = opt(default_factory=lambda: [101, 102, 103, 104, 105], help="synthetic clips (last: validation)")
+    frames: int = opt(100, "frames per clip", min=1)
+    stride: int = opt(1, "frame stride inside a clip", min=1)
+    igan_samples: int = opt(1000, "InterFaceGAN samples (0: skip that route)", min=0)
+    igan_source: str = opt("encoded", "'encoded' (Gaussian around encoded latents) or 'mapping' (G.mapping(z))",
+                           choices=("encoded", "mapping"))
+    pe_steps: int = opt(200, "pose/expression MLP steps (0: linear map only)", min=0)
+    pe_landmark: float = opt(1.0, "landmark-loss weight of the MLP (0: no face mesh in the MLP loss)", min=0.0)
+    gradient_route: bool = opt(True, "also try the mean measure-gradient direction (needs the face mesh)")
+    max_gain: float = opt(4.0, "calibration: a direction is scaled by at most this to reach 1σ of its measure", min=0.0)
+    lip_rank: int = opt(12, "keep_mouth: dimensions of the removed lip subspace", min=1)
+    style_frames: int = opt(8, "frames for StyleSpace attribution", min=1)
+    score_frames: int = opt(24, "validation frames for choosing between routes", min=1)
+    seed: int = opt(0, "everything random")
+    identity_layers: str = opt("auto", "random_identity layers: 'auto' (the upper half of W+) or '4,5,6'")
 
 
 EXPRESSION_EDITS = {  # edit name → (measure, supervised parameter, one-line description)
@@ -663,8 +609,6 @@ def fit_edits(bundle: Any, cfg: FitConfig, mesh: Mesh | None, command: str = "")
     """Fit every edit on ``bundle`` → (specs, tensors for Bundle.extra, report). mesh: the differentiable
     face mesh on crops (training.losses.load_face_mesh); without it the InterFaceGAN route, route choice,
     StyleSpace attribution on renders and keep_mouth are skipped."""
-    from training.pose_expression import PETrainConfig, train_pose_expression
-
     t0 = time.time()
     g = bundle.generator
     layout = g.layout

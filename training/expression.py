@@ -18,40 +18,51 @@ batch (neighbouring chunks are linked through the previous chunk's last Δw, hel
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
-from models.bundle import DEFAULT_BUNDLE
-from training.directions import EYE_L, EYE_R, INNER_LIPS
+from models.bundle import DEFAULT_BUNDLE, load_bundle
+from models.config import opt
+from models.editing import EditStack
+from realtime.io.sources import DemoOptions, open_source, parse_demo_spec
+from realtime.io.synthetic import SyntheticClip, config_from_demo
+from realtime.vision.align import align_crop
+from realtime.vision.geometry import landmarks_to_crop
+from realtime.vision.topology import BROW_LEFT_UPPER, BROW_RIGHT_UPPER, EYE_LEFT, EYE_RIGHT, LIPS_INNER_LOOP
+from realtime.vision.tracking import track_sequence
+from training.adapt import AdaptConfig, adapt_generator, edit_response, invert_crops, reconstruction
+from training.losses import RandomConvPerceptual, load_face_mesh
+from training.measures import face_measures
 
 Progress = Callable[[int, int, float], None]  # (step, total steps, loss)
-BROW_ABOVE = (70, 63, 105, 66, 107, 336, 296, 334, 293, 300)  # brows: the eye mask reaches up to them
 
 
 @dataclass
 class ExpressionConfig:
     """Eq. 7 weights and optimiser (paper defaults)."""
 
-    lip_weight: float = 5000.0  # λ_lip
-    eye_weight: float = 0.5  # λ_eye
-    reg_weight: float = 8000.0  # λ_reg on ‖Δw‖²
-    temporal_weight: float = 5000.0  # λ_temp on ‖Δw_f − Δw_{f+1}‖²
-    lr: float = 3e-4  # Adam
-    iters: int = 200  # iterations per chunk
-    chunk: int = 48  # frames optimised together (one batch)
+    lip_weight: float = opt(5000.0, "λ_lip", min=0.0)
+    eye_weight: float = opt(0.5, "λ_eye", min=0.0)
+    reg_weight: float = opt(8000.0, "λ_reg on ‖Δw‖²", min=0.0)
+    temporal_weight: float = opt(5000.0, "λ_temp on ‖Δw_f − Δw_{f+1}‖²", min=0.0)
+    lr: float = opt(3e-4, "Adam learning rate", min=0.0)
+    iters: int = opt(200, "iterations per chunk", min=0)
+    chunk: int = opt(48, "frames optimised together (one batch)", min=1)
 
 
 # ------------------------------------------------------------------------------------------------ loss terms
 def lip_term(lm: torch.Tensor, target: torch.Tensor, size: int) -> torch.Tensor:
     """Mean over frames of the squared inner-lip landmark distance, in crop-side units.
     lm, target: [B, 468, ≥2] crop px. 0 when the inner lips coincide."""
-    idx = list(INNER_LIPS)
+    idx = list(LIPS_INNER_LOOP)
     d = (lm[:, idx, :2] - target[:, idx, :2]) / float(size)
     return d.pow(2).sum(-1).mean()
 
@@ -81,14 +92,12 @@ def temporal_term(dw: torch.Tensor, prev: torch.Tensor | None = None) -> torch.T
 def eye_mask(lm: torch.Tensor | np.ndarray, size: int, grow: float = 0.35) -> torch.Tensor:
     """Soft masks [B, 1, size, size] covering both eyes and brows from landmarks [B, 468, ≥2] (crop px at
     ``size``): each eye's convex hull (eye + brow points) grown by ``grow`` × the inter-ocular distance, blurred."""
-    import cv2
-
     lm_np = np.asarray(lm.detach().cpu() if isinstance(lm, torch.Tensor) else lm, np.float64)[..., :2]
     out = np.zeros((lm_np.shape[0], 1, size, size), np.float32)
     for b, pts in enumerate(lm_np):
-        iod = float(np.linalg.norm(pts[list(EYE_R)].mean(0) - pts[list(EYE_L)].mean(0)))
+        iod = float(np.linalg.norm(pts[list(EYE_RIGHT)].mean(0) - pts[list(EYE_LEFT)].mean(0)))
         m = np.zeros((size, size), np.uint8)
-        for eye, brow in ((EYE_L, BROW_ABOVE[:5]), (EYE_R, BROW_ABOVE[5:])):
+        for eye, brow in ((EYE_LEFT, BROW_LEFT_UPPER), (EYE_RIGHT, BROW_RIGHT_UPPER)):  # the mask reaches the brows
             p = pts[list(eye) + list(brow)]
             c = p.mean(0)
             p = c + (p - c) * (1 + grow)
@@ -110,8 +119,6 @@ def optimise_expression(g: Any, ws_edit: torch.Tensor, lip_target: torch.Tensor,
     original (or previously edited) frames in render px; mesh: crops → landmarks (differentiable);
     style_deltas: the edit's StyleSpace deltas ([N, …] per layer) — kept fixed. Returns (Δw [N, L, D], summary).
     """
-    from training.losses import RandomConvPerceptual
-
     cfg = cfg or ExpressionConfig()
     perc = perceptual or RandomConvPerceptual()
     g.eval()
@@ -134,7 +141,7 @@ def optimise_expression(g: Any, ws_edit: torch.Tensor, lip_target: torch.Tensor,
             mask = eye_mask(mesh(initial), res).to(initial)
         target = lip_target[a:b].to(initial)
         dw = torch.zeros_like(w0, requires_grad=True)
-        opt = torch.optim.Adam([dw], lr=cfg.lr)
+        optim = torch.optim.Adam([dw], lr=cfg.lr)
         for it in range(cfg.iters):
             img = g.synthesis(w0 + dw, noise_mode="const", style_deltas=sd)
             terms = {"lip": lip_term(mesh(img), target, res),
@@ -142,9 +149,9 @@ def optimise_expression(g: Any, ws_edit: torch.Tensor, lip_target: torch.Tensor,
                      "reg": reg_term(dw), "temporal": temporal_term(dw, prev)}
             loss = (cfg.lip_weight * terms["lip"] + cfg.eye_weight * terms["eye"] + cfg.reg_weight * terms["reg"]
                     + cfg.temporal_weight * terms["temporal"])
-            opt.zero_grad(set_to_none=True)
+            optim.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            optim.step()
             step += 1
             vals = {k: float(v.detach()) for k, v in terms.items()} | {"total": float(loss.detach())}
             if it == 0 and not first:
@@ -161,14 +168,10 @@ def optimise_expression(g: Any, ws_edit: torch.Tensor, lip_target: torch.Tensor,
 
 # ------------------------------------------------------------------------------------------------ measurement
 def _clip_crops(spec: str, bundle: Any) -> torch.Tensor:
-    from realtime.io.sources import open_source
-    from realtime.vision.align import align_crop
-    from realtime.vision.tracking import track_sequence
-
     with open_source(spec, live=False) as src:
         frames = list(src)
     tracks = track_sequence(frames)
-    return torch.stack([torch.from_numpy(align_crop(f.image, t.quad, bundle.crop_size).image).permute(2, 0, 1)
+    return torch.stack([align_crop(f.image, t.quad, bundle.crop_size).image
                         for f, t in zip(frames, tracks, strict=True) if t.has_face]).float()
 
 
@@ -176,16 +179,12 @@ def _ground_truth_crop_landmarks(spec: str, frames: list[Any], keep: list[int], 
                                  ) -> torch.Tensor | None:
     """Ground-truth landmarks [N, 468, 3] in crop px of a ``demo:portrait`` clip's frames ``keep`` (None for other
     inputs or when the regenerated clip does not match the decoded frames)."""
-    from realtime.io.sources import DemoOptions, parse_demo_spec
-    from realtime.io.synthetic import SyntheticClip, _config_from_demo
-    from training.data import _to_crop_landmarks
-
     if not spec.startswith("demo:"):
         return None
-    name, opt, _ = parse_demo_spec(spec)
-    if name != "portrait" or not isinstance(opt, DemoOptions):
+    name, demo_opt, _ = parse_demo_spec(spec)
+    if name != "portrait" or not isinstance(demo_opt, DemoOptions):
         return None
-    cfg, folder = _config_from_demo(opt)
+    cfg, folder = config_from_demo(demo_opt)
     if folder:
         return None
     clip = SyntheticClip(cfg)
@@ -194,17 +193,13 @@ def _ground_truth_crop_landmarks(spec: str, frames: list[Any], keep: list[int], 
         f = clip[i]
         if not np.array_equal(f.image, frames[i].image):
             return None
-        out.append(torch.from_numpy(_to_crop_landmarks(f.landmarks, m)))
+        out.append(torch.from_numpy(landmarks_to_crop(f.landmarks, m, keep_z=True)))
     return torch.stack(out)
 
 
 def continual_check(adapted: Any, base: Any, mesh: Any, spec: str, iters: int = 20) -> dict[str, Any]:
     """Continual adaptation: a new clip, adapted for ``iters`` iterations from the adapted bundle vs from the
     base bundle (reconstruction PSNR / landmark error on the new clip)."""
-    import copy
-
-    from training.adapt import AdaptConfig, adapt_generator, invert_crops, reconstruction
-
     crops = _clip_crops(spec, base)
     ws = invert_crops(base, crops)
     out: dict[str, Any] = {"spec": spec, "iters": iters}
@@ -223,15 +218,6 @@ def measure_offline(spec: str, bundle_path: str, adapt_iters: int = 1000, expr_i
     """The docs/offline.md table: reconstruction before/after adaptation, the smile edit with and without the
     expression optimisation (inner-lip error against the original frames' face mesh, smile measure, eye-region
     change), timings per phase. ``strip``: write a side-by-side PNG there."""
-    from models.bundle import load_bundle
-    from models.editing import EditStack
-    from realtime.io.sources import open_source
-    from realtime.vision.align import align_crop
-    from realtime.vision.tracking import track_sequence
-    from training.adapt import AdaptConfig, adapt_generator, edit_response, invert_crops, reconstruction
-    from training.directions import face_measures
-    from training.losses import load_face_mesh
-
     torch.set_num_threads(1)
     times: dict[str, float] = {}
     t = time.perf_counter()
@@ -277,9 +263,9 @@ def measure_offline(spec: str, bundle_path: str, adapt_iters: int = 1000, expr_i
     dw, osum = optimise_expression(g, we, lm_orig, mesh, sd, ExpressionConfig(iters=expr_iters))
     times["optimise"] = time.perf_counter() - t
     with torch.no_grad():
-        opt = g.synthesis(we + dw, noise_mode="const", style_deltas=sd).clamp(-1, 1)
+        optimised = g.synthesis(we + dw, noise_mode="const", style_deltas=sd).clamp(-1, 1)
         mask = eye_mask(mesh(edited), g.img_resolution)
-    lips = list(INNER_LIPS)
+    lips = list(LIPS_INNER_LOOP)
 
     def row(img: torch.Tensor) -> dict[str, float]:
         with torch.no_grad():
@@ -296,7 +282,7 @@ def measure_offline(spec: str, bundle_path: str, adapt_iters: int = 1000, expr_i
         edited_base = base_g.synthesis(we, noise_mode="const", style_deltas=sd).clamp(-1, 1)
     res["continual"] = continual_check(bundle, load_bundle(bundle_path), mesh, continual_spec)
     res["edit"] = {"reconstruction": row(recon), f"smile {strength:+g}": row(edited),
-                   f"smile {strength:+g} + expression opt": row(opt), "original_smile":
+                   f"smile {strength:+g} + expression opt": row(optimised), "original_smile":
                    float(face_measures(lm_orig)["smile"].mean())}
     if gt is not None:  # the face mesh's own inner-lip error on the original crops (the floor of the lip term)
         res["edit"]["original_mesh_vs_gt_inner_lip_px"] = float((lm_orig[:, lips, :2] - gt[:, lips, :2])
@@ -304,10 +290,8 @@ def measure_offline(spec: str, bundle_path: str, adapt_iters: int = 1000, expr_i
     res["optimise"] = {k: v for k, v in osum.items() if k != "config"}
     res["times_s"] = times
     if strip:
-        import cv2
-
         pick = np.linspace(0, len(keep) - 1, 5).round().astype(int)
-        cols = [crops, recon0_img, recon, edited_base, edited, opt]
+        cols = [crops, recon0_img, recon, edited_base, edited, optimised]
         labels = ["original", "inverted", "adapted", "smile base G", "smile adapted", "+ expr. opt"]
 
         def u8(x: torch.Tensor) -> np.ndarray:

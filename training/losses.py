@@ -33,9 +33,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from models.errors import UserError
+from models.face_mesh import LANDMARK_SIZE, FaceLandmarks, crop, project_landmarks
 
 # ------------------------------------------------------------------------------------------------ pixels
 
@@ -259,8 +261,6 @@ class LPIPSLoss(nn.Module):
             raise UserError(f"LPIPS {what} weights not found: {p}")
         try:
             if p.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
                 return load_file(str(p))
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:  # corrupt or foreign file
@@ -287,15 +287,6 @@ class LPIPSLoss(nn.Module):
 
 
 # ------------------------------------------------------------------------------------- landmarks & mesh
-
-
-def face_mesh_available() -> bool:
-    """True when ``models/face_mesh.py`` (the differentiable torch face mesh) can be imported."""
-    try:
-        import models.face_mesh  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class LandmarkLoss(nn.Module):
@@ -385,15 +376,11 @@ class CropFaceMesh(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from models.face_mesh import FaceLandmarks
-
         self.net = FaceLandmarks()
         self.requires_grad_(False)
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from models.face_mesh import LANDMARK_SIZE, crop, project_landmarks
-
         s = x.shape[-1]
         cx, cy, side = self.ROI
         rect = x.new_tensor([[cx * s, cy * s, side * s, side * s, 0.0]]).expand(x.shape[0], -1)
@@ -403,10 +390,8 @@ class CropFaceMesh(nn.Module):
 
 
 def load_face_mesh(device: torch.device | str = "cpu") -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The differentiable face mesh on aligned crops (:class:`CropFaceMesh`), or None when models/face_mesh.py or
-    its MediaPipe weights are not there (callers then skip the landmark/mesh terms with a logged note)."""
-    if not face_mesh_available():
-        return None
+    """The differentiable face mesh on aligned crops (:class:`CropFaceMesh`), or None when its weights (the .tflite
+    files inside the MediaPipe wheel) are not there (callers then skip the landmark/mesh terms with a logged note)."""
     try:
         return CropFaceMesh().to(device)
     except (UserError, OSError, ImportError):

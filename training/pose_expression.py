@@ -25,7 +25,9 @@ from typing import Any
 
 import torch
 
+from models.config import opt
 from models.editing import PARAM_SCALE, PARAMS, PoseExpressionNet
+from training.losses import LandmarkLoss
 
 log = logging.getLogger("stylestream.edits")
 
@@ -34,16 +36,16 @@ log = logging.getLogger("stylestream.edits")
 class PETrainConfig:
     """Pose/expression network training."""
 
-    steps: int = 200  # Adam steps (0: keep the linear initialisation)
-    batch: int = 16  # frame pairs per step
-    gap: int = 10  # frames between the two frames of a pair (the paper's ~10)
-    long_gap: int = 30  # pairs this far apart are added too (larger pose changes to learn; 0: none)
-    hidden: int = 256  # MLP width
-    lr: float = 1e-3  # Adam learning rate
-    recon: float = 1.0  # weight of the L2 reconstruction term
-    landmark: float = 1.0  # weight of the landmark term (mean distance / crop side; needs the face mesh)
-    latent: float = 1.0  # weight of the latent term ‖W₁ + ΔW − W₂‖² (mean over coarse entries)
-    seed: int = 0  # batch sampling
+    steps: int = opt(200, "Adam steps (0: keep the linear initialisation)", min=0)
+    batch: int = opt(16, "frame pairs per step", min=1)
+    gap: int = opt(10, "frames between the two frames of a pair (the paper's ~10)", min=1)
+    long_gap: int = opt(30, "pairs this far apart are added too (larger pose changes to learn; 0: none)", min=0)
+    hidden: int = opt(256, "MLP width", min=1)
+    lr: float = opt(1e-3, "Adam learning rate", min=0.0)
+    recon: float = opt(1.0, "weight of the L2 reconstruction term", min=0.0)
+    landmark: float = opt(1.0, "weight of the landmark term (mean distance / crop side; needs the face mesh)", min=0.0)
+    latent: float = opt(1.0, "weight of the latent term ‖W₁ + ΔW − W₂‖² (mean over coarse entries)", min=0.0)
+    seed: int = opt(0, "batch sampling")
 
 
 def _pairs(data: Any, gap: int, long_gap: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,8 +61,6 @@ def _pairs(data: Any, gap: int, long_gap: int = 0) -> tuple[torch.Tensor, torch.
 def pair_losses(g: Any, net: PoseExpressionNet, data: Any, a: torch.Tensor, b: torch.Tensor,
                 mesh: Any | None) -> dict[str, torch.Tensor]:
     """Losses of pairs (a → b): recon (L2 vs frame b's crop), landmark (px, crop side units ×size), latent."""
-    from training.losses import LandmarkLoss
-
     scale = torch.tensor(PARAM_SCALE)
     dp = (data.params[b] - data.params[a]) / scale
     d = net(dp)  # [B, L, w]
@@ -122,7 +122,7 @@ def train_pose_expression(bundle: Any, data: Any, fit: Any, cfg: PETrainConfig, 
     g_req = [p.requires_grad for p in g.parameters()]
     g.requires_grad_(False)
     net.train()
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    optim = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.time()
     history = []
@@ -132,9 +132,9 @@ def train_pose_expression(bundle: Any, data: Any, fit: Any, cfg: PETrainConfig, 
         loss = cfg.recon * losses["recon"] + cfg.latent * losses["latent"]
         if "landmark" in losses:
             loss = loss + cfg.landmark * losses["landmark"]
-        opt.zero_grad(set_to_none=True)
+        optim.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        optim.step()
         history.append(float(loss.detach()))
         if step % 50 == 0 or step == cfg.steps - 1:
             log.info("pose/expression step %d/%d loss %.4f (%.0fs)", step + 1, cfg.steps, float(loss.detach()),

@@ -22,9 +22,10 @@ Optimiser: Adam (the paper uses Ranger, lr 1e-4). Resumable through ``out/state.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from models.bundle import Bundle, load_bundle
+from models.config import opt
 from models.vit_encoder import FrameEncoder, VideoEncoder
 from training import common
+from training.autoencode import parse_encoder
 from training.data import CropSet, load_crops, smooth_ws_trajectories
 from training.losses import L2Loss, LandmarkLoss, LatentLoss, MeshLoss, RandomConvPerceptual, SSIMLoss, load_face_mesh
 
@@ -44,36 +47,41 @@ log = logging.getLogger("stylestream.train")
 class EncoderTrainConfig:
     """FrEN / ViEN training on a frozen generator."""
 
-    out: str = "runs/encoder"  # run directory: state.pt, samples/, metrics.jsonl, bundle/
-    bundle: str = "runs/autoencode/bundle"  # input bundle (its generator is frozen; its FrEN is the start point)
-    data: list[str] = field(default_factory=lambda: ["demo:astronaut?seconds=10&seed=1"])  # data specs (clips)
-    holdout: str = ""  # data spec for sample strips (empty: the last clip of --data)
-    stage: str = "both"  # "fren", "vien" or "both" (FrEN steps then ViEN steps)
-    fren_steps: int = 1000  # FrEN steps (stage fren)
-    vien_steps: int = 1000  # ViEN steps (stage vien)
-    reinit_fren: bool = False  # start FrEN from scratch instead of the bundle's
-    batch: int = 16  # samples per step (per process)
-    lr: float = 3e-4  # Adam learning rate
-    l2: float = 1.0  # weight of L2
-    ssim: float = 0.5  # weight of 1 − SSIM
-    perceptual: float = 0.5  # weight of the weights-free perceptual term
-    latent: float = 1.0  # weight of the latent loss on known-W samples
-    landmark: float = 1.0  # λf, first stage: mean landmark distance / crop side (needs models/face_mesh.py)
-    mesh: float = 10.0  # λv, second stage: mean squared 3-D landmark error / side² (needs models/face_mesh.py)
-    landmark_batch: int = 4  # samples per batch that get the face-mesh terms (the mesh costs ~3× G per image)
-    stage_split: float = 0.7  # fraction of each encoder's steps in the landmark stage
-    w_fraction: float = 0.25  # fraction of each batch drawn with known W+
-    w_source: str = "encoded"  # "encoded" (perturbed FrEN codes of real crops) or "mapping" (G samples)
-    flip: bool = True  # random horizontal flips (whole pairs flip together)
-    seed: int = 0  # all randomness derives from it
-    device: str = "cpu"  # cpu, cuda, cuda:N
-    threads: int = 2  # torch CPU threads (0: torch default)
-    ckpt_every: int = 200  # steps between checkpoints and bundle exports
-    sample_every: int = 200  # steps between sample strips
-    log_every: int = 25  # steps between log lines when not on a terminal
-    tensorboard: bool = False  # also write TensorBoard scalars (needs the train extra)
-    cache: str = "runs/cache"  # crop cache folder ("" = none)
-    bundle_name: str = "default"  # name written into the exported bundle
+    out: str = opt("runs/encoder", "run directory: state.pt, samples/, metrics.jsonl, bundle/")
+    bundle: str = opt("runs/autoencode/bundle", "input bundle (its generator is frozen; its FrEN is the start point)")
+    data: list[str] = opt(default_factory=lambda: ["demo:astronaut?seconds=10&seed=1"], help="data specs (clips)")
+    holdout: str = opt("", "data spec for sample strips (empty: the last clip of --data)")
+    stage: str = opt("both", "'fren', 'vien' or 'both' (FrEN steps then ViEN steps)",
+                     choices=("fren", "vien", "both"))
+    fren_steps: int = opt(1000, "FrEN steps (stage fren)", min=0)
+    vien_steps: int = opt(1000, "ViEN steps (stage vien)", min=0)
+    reinit_fren: bool = opt(False, "start FrEN from scratch instead of the bundle's")
+    batch: int = opt(16, "samples per step (per process)", min=1)
+    lr: float = opt(3e-4, "Adam learning rate", min=0.0)
+    l2: float = opt(1.0, "weight of L2", min=0.0)
+    ssim: float = opt(0.5, "weight of 1 − SSIM", min=0.0)
+    perceptual: float = opt(0.5, "weight of the weights-free perceptual term", min=0.0)
+    latent: float = opt(1.0, "weight of the latent loss on known-W samples", min=0.0)
+    landmark: float = opt(1.0, "λf, first stage: mean landmark distance / crop side (needs models/face_mesh.py)",
+                          min=0.0)
+    mesh: float = opt(10.0, "λv, second stage: mean squared 3-D landmark error / side² (needs models/face_mesh.py)",
+                      min=0.0)
+    landmark_batch: int = opt(4, "samples per batch that get the face-mesh terms (the mesh costs ~3× G per image)",
+                              min=1)
+    stage_split: float = opt(0.7, "fraction of each encoder's steps in the landmark stage", min=0.0, max=1.0)
+    w_fraction: float = opt(0.25, "fraction of each batch drawn with known W+", min=0.0, max=1.0)
+    w_source: str = opt("encoded", "'encoded' (perturbed FrEN codes of real crops) or 'mapping' (G samples)",
+                        choices=("encoded", "mapping"))
+    flip: bool = opt(True, "random horizontal flips (whole pairs flip together)")
+    seed: int = opt(0, "all randomness derives from it")
+    device: str = opt("cpu", "cpu, cuda, cuda:N")
+    threads: int = opt(2, "torch CPU threads (0: torch default)", min=0)
+    ckpt_every: int = opt(200, "steps between checkpoints and bundle exports", min=1)
+    sample_every: int = opt(200, "steps between sample strips", min=1)
+    log_every: int = opt(25, "steps between log lines when not on a terminal", min=1)
+    tensorboard: bool = opt(False, "also write TensorBoard scalars (needs the train extra)")
+    cache: str = opt("runs/cache", "crop cache folder (empty: none)")
+    bundle_name: str = opt("default", "name written into the exported bundle")
 
 
 class EncoderTrainer:
@@ -88,8 +96,6 @@ class EncoderTrainer:
         self.g = b.generator.to(device).eval().requires_grad_(False)
         torch.manual_seed(cfg.seed)
         if b.fren is None or cfg.reinit_fren:
-            from training.autoencode import parse_encoder
-
             ecfg = b.fren.cfg if b.fren is not None else parse_encoder("tiny", self.g.img_resolution)
             self.fren = FrameEncoder(ecfg, self.g.layout)
             self.fren.w_avg.copy_(self.g.mapping.w_avg)
@@ -253,8 +259,6 @@ class EncoderTrainer:
         return rows
 
     def bundle(self, provenance: dict[str, Any]) -> Bundle:
-        import copy
-
         trained = dict(self.src.trained)
         trained["fren"] = trained.get("fren", False) or self.phase == "vien" or self.step_idx > 0
         trained["vien"] = self.phase == "vien" and self.step_idx > 0

@@ -18,7 +18,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from models.bundle import Bundle, estimate_w_avg, load_bundle
+from models.config import opt
 from models.stylegan2 import Generator
 from training import common
 from training.autoencode import parse_generator
@@ -40,37 +41,38 @@ log = logging.getLogger("stylestream.train")
 class GeneratorTrainConfig:
     """StyleGAN2 training."""
 
-    out: str = "runs/generator"  # run directory: state.pt, samples/, metrics.jsonl, bundle/
-    data: list[str] = field(default_factory=lambda: ["demo:astronaut?seconds=10&seed=1"])  # data specs (real crops)
-    generator: str = "tiny-64"  # generator preset or JSON GeneratorConfig (ignored with --init)
-    init: str = ""  # start G from this bundle (e.g. the autoencoder's); its encoders are carried over
-    steps: int = 2000  # total steps (one G and one D update each)
-    batch: int = 8  # images per step (per process)
-    lr: float = 2.5e-3  # Adam lr of G and D (β = 0, 0.99)
-    d_channel_base: int = 2048  # discriminator channels = min(base / res, max)
-    d_channel_max: int = 128  # discriminator channel cap
-    r1_gamma: float = 0.1  # R1 weight γ
-    r1_every: int = 16  # lazy R1 interval (0: off)
-    pl_weight: float = 0.0  # path-length weight (0: off; NVlabs uses 2)
-    pl_every: int = 4  # lazy path-length interval
-    mixing: float = 0.9  # style-mixing probability
-    ema_kimg: float = 2.5  # G_ema half-life in thousands of images
-    ema_rampup: float = 0.05  # half-life ≤ images seen · this (0: no ramp-up)
-    augment: str = "ada"  # "none", "ada" (adaptive p) or "fixed" (p = ada_p)
-    ada_p: float = 0.0  # initial augmentation probability
-    ada_target: float = 0.6  # target E[sign(D(real))]
-    ada_kimg: float = 20.0  # images (thousands) for p to move by 1
-    ada_every: int = 4  # steps between p updates
-    freeze_mapping: bool = False  # keep the mapping network fixed (fine-tuning an autoencoder's G)
-    seed: int = 0  # all randomness derives from it
-    device: str = "cpu"  # cpu, cuda, cuda:N
-    threads: int = 2  # torch CPU threads (0: torch default)
-    ckpt_every: int = 200  # steps between checkpoints and bundle exports
-    sample_every: int = 200  # steps between sample grids
-    log_every: int = 25  # steps between log lines when not on a terminal
-    tensorboard: bool = False  # also write TensorBoard scalars (needs the train extra)
-    cache: str = "runs/cache"  # crop cache folder ("" = none)
-    bundle_name: str = "generator"  # name written into the exported bundle
+    out: str = opt("runs/generator", "run directory: state.pt, samples/, metrics.jsonl, bundle/")
+    data: list[str] = opt(default_factory=lambda: ["demo:astronaut?seconds=10&seed=1"], help="data specs (real crops)")
+    generator: str = opt("tiny-64", "generator preset or JSON GeneratorConfig (ignored with --init)")
+    init: str = opt("", "start G from this bundle (e.g. the autoencoder's); its encoders are carried over")
+    steps: int = opt(2000, "total steps (one G and one D update each)", min=0)
+    batch: int = opt(8, "images per step (per process)", min=1)
+    lr: float = opt(2.5e-3, "Adam lr of G and D (β = 0, 0.99)", min=0.0)
+    d_channel_base: int = opt(2048, "discriminator channels = min(base / res, max)", min=1)
+    d_channel_max: int = opt(128, "discriminator channel cap", min=1)
+    r1_gamma: float = opt(0.1, "R1 weight γ", min=0.0)
+    r1_every: int = opt(16, "lazy R1 interval (0: off)", min=0)
+    pl_weight: float = opt(0.0, "path-length weight (0: off; NVlabs uses 2)", min=0.0)
+    pl_every: int = opt(4, "lazy path-length interval", min=0)
+    mixing: float = opt(0.9, "style-mixing probability", min=0.0, max=1.0)
+    ema_kimg: float = opt(2.5, "G_ema half-life in thousands of images", min=0.0)
+    ema_rampup: float = opt(0.05, "half-life ≤ images seen · this (0: no ramp-up)", min=0.0)
+    augment: str = opt("ada", "'none', 'ada' (adaptive p) or 'fixed' (p = ada_p)",
+                       choices=("none", "ada", "fixed"))
+    ada_p: float = opt(0.0, "initial augmentation probability", min=0.0, max=1.0)
+    ada_target: float = opt(0.6, "target E[sign(D(real))]", min=0.0, max=1.0)
+    ada_kimg: float = opt(20.0, "images (thousands) for p to move by 1", min=0.001)
+    ada_every: int = opt(4, "steps between p updates", min=1)
+    freeze_mapping: bool = opt(False, "keep the mapping network fixed (fine-tuning an autoencoder's G)")
+    seed: int = opt(0, "all randomness derives from it")
+    device: str = opt("cpu", "cpu, cuda, cuda:N")
+    threads: int = opt(2, "torch CPU threads (0: torch default)", min=0)
+    ckpt_every: int = opt(200, "steps between checkpoints and bundle exports", min=1)
+    sample_every: int = opt(200, "steps between sample grids", min=1)
+    log_every: int = opt(25, "steps between log lines when not on a terminal", min=1)
+    tensorboard: bool = opt(False, "also write TensorBoard scalars (needs the train extra)")
+    cache: str = opt("runs/cache", "crop cache folder (empty: none)")
+    bundle_name: str = opt("generator", "name written into the exported bundle")
 
 
 # ------------------------------------------------------------------------------------------ augmentation

@@ -16,6 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+from export.artifacts import onnx_filename
+from export.onnx import available_models, export_bundle
+from export.parity import format_table, run_parity
+from export.tensorrt import build_engine, require_tensorrt
+from export.triton import write_model_repository
+from models.bundle import load_bundle
+from models.errors import UserError
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="bundle folder")
@@ -34,9 +42,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from models.bundle import load_bundle
-    from models.errors import UserError
-
     def say(msg: str) -> None:
         print(msg, flush=True)
 
@@ -49,15 +54,11 @@ def main(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder")
     if args.to == "tensorrt":
-        from export.tensorrt import require_tensorrt
-
         require_tensorrt()  # fail before minutes of exporting
     t0 = time.perf_counter()
     say(f"loading bundle {args.bundle}")
     bundle = load_bundle(args.bundle)
     if args.to == "triton":
-        from export.triton import write_model_repository
-
         if models is not None:
             raise UserError("--models is not supported with --to triton (the repository holds every model)")
         names = write_model_repository(bundle, out, precisions, max_batch=args.max_batch,
@@ -67,25 +68,17 @@ def main(args: argparse.Namespace) -> int:
             f"serve it with: tritonserver --model-repository {out.resolve()}")
         return 0
 
-    from export.onnx import export_bundle
-
     for p in precisions:
         export_bundle(bundle, out, precision=p, models=models, opset=args.opset, max_batch=args.max_batch,
                       progress=say)
     failed = False
     if not args.no_check:
-        from export.parity import format_table, run_parity
-
         say("parity check against torch fp32 (ONNX Runtime, CPU provider)")
         results = run_parity(bundle, out, precisions=precisions, models=models, progress=lambda m: say("  " + m))
         (out / "parity.json").write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
         say(format_table(results))
         failed = not all(r.ok for r in results)
     if args.to == "tensorrt":
-        from export.artifacts import onnx_filename
-        from export.onnx import available_models
-        from export.tensorrt import build_engine
-
         for p in precisions:
             for m in models or available_models(bundle):
                 plan = build_engine(out / onnx_filename(m, p), precision=p, cache_dir=out, max_batch=args.max_batch,

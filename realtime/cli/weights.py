@@ -5,6 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rich.console import Console
+
+from models.bundle import Bundle
+from models.errors import UserError
+from models.legacy import import_generator
+from models.stylegan2 import count_parameters
+from models.vit_encoder import ENCODER_PRESETS, FrameEncoder, VideoEncoder
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="stylegan2-ada-pytorch .pkl or rosinality .pt")
@@ -16,14 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from models.bundle import Bundle
-    from models.errors import UserError
-    from models.legacy import import_generator
-    from models.stylegan2 import count_parameters
-    from models.vit_encoder import ENCODER_PRESETS, FrameEncoder, VideoEncoder
-
     console = Console(stderr=True)
     if args.encoder != "none" and args.encoder not in ENCODER_PRESETS:
         raise UserError(f"unknown encoder preset {args.encoder!r} (choose from {', '.join(ENCODER_PRESETS)}, none)")

@@ -53,6 +53,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import av
+import cv2
 import numpy as np
 
 from models.errors import UserError
@@ -82,8 +83,6 @@ def fit_image(image: np.ndarray, width: int, height: int, mode: str = "fit") -> 
     ``fit``: keep the aspect ratio, centre on black (letterbox/pillarbox). ``stretch``: scale each axis.
     Returns the input unchanged (no copy) when it already has the size.
     """
-    import cv2
-
     h, w = image.shape[:2]
     if (w, h) == (width, height):
         return image
@@ -480,8 +479,8 @@ class VirtualCameraSink(Sink):
                  device: str | None, resize: str, pace: bool, **backend_kw: Any) -> None:
         super().__init__(spec, "virtualcam", width, height, fps, resize)
         try:
-            import pyvirtualcam
-            from pyvirtualcam.camera import BACKENDS
+            import pyvirtualcam  # noqa: PLC0415 - optional at import: only this sink needs it
+            from pyvirtualcam.camera import BACKENDS  # noqa: PLC0415
         except ImportError as e:  # pragma: no cover - it is a dependency
             raise UserError(f"virtual camera needs pyvirtualcam (pip install pyvirtualcam): {e}") from e
         if backend is not None and backend not in BACKENDS:

@@ -16,10 +16,11 @@ Specs
   :class:`UserError` is raised when every try failed. An ``http(s)`` URL is live unless FFmpeg knows its
   duration (a plain file on a web server); ``live=`` overrides. Timestamps stay monotonic across
   reconnects (later connections are shifted to continue one frame after the last frame).
-- ``demo:`` / ``demo:NAME?seconds=5&fps=30&size=640x480&seed=0&realtime=1``: a synthetic face clip made
-  by a generator registered with :func:`register_demo_generator`: ``portrait`` (the default; the synthetic
-  talking head of ``realtime/io/synthetic.py``: expressions, head pose, lighting, camera noise) or ``astronaut``
-  (a cheap similarity-motion clip, :func:`astronaut_clip`); ``seconds=inf`` runs forever. Deterministic by seed.
+- ``demo:`` / ``demo:NAME?seconds=5&fps=30&size=640x480&seed=0&realtime=1``: a synthetic face clip from one of
+  :data:`DEMO_GENERATORS`: ``portrait`` (the default; the synthetic talking head of ``realtime/io/synthetic.py``:
+  expressions, head pose, lighting, camera noise; it finds the portrait's landmarks with MediaPipe on first use)
+  or ``astronaut`` (a cheap similarity-motion clip, :func:`astronaut_clip`); more with
+  :func:`register_demo_generator`. ``seconds=inf`` runs forever. Deterministic by seed.
 
 Decisions (documented so the pipeline and the CLI can rely on them)
 -------------------------------------------------------------------
@@ -58,10 +59,13 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import av
+import cv2
 import numpy as np
+from skimage import data as skdata
 
 from models.errors import UserError
 from realtime.frames import Frame, now_ns
+from realtime.io.synthetic import portrait_demo
 
 log = logging.getLogger(__name__)
 
@@ -562,16 +566,10 @@ class DemoOptions:
 
 
 DemoGenerator = Callable[[DemoOptions], Iterator[np.ndarray]]  # yields [H, W, 3] uint8 RGB frames
-DEMO_GENERATORS: dict[str, DemoGenerator] = {}
 DEFAULT_DEMO = "portrait"  # `demo:` with no name: the synthetic talking head of realtime/io/synthetic.py
 
 
-def register_demo_generator(name: str, generator: DemoGenerator) -> None:
-    """Make ``demo:NAME`` produce ``generator(options)``; replaces an existing one of that name."""
-    DEMO_GENERATORS[name] = generator
-
-
-def _smooth_path(rng: np.random.Generator, n_terms: int = 3) -> Callable[[float], float]:
+def smooth_path(rng: np.random.Generator, n_terms: int = 3) -> Callable[[float], float]:
     """A smooth random function of time in about [-1, 1]: a sum of slow sinusoids (0.08–0.5 Hz)."""
     freqs = rng.uniform(0.08, 0.5, n_terms)
     phases = rng.uniform(0, 2 * math.pi, n_terms)
@@ -583,9 +581,6 @@ def _smooth_path(rng: np.random.Generator, n_terms: int = 3) -> Callable[[float]
 @functools.lru_cache(maxsize=1)
 def _astronaut_canvas() -> tuple[np.ndarray, int]:
     """The portrait [512, 512, 3] inside blurred edge colours: ([1024, 1024, 3] uint8, padding 256)."""
-    import cv2
-    from skimage import data as skdata
-
     pad = 256  # the portrait is extended by blurred edge colours so moving it never shows a border
     portrait = skdata.astronaut()  # [512, 512, 3] uint8; face centre ≈ (225, 118), mouth ≈ (225, 146)
     src = cv2.GaussianBlur(cv2.copyMakeBorder(portrait, pad, pad, pad, pad, cv2.BORDER_REPLICATE), (0, 0), 24)
@@ -601,14 +596,12 @@ def astronaut_clip(opt: DemoOptions) -> Iterator[np.ndarray]:
     ±7°, scale ±8 %, from ``seed``), the mouth opens and closes (a local warp below the lips), the lighting
     drifts and camera noise (σ=2) is added. Frame ``i`` depends only on (options, i). Yields [H, W, 3] uint8.
     """
-    import cv2
-
     src, pad = _astronaut_canvas()
     face_c = (225.0 + pad, 118.0 + pad)
     mouth = (225.0 + pad, 146.0 + pad)
     w, h = opt.width, opt.height
     rng = np.random.default_rng(opt.seed)
-    px, py, pr, ps, pm, pl = (_smooth_path(rng) for _ in range(6))
+    px, py, pr, ps, pm, pl = (smooth_path(rng) for _ in range(6))
     base_scale = 0.36 * h / 130.0  # the face (≈130 px tall in the portrait) fills ~36 % of the frame height
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     noise_field = 2.0 * np.random.default_rng([opt.seed, 1 << 20]).standard_normal((h + 64, w + 64, 3), np.float32)
@@ -639,7 +632,13 @@ def astronaut_clip(opt: DemoOptions) -> Iterator[np.ndarray]:
         i += 1
 
 
-register_demo_generator("astronaut", astronaut_clip)
+# The built-in demo clips, by name (``demo:NAME``).
+DEMO_GENERATORS: dict[str, DemoGenerator] = {"portrait": portrait_demo, "astronaut": astronaut_clip}
+
+
+def register_demo_generator(name: str, generator: DemoGenerator) -> None:
+    """Make ``demo:NAME`` produce ``generator(options)`` (for plug-ins and tests); replaces one of that name."""
+    DEMO_GENERATORS[name] = generator
 
 
 class DemoSource(Source):
@@ -647,10 +646,6 @@ class DemoSource(Source):
 
     def __init__(self, spec: str, name: str, opt: DemoOptions, *, live: bool | None, realtime: bool | None):
         super().__init__()
-        if name == "portrait" and name not in DEMO_GENERATORS:
-            from realtime.io.synthetic import register_demo  # imported on first use: it needs MediaPipe
-
-            register_demo(default=False)
         if name not in DEMO_GENERATORS:
             raise UserError(f"unknown demo clip {name!r} (known: {', '.join(sorted(DEMO_GENERATORS))})")
         if opt.fps <= 0 or opt.width < 16 or opt.height < 16 or opt.seconds <= 0:

@@ -29,56 +29,74 @@ Frame ``i`` depends only on (config, portraits, i): clips are deterministic by s
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import logging
 import math
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import av
 import cv2
 import numpy as np
+from scipy.spatial import Delaunay
+from skimage import data as skdata
 
+from models.config import opt
 from models.errors import UserError
+from realtime.vision.geometry import invert_affine
+from realtime.vision.mediapipe_runtime import detect_landmarks
+from realtime.vision.topology import (
+    BROW_LEFT_LOWER,
+    BROW_LEFT_UPPER,
+    BROW_RIGHT_LOWER,
+    BROW_RIGHT_UPPER,
+    CHIN,
+    EYE_LEFT_CORNERS,
+    EYE_LEFT_LOWER,
+    EYE_LEFT_UPPER,
+    EYE_RIGHT_CORNERS,
+    EYE_RIGHT_LOWER,
+    EYE_RIGHT_UPPER,
+    FACE_OVAL,
+    FOREHEAD_TOP,
+    LIPS_INNER_LOOP,
+    LIPS_LOWER_INNER,
+    LIPS_LOWER_OUTER,
+    LIPS_UPPER_INNER,
+    LIPS_UPPER_OUTER,
+    MOUTH_CORNERS_INNER,
+    MOUTH_CORNERS_OUTER,
+    NOSE_RIDGE,
+    NUM_LANDMARKS,
+    rotate,
+)
+
+if TYPE_CHECKING:
+    from realtime.io.sources import DemoOptions
 
 log = logging.getLogger(__name__)
 
-NUM_LANDMARKS = 468
 EXPRESSIONS = ("jaw_open", "smile", "blink", "brow_raise", "pucker")
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 VIDEO_EXTS = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".flv"})
 
-# ------------------------------------------------------------------------------ MediaPipe mesh indices
-# "L" = the eye/brow on the image's left (the subject's right), as in realtime.align.
-EYE_L_UPPER = (246, 161, 160, 159, 158, 157, 173)
-EYE_L_LOWER = (7, 163, 144, 145, 153, 154, 155)
-EYE_L_CORNERS = (33, 133)
-EYE_R_UPPER = (466, 388, 387, 386, 385, 384, 398)
-EYE_R_LOWER = (249, 390, 373, 374, 380, 381, 382)
-EYE_R_CORNERS = (263, 362)
-BROW_L = (70, 63, 105, 66, 107, 46, 53, 52, 65, 55)
-BROW_R = (300, 293, 334, 296, 336, 276, 283, 282, 295, 285)
-LIPS_UPPER_OUTER = (185, 40, 39, 37, 0, 267, 269, 270, 409)
-LIPS_LOWER_OUTER = (146, 91, 181, 84, 17, 314, 405, 321, 375)
-LIPS_UPPER_INNER = (191, 80, 81, 82, 13, 312, 311, 310, 415)
-LIPS_LOWER_INNER = (95, 88, 178, 87, 14, 317, 402, 318, 324)
-MOUTH_CORNERS_OUTER = (61, 291)
-MOUTH_CORNERS_INNER = (78, 308)
-# inner-lip contour, closed polygon: left corner → upper lip → right corner → lower lip
-MOUTH_INNER_LOOP = (78, *LIPS_UPPER_INNER, 308, *LIPS_LOWER_INNER[::-1])
-FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148,
-             176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
-FOREHEAD_TOP = 10
-NOSE_RIDGE = (168, 6, 197, 195, 5, 4, 1, 19, 94, 2)
+# Mesh index sets (realtime.vision.topology; "left" is the image's left) in the groupings this module uses.
+BROW_LEFT = BROW_LEFT_UPPER + BROW_LEFT_LOWER
+BROW_RIGHT = BROW_RIGHT_UPPER + BROW_RIGHT_LOWER
+# the inner-lip loop traversed upper lip first (the painted mouth's anti-aliased edge depends on vertex order)
+MOUTH_INNER_LOOP = rotate(LIPS_INNER_LOOP[::-1], MOUTH_CORNERS_INNER[0])
 CONTOUR_POINTS = tuple(dict.fromkeys(
-    FACE_OVAL + BROW_L + BROW_R + EYE_L_UPPER + EYE_L_LOWER + EYE_L_CORNERS + EYE_R_UPPER + EYE_R_LOWER
-    + EYE_R_CORNERS + LIPS_UPPER_OUTER + LIPS_LOWER_OUTER + LIPS_UPPER_INNER + LIPS_LOWER_INNER
+    FACE_OVAL + BROW_LEFT + BROW_RIGHT + EYE_LEFT_UPPER + EYE_LEFT_LOWER + EYE_LEFT_CORNERS + EYE_RIGHT_UPPER
+    + EYE_RIGHT_LOWER + EYE_RIGHT_CORNERS + LIPS_UPPER_OUTER + LIPS_LOWER_OUTER + LIPS_UPPER_INNER + LIPS_LOWER_INNER
     + MOUTH_CORNERS_OUTER + MOUTH_CORNERS_INNER + NOSE_RIDGE
 ))  # landmarks drawn on contact sheets
 RING_DEPTH = 0.2  # head-outline anchors' depth: 0 = the nearest face-oval point's depth, 1 = the rotation axis
 JAW_DROP = 0.36  # chin drop at jaw_open = 1, in inter-ocular distances
-CHIN = 152
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -86,23 +104,27 @@ CHIN = 152
 class SynthConfig:
     """One synthetic clip. Amplitudes are maxima; the random trajectories stay inside them."""
 
-    width: int = 640  # output frame width in pixels
-    height: int = 480  # output frame height in pixels
-    fps: float = 30.0  # frames per second (trajectories are functions of time, so fps only changes sampling)
-    seconds: float = 5.0  # clip length; math.inf for an endless clip
-    seed: int = 0  # everything random derives from it (trajectories, portrait choice, noise)
-    face_scale: float = 0.42  # face height (forehead top to chin) as a fraction of the frame height
-    max_yaw: float = 25.0  # degrees, |yaw| bound (nose to image right is positive)
-    max_pitch: float = 25.0  # degrees, |pitch| bound (nose up is positive)
-    max_roll: float = 25.0  # degrees, |roll| bound including the camera rotation (clockwise is positive)
-    expression_strength: float = 1.0  # scales every expression trajectory (0: the portrait's own expression)
-    motion_strength: float = 1.0  # scales head pose and camera motion amplitudes (0: static head and camera)
-    lighting: bool = True  # gain, linear light gradient and white-balance drift
-    blur: bool = True  # varying Gaussian blur (defocus / motion softness)
-    noise: bool = True  # additive sensor noise
-    jpeg: bool = True  # JPEG compression artefacts
-    portrait_index: int | None = None  # which portrait to use (None: chosen from the seed)
-    jitter: float = 1.0  # scales fast small head jitter on top of the slow trajectories
+    width: int = opt(640, "output frame width in pixels", min=16)
+    height: int = opt(480, "output frame height in pixels", min=16)
+    fps: float = opt(30.0, "frames per second (trajectories are functions of time, so fps only changes sampling)",
+                     min=0.0)
+    seconds: float = opt(5.0, "clip length; math.inf for an endless clip", min=0.0)
+    seed: int = opt(0, "everything random derives from it (trajectories, portrait choice, noise)")
+    face_scale: float = opt(0.42, "face height (forehead top to chin) as a fraction of the frame height", min=0.0,
+                            max=2.0)
+    max_yaw: float = opt(25.0, "degrees, |yaw| bound (nose to image right is positive)", min=0.0)
+    max_pitch: float = opt(25.0, "degrees, |pitch| bound (nose up is positive)", min=0.0)
+    max_roll: float = opt(25.0, "degrees, |roll| bound including the camera rotation (clockwise is positive)", min=0.0)
+    expression_strength: float = opt(1.0, "scales every expression trajectory (0: the portrait's own expression)",
+                                     min=0.0)
+    motion_strength: float = opt(1.0, "scales head pose and camera motion amplitudes (0: static head and camera)",
+                                 min=0.0)
+    lighting: bool = opt(True, "gain, linear light gradient and white-balance drift")
+    blur: bool = opt(True, "varying Gaussian blur (defocus / motion softness)")
+    noise: bool = opt(True, "additive sensor noise")
+    jpeg: bool = opt(True, "JPEG compression artefacts")
+    portrait_index: int | None = opt(None, "which portrait to use (None: chosen from the seed)", min=0)
+    jitter: float = opt(1.0, "scales fast small head jitter on top of the slow trajectories", min=0.0)
 
 
 @dataclass
@@ -151,52 +173,7 @@ class FrameParams:
 
 
 # -------------------------------------------------------------------------------------------- portraits
-def _import_face_mesh():  # noqa: ANN202 - returns a module
-    from realtime.vision.mediapipe_runtime import quiet_native_stderr
-
-    try:
-        with quiet_native_stderr():
-            import mediapipe  # noqa: F401
-            from mediapipe.python.solutions import face_mesh
-    except Exception as exc:  # ImportError or a protobuf/numpy clash
-        raise UserError(
-            f"synthetic clips need MediaPipe 0.10.21 to find portrait landmarks ({type(exc).__name__}: {exc}); "
-            "install it with: pip install --no-deps mediapipe==0.10.21"
-        ) from exc
-    return face_mesh
-
-
-def detect_landmarks(images: Sequence[np.ndarray]) -> list[np.ndarray | None]:
-    """468 face-mesh landmarks per image with MediaPipe's runtime (static image mode).
-
-    images: each [H, W, 3] uint8 RGB. Returns per image [468, 3] float32 (pixel-index x, y; z·width) or None.
-    """
-    from realtime.vision.mediapipe_runtime import quiet_native_stderr
-
-    face_mesh = _import_face_mesh()
-    out: list[np.ndarray | None] = []
-    with quiet_native_stderr(), face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False,
-                                                   min_detection_confidence=0.5) as fm:
-        for img in images:
-            assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8, (img.shape, img.dtype)
-            res = fm.process(np.ascontiguousarray(img))
-            if not res.multi_face_landmarks:
-                out.append(None)
-                continue
-            h, w = img.shape[:2]
-            pts = res.multi_face_landmarks[0].landmark
-            arr = np.array([(p.x, p.y, p.z) for p in pts[:NUM_LANDMARKS]], np.float64)
-            lm = np.empty((NUM_LANDMARKS, 3), np.float32)
-            lm[:, 0] = arr[:, 0] * w - 0.5
-            lm[:, 1] = arr[:, 1] * h - 0.5
-            lm[:, 2] = arr[:, 2] * w
-            out.append(lm)
-    return out
-
-
 def _video_frames(path: Path, max_frames: int) -> list[np.ndarray]:
-    import av
-
     try:
         with av.open(str(path)) as c:
             vs = c.streams.video[0]
@@ -211,8 +188,6 @@ def _video_frames(path: Path, max_frames: int) -> list[np.ndarray]:
 
 @functools.lru_cache(maxsize=1)
 def _astronaut() -> Portrait:
-    from skimage import data as skdata
-
     img = np.ascontiguousarray(skdata.astronaut())  # [512, 512, 3] uint8
     lm = detect_landmarks([img])[0]
     if lm is None:  # pragma: no cover - MediaPipe finds it
@@ -303,8 +278,8 @@ class _FaceModel:
 def _face_frame(lm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Face-local frame: origin (eye midpoint), unit u (eye line), unit v (down), inter-ocular distance."""
     xy = lm[:, :2]
-    eye_l = xy[list(EYE_L_UPPER + EYE_L_LOWER + EYE_L_CORNERS)].mean(0)
-    eye_r = xy[list(EYE_R_UPPER + EYE_R_LOWER + EYE_R_CORNERS)].mean(0)
+    eye_l = xy[list(EYE_LEFT_UPPER + EYE_LEFT_LOWER + EYE_LEFT_CORNERS)].mean(0)
+    eye_r = xy[list(EYE_RIGHT_UPPER + EYE_RIGHT_LOWER + EYE_RIGHT_CORNERS)].mean(0)
     d = eye_r - eye_l
     iod = float(np.hypot(*d))
     u = d / iod
@@ -357,11 +332,11 @@ def _expression_basis(lm: np.ndarray) -> np.ndarray:
         fields[1, :, 1] += -0.12 * g
         cheek = np.exp(-((u - (cu + side * 0.12)) ** 2 + (v - (cv - 0.35)) ** 2) / (2 * 0.25**2))
         fields[1, :, 1] += -0.05 * cheek
-    for lower in (EYE_L_LOWER, EYE_R_LOWER):
+    for lower in (EYE_LEFT_LOWER, EYE_RIGHT_LOWER):
         fields[1, list(lower), 1] += -0.025
 
     # ---- blink: upper lid descends to the lower lid; the lid skin above stretches down
-    eyes = ((EYE_L_UPPER, EYE_L_LOWER, EYE_L_CORNERS), (EYE_R_UPPER, EYE_R_LOWER, EYE_R_CORNERS))
+    eyes = ((EYE_LEFT_UPPER, EYE_LEFT_LOWER, EYE_LEFT_CORNERS), (EYE_RIGHT_UPPER, EYE_RIGHT_LOWER, EYE_RIGHT_CORNERS))
     for upper, lower_i, corner in eyes:
         cu_, lower_v = _sorted_uv(u, v, list(lower_i + corner))
         ucu, upper_v = _sorted_uv(u, v, list(upper + corner))
@@ -378,9 +353,9 @@ def _expression_basis(lm: np.ndarray) -> np.ndarray:
         fields[2, list(lower_i), 1] += -0.06 * gap[list(lower_i)]
 
     # ---- brow_raise: brows up, forehead compresses, upper lid skin stretches
-    bu, bv = _sorted_uv(u, v, list(BROW_L + BROW_R))
+    bu, bv = _sorted_uv(u, v, list(BROW_LEFT + BROW_RIGHT))
     brow_v = np.interp(u, bu, bv)
-    eye_v = float(v[list(EYE_L_UPPER + EYE_R_UPPER)].mean())
+    eye_v = float(v[list(EYE_LEFT_UPPER + EYE_RIGHT_UPPER)].mean())
     top_v = float(v[FOREHEAD_TOP])
     above_b = np.clip((brow_v - v) / max(brow_v.mean() - top_v, 1e-3), 0.0, 1.0)
     below_b = np.clip((v - brow_v) / max(eye_v - float(bv.mean()), 1e-3), 0.0, 1.0)
@@ -432,8 +407,6 @@ def _visible_depth(lm: np.ndarray, max_slope: float = 1.8) -> np.ndarray:
 
 
 def _face_model(lm: np.ndarray) -> _FaceModel:
-    from scipy.spatial import Delaunay
-
     lm = _visible_depth(lm.astype(np.float64))
     o, eu, ev, D = _face_frame(lm)
     rel = lm[:, :2] - o
@@ -754,7 +727,7 @@ class SyntheticClip:
         """Backward piecewise-affine warp of the canvas: dst [N, 3] output px, src [N, 2] canvas px → [H, W, 3]."""
         cfg, m = self.cfg, self.model
         h, w = cfg.height, cfg.width
-        inv_cam = _invert_affine(cam)
+        inv_cam = invert_affine(cam)
         # outside the outer ring the map is the inverse camera similarity
         out = cv2.warpAffine(self.canvas, inv_cam, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                              borderMode=cv2.BORDER_REFLECT)
@@ -811,8 +784,8 @@ class SyntheticClip:
         cv2.fillPoly(mask, [poly], 255, lineType=cv2.LINE_AA, shift=4)
         if not mask.any():
             return
-        up = lm[[78, *LIPS_UPPER_INNER, 308], :2]
-        lo_ = lm[[78, *LIPS_LOWER_INNER, 308], :2]
+        up = lm[[MOUTH_CORNERS_INNER[0], *LIPS_UPPER_INNER, MOUTH_CORNERS_INNER[1]], :2]
+        lo_ = lm[[MOUTH_CORNERS_INNER[0], *LIPS_LOWER_INNER, MOUTH_CORNERS_INNER[1]], :2]
         xs = np.arange(x0, x1, dtype=np.float64)
         ou, ol = np.argsort(up[:, 0]), np.argsort(lo_[:, 0])
         y_up = np.interp(xs, up[ou, 0], up[ou, 1])[None, :]
@@ -888,23 +861,18 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([int(seed) % (1 << 63), *keys])
 
 
-def _invert_affine(m: np.ndarray) -> np.ndarray:
-    a = m[:, :2]
-    ai = np.linalg.inv(a)
-    return np.concatenate([ai, (-ai @ m[:, 2])[:, None]], 1)
-
-
 def synthetic_clip(cfg: SynthConfig, portraits: list[Portrait] | None = None) -> Iterator[SyntheticFrame]:
     """Frames of a synthetic clip with ground truth, in order (deterministic by ``cfg.seed``)."""
     yield from SyntheticClip(cfg, portraits)
 
 
 # ------------------------------------------------------------------------------------------------ demo:
-def _config_from_demo(opt: object) -> tuple[SynthConfig, str | None]:
-    """DemoOptions (seconds, fps, width, height, seed, extra) → SynthConfig and an optional portrait folder."""
-    extra: dict[str, str] = dict(getattr(opt, "extra", {}) or {})
-    cfg = SynthConfig(width=int(opt.width), height=int(opt.height), fps=float(opt.fps),  # type: ignore[attr-defined]
-                      seconds=float(opt.seconds), seed=int(opt.seed))  # type: ignore[attr-defined]
+def config_from_demo(opt: DemoOptions) -> tuple[SynthConfig, str | None]:
+    """``demo:portrait`` options (:class:`realtime.io.sources.DemoOptions`) → SynthConfig and an optional portrait
+    folder (``portraits=`` / ``folder=``); the other extra options set SynthConfig fields (UserError if unknown)."""
+    extra: dict[str, str] = dict(opt.extra or {})
+    cfg = SynthConfig(width=int(opt.width), height=int(opt.height), fps=float(opt.fps), seconds=float(opt.seconds),
+                      seed=int(opt.seed))
     folder = extra.pop("portraits", None) or extra.pop("folder", None)
     types = {f.name: f.type for f in dataclasses.fields(SynthConfig)}
     for k, v in extra.items():
@@ -926,26 +894,16 @@ def _config_from_demo(opt: object) -> tuple[SynthConfig, str | None]:
     return cfg, folder
 
 
-def portrait_demo(opt: object) -> Iterator[np.ndarray]:
+def portrait_demo(opt: DemoOptions) -> Iterator[np.ndarray]:
     """``demo:portrait`` generator: yields [H, W, 3] uint8 frames of :func:`synthetic_clip`.
 
     Extra spec options: ``portraits=FOLDER`` and any :class:`SynthConfig` field (``face_scale=0.5``,
     ``max_yaw=10``, ``jpeg=0``, ...).
     """
-    cfg, folder = _config_from_demo(opt)
+    cfg, folder = config_from_demo(opt)
     portraits = load_portraits(folder) if folder else None
     for f in SyntheticClip(cfg, portraits):
         yield f.image
-
-
-def register_demo(name: str = "portrait", *, default: bool = True) -> None:
-    """Register :func:`portrait_demo` as ``demo:NAME`` in realtime.sources (and as the default demo if the
-    sources module exposes a ``DEFAULT_DEMO`` setting)."""
-    from realtime.io import sources
-
-    sources.register_demo_generator(name, portrait_demo)
-    if default and hasattr(sources, "DEFAULT_DEMO"):
-        sources.DEFAULT_DEMO = name
 
 
 # ----------------------------------------------------------------------------------------- sheet / CLI
@@ -1010,9 +968,6 @@ def gallery(clip: SyntheticClip, width: int, cols: int = 6) -> np.ndarray:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m realtime.io.synthetic``: write a contact sheet and/or time the generator."""
-    import argparse
-    import time
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--portraits", help="folder of portrait images/videos (default: skimage astronaut)")
     ap.add_argument("--sheet", help="write a contact sheet PNG of frames spread over the clip (and seeds)")

@@ -20,23 +20,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.config import opt
 from realtime.frames import Crop, Frame, Track
-
-# MediaPipe face-mesh indices (FACEMESH_RIGHT_EYE / FACEMESH_LEFT_EYE contours). "Left" follows FFHQ: the eye
-# on the image's left, i.e. the subject's right eye.
-EYE_LEFT_IDX = (7, 33, 133, 144, 145, 153, 154, 155, 157, 158, 159, 160, 161, 163, 173, 246)
-EYE_RIGHT_IDX = (249, 263, 362, 373, 374, 380, 381, 382, 384, 385, 386, 387, 388, 390, 398, 466)
-MOUTH_LEFT_IDX = 61
-MOUTH_RIGHT_IDX = 291
+from realtime.vision.geometry import apply_affine, crop_affine
+from realtime.vision.topology import EYE_LEFT, EYE_RIGHT, MOUTH_LEFT, MOUTH_RIGHT
 
 
 @dataclass
 class AlignConfig:
     """How crops are cut from frames."""
 
-    size: int = 256  # crop side N in pixels (128…1024); must match the bundle's preprocessing contract
-    pad: bool = True  # FFHQ padding (reflect + blur + fade to median) where the quad leaves the frame
-    antialias: bool = True  # box-filter the frame first when the crop shrinks it by 2× or more
+    size: int = opt(256, "crop side N in pixels (128…1024); must match the bundle's preprocessing contract", min=8,
+                    max=4096)
+    pad: bool = opt(True, "FFHQ padding (reflect + blur + fade to median) where the quad leaves the frame")
+    antialias: bool = opt(True, "box-filter the frame first when the crop shrinks it by 2× or more")
 
 
 # ----------------------------------------------------------------------------------------------- quads
@@ -79,44 +76,15 @@ def quad_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
     lm = np.asarray(landmarks)
     assert lm.shape[-2] >= 468 and lm.shape[-1] in (2, 3), lm.shape
     xy = lm[..., :2].astype(np.float64)
-    eye_l = xy[..., EYE_LEFT_IDX, :].mean(axis=-2)
-    eye_r = xy[..., EYE_RIGHT_IDX, :].mean(axis=-2)
-    return ffhq_quad(eye_l, eye_r, xy[..., MOUTH_LEFT_IDX, :], xy[..., MOUTH_RIGHT_IDX, :])
+    eye_l = xy[..., EYE_LEFT, :].mean(axis=-2)
+    eye_r = xy[..., EYE_RIGHT, :].mean(axis=-2)
+    return ffhq_quad(eye_l, eye_r, xy[..., MOUTH_LEFT, :], xy[..., MOUTH_RIGHT, :])
 
 
 def quad_size(quad: np.ndarray) -> float:
     """Side length of a quad in pixels (FFHQ's ``qsize``). quad: [4, 2]."""
     q = np.asarray(quad, np.float64)
     return float(0.5 * (np.hypot(*(q[3] - q[0])) + np.hypot(*(q[1] - q[0]))))
-
-
-def crop_affine(quad: np.ndarray, size: int) -> np.ndarray:
-    """Affine [2, 3] float64 taking crop pixel coords (0…size-1) to frame pixel coords.
-
-    The crop's outer edges (-0.5 and size-0.5) land on the quad's edges, like PIL's QUAD transform in the
-    FFHQ script. quad: [4, 2] (TL, BL, BR, TR).
-    """
-    q = np.asarray(quad, np.float64)
-    ex = (q[3] - q[0]) / size  # frame step per crop column
-    ey = (q[1] - q[0]) / size  # frame step per crop row
-    origin = q[0] + 0.5 * ex + 0.5 * ey  # centre of crop pixel (0, 0)
-    return np.array([[ex[0], ey[0], origin[0]], [ex[1], ey[1], origin[1]]], np.float64)
-
-
-def invert_affine(m: np.ndarray) -> np.ndarray:
-    """Inverse of a [2, 3] affine (or a batch [..., 2, 3])."""
-    m = np.asarray(m, np.float64)
-    a = m[..., :2]
-    ainv = np.linalg.inv(a)
-    t = -np.einsum("...ij,...j->...i", ainv, m[..., 2])
-    return np.concatenate([ainv, t[..., None]], axis=-1)
-
-
-def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Map points [..., 2] through a [2, 3] affine."""
-    m = np.asarray(m, np.float64)
-    p = np.asarray(pts, np.float64)
-    return p @ m[:, :2].T + m[:, 2]
 
 
 # ----------------------------------------------------------------------------------------------- CPU
@@ -263,7 +231,6 @@ def align(frame: Frame, track: Track, config: AlignConfig | None = None) -> Crop
 
 
 def _gaussian_kernel1d(sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-
     radius = max(1, int(np.ceil(sigma * 4.0)))  # OpenCV's (0, 0) kernel for float images: ~4σ
     x = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
@@ -272,7 +239,6 @@ def _gaussian_kernel1d(sigma: float, device: torch.device, dtype: torch.dtype) -
 
 def gaussian_blur_torch(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur with reflect borders. x: [B, C, H, W] float → same shape."""
-
     b, c, h, w = x.shape
     k = _gaussian_kernel1d(sigma, x.device, x.dtype)
     r = (k.numel() - 1) // 2
@@ -289,7 +255,6 @@ def affine_grid_pixels(m: torch.Tensor, out_h: int, out_w: int, in_h: int, in_w:
 
     Returns [B, out_h, out_w, 2] normalised coordinates.
     """
-
     dev, dt = m.device, m.dtype
     v, u = torch.meshgrid(
         torch.arange(out_h, device=dev, dtype=dt), torch.arange(out_w, device=dev, dtype=dt), indexing="ij"
@@ -314,7 +279,6 @@ def align_crops_torch(
     Returns:
         crops [B, 3, N, N] float32 in [-1, 1] on images.device, and to_frame [B, 2, 3] float64 (numpy).
     """
-
     assert images.ndim == 4 and images.shape[1] == 3, tuple(images.shape)
     b, _, h, w = images.shape
     q = np.asarray(quads.detach().cpu().numpy() if isinstance(quads, torch.Tensor) else quads, np.float64)

@@ -14,68 +14,72 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
+from models.config import opt
 from realtime.frames import Crop, Frame, Output, Track
-from realtime.vision.align import apply_affine, invert_affine
-
-if TYPE_CHECKING:
-    import torch
+from realtime.vision.align import affine_grid_pixels
+from realtime.vision.geometry import apply_affine, invert_affine, landmarks_to_crop
+from realtime.vision.mediapipe_runtime import import_mediapipe, quiet_native_stderr
+from realtime.vision.topology import (
+    BROW_LEFT_LOOP,
+    BROW_RIGHT_LOOP,
+    CHIN,
+    EYE_LEFT_LOOP,
+    EYE_RIGHT_LOOP,
+    FACE_OVAL,
+    FOREHEAD_TOP,
+    LIPS_OUTER_LOOP,
+    rotate,
+)
 
 log = logging.getLogger(__name__)
 
-# MediaPipe FACEMESH_FACE_OVAL as a closed loop (starts at the chin's left, goes up the image-left side).
-FACE_OVAL = (176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109, 10, 338, 297, 332,
-             284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148)
-FOREHEAD_TOP = 10
-CHIN = 152
-EYES = ((33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246),
-        (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466))
-LIPS_OUTER = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
-BROWS = ((70, 63, 105, 66, 107, 55, 65, 52, 53, 46), (300, 293, 334, 296, 336, 285, 295, 282, 283, 276))
+# The mask's polygon: the face oval as a loop that starts at the chin's left and goes up the image-left side
+# (the anti-aliased fill depends on the starting vertex, so it is kept fixed).
+OVAL_LOOP = rotate(FACE_OVAL, 176)
 
 
 @dataclass
 class CompositeConfig:
     """Mask, colour and fade parameters for paste-back."""
 
-    forehead: float = 0.25  # push the top of the face oval up by this fraction of the eye-to-chin distance
-    erode: float = 0.015  # shrink the mask by this fraction of the crop side before feathering
-    feather: float = 0.025  # Gaussian feather sigma as a fraction of the crop side
-    mask_px: int = 128  # the mask is drawn and blurred at this resolution, then resized to the crop
-    segmentation: bool = False  # multiply the mask by MediaPipe selfie segmentation (keeps background out)
-    color_match: bool = False  # match the face's mean/std to the original in a skin region
-    color_strength: float = 1.0  # 0…1 blend of the colour-matched face with the raw one
-    interpolation: Literal["linear", "cubic"] = "linear"  # resampling of the paste warp
-    hold_s: float = 0.5  # face lost: keep pasting the last face for this long
-    fade_out_s: float = 0.4  # then cross-fade to the untouched frame over this long
-    fade_in_s: float = 0.25  # face back: fade the filter in over this long
-    fps: float = 30.0  # frame rate assumed when frames carry no timestamps
-    in_place: bool = False  # paste into frame.image itself (saves a full-frame copy; the source frame changes)
+    forehead: float = opt(0.25, "push the top of the face oval up by this fraction of the eye-to-chin distance",
+                          min=0.0)
+    erode: float = opt(0.015, "shrink the mask by this fraction of the crop side before feathering", min=0.0)
+    feather: float = opt(0.025, "Gaussian feather sigma as a fraction of the crop side", min=0.0)
+    mask_px: int = opt(128, "the mask is drawn and blurred at this resolution, then resized to the crop", min=8)
+    segmentation: bool = opt(False, "multiply the mask by MediaPipe selfie segmentation (keeps background out)")
+    color_match: bool = opt(False, "match the face's mean/std to the original in a skin region")
+    color_strength: float = opt(1.0, "0…1 blend of the colour-matched face with the raw one", min=0.0, max=1.0)
+    interpolation: Literal["linear", "cubic"] = opt("linear", "resampling of the paste warp")
+    hold_s: float = opt(0.5, "face lost: keep pasting the last face for this many seconds", min=0.0)
+    fade_out_s: float = opt(0.4, "then cross-fade to the untouched frame over this many seconds", min=0.0)
+    fade_in_s: float = opt(0.25, "face back: fade the filter in over this many seconds", min=0.0)
+    fps: float = opt(30.0, "frame rate assumed when frames carry no timestamps", min=1.0)
+    in_place: bool = opt(False, "paste into frame.image itself (saves a full-frame copy; the source frame changes)")
 
 
 # ------------------------------------------------------------------------------------------------ masks
 
 
-def landmarks_to_crop(landmarks: np.ndarray, to_frame: np.ndarray) -> np.ndarray:
-    """Frame-pixel landmarks [K, 2|3] → crop pixel coords [K, 2] through the inverse of to_frame [2, 3]."""
-    return apply_affine(invert_affine(to_frame), np.asarray(landmarks)[:, :2])
-
-
 def oval_polygon(lm_crop: np.ndarray, forehead: float) -> np.ndarray:
     """Face-oval polygon [36, 2] with its upper part pushed up over the forehead. lm_crop: [468, 2]."""
     lm = np.asarray(lm_crop, np.float64)[:, :2]
-    eyes = 0.5 * (lm[list(EYES[0])].mean(0) + lm[list(EYES[1])].mean(0))
+    eyes = 0.5 * (lm[list(EYE_LEFT_LOOP)].mean(0) + lm[list(EYE_RIGHT_LOOP)].mean(0))
     up = eyes - lm[CHIN]
     height = float(np.hypot(*up))
     if height < 1e-6:
-        return lm[list(FACE_OVAL)]
+        return lm[list(OVAL_LOOP)]
     up /= height
-    oval = lm[list(FACE_OVAL)]
+    oval = lm[list(OVAL_LOOP)]
     top = float((lm[FOREHEAD_TOP] - eyes) @ up)
     w = np.clip(((oval - eyes) @ up) / max(top, 1e-6), 0.0, 1.0)
     w = np.sin(w * (math.pi / 2.0))  # smooth at eye level, full at the top
@@ -125,11 +129,11 @@ def skin_region(lm_crop: np.ndarray, size: int) -> np.ndarray:
     lm = np.asarray(lm_crop, np.float64)[:, :2]
     res = min(size, 128)
     s = res / size
-    oval = lm[list(FACE_OVAL)]
+    oval = lm[list(OVAL_LOOP)]
     c = oval.mean(0)
     m = _fill([c + (oval - c) * 0.8], res, s)
     holes = [cv2.convexHull(lm[list(idx)].astype(np.float32)).reshape(-1, 2).astype(np.float64)
-             for idx in (*EYES, *BROWS, LIPS_OUTER)]
+             for idx in (EYE_LEFT_LOOP, EYE_RIGHT_LOOP, BROW_LEFT_LOOP, BROW_RIGHT_LOOP, LIPS_OUTER_LOOP)]
     holes = [h.mean(0) + (h - h.mean(0)) * 1.4 for h in holes]
     _fill(holes, res, s, value=0, into=m)
     if res != size:
@@ -160,14 +164,10 @@ class PersonSegmenter:
     """MediaPipe selfie segmentation (model inside the wheel) on a crop → person probability."""
 
     def __init__(self) -> None:
-        import warnings
-
-        from realtime.vision.mediapipe_runtime import import_mediapipe, quiet_native_stderr
-
         import_mediapipe()
         with warnings.catch_warnings(), quiet_native_stderr():  # "label() is deprecated" + start-up lines
             warnings.simplefilter("ignore", DeprecationWarning)
-            from mediapipe.python.solutions import selfie_segmentation
+            from mediapipe.python.solutions import selfie_segmentation  # noqa: PLC0415 - optional, heavy
 
             self._seg = selfie_segmentation.SelfieSegmentation(model_selection=0)
         self._first = True
@@ -175,8 +175,6 @@ class PersonSegmenter:
     def __call__(self, crop_rgb: np.ndarray) -> np.ndarray:
         """crop_rgb [N, N, 3] uint8 → [N, N] float32 in [0, 1]."""
         if self._first:
-            from realtime.vision.mediapipe_runtime import quiet_native_stderr
-
             self._first = False
             with quiet_native_stderr():
                 return self(crop_rgb)
@@ -304,11 +302,6 @@ def paste_back_torch(frames: torch.Tensor, faces: torch.Tensor, to_frame: np.nda
         alpha: scalar or [B] opacity.
     Returns: [B, 3, H, W] with the dtype of ``frames`` (a new tensor).
     """
-    import torch
-    import torch.nn.functional as F
-
-    from realtime.vision.align import affine_grid_pixels
-
     b, _, h, w = frames.shape
     n = faces.shape[-1]
     assert faces.shape == (b, 3, n, n) and masks.shape == (b, 1, n, n), (faces.shape, masks.shape)

@@ -6,6 +6,9 @@ run), and its TFLite/absl code writes ``INFO: Created TensorFlow Lite XNNPACK de
 inference_feedback_manager …`` and similar lines straight to file descriptor 2 when graphs start. A user of
 ``stylestream run`` should see none of that. :func:`quiet_native_stderr` captures fd 2 around those calls and
 replays every line that is *not* known noise, so real errors still reach the terminal.
+
+MediaPipe is optional at import time: this module (and everything that imports it) loads without it;
+:func:`import_mediapipe` and :func:`detect_landmarks` load it on first use.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import os
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import ModuleType
 
+import numpy as np
+
 from models.errors import UserError
+from realtime.vision.topology import NUM_LANDMARKS
 
 # Substrings of lines MediaPipe prints on every start; anything else is passed through.
 NOISE = (
@@ -130,12 +136,51 @@ def install_native_stderr_filter() -> None:
     atexit.register(restore)
 
 
-def import_mediapipe() -> ModuleType:
-    """``import mediapipe`` quietly; a missing or broken install is a one-line UserError."""
+def import_mediapipe(purpose: str = "face tracking") -> ModuleType:
+    """``import mediapipe`` quietly; a missing or broken install is a one-line UserError naming ``purpose``."""
     try:
         with quiet_native_stderr():
-            import mediapipe
+            import mediapipe  # noqa: PLC0415 - optional, heavy, and noisy at import
     except Exception as exc:  # ImportError, or a broken protobuf/numpy combination
-        raise UserError(f"face tracking needs MediaPipe 0.10.21 ({type(exc).__name__}: {exc}); "
+        raise UserError(f"{purpose} needs MediaPipe 0.10.21 ({type(exc).__name__}: {exc}); "
                         "install it with: pip install --no-deps mediapipe==0.10.21") from None
     return mediapipe
+
+
+def _face_mesh_solution() -> ModuleType:
+    """MediaPipe's ``solutions.face_mesh`` module, imported quietly (UserError when MediaPipe is unusable)."""
+    import_mediapipe("finding face landmarks")
+    try:
+        with quiet_native_stderr():
+            from mediapipe.python.solutions import face_mesh  # noqa: PLC0415 - optional, heavy
+    except Exception as exc:  # a broken protobuf/numpy combination
+        raise UserError(f"finding face landmarks needs MediaPipe 0.10.21 ({type(exc).__name__}: {exc}); "
+                        "install it with: pip install --no-deps mediapipe==0.10.21") from None
+    return face_mesh
+
+
+def detect_landmarks(images: Sequence[np.ndarray]) -> list[np.ndarray | None]:
+    """468 face-mesh landmarks per still image with MediaPipe's runtime (static image mode, one face).
+
+    images: each [H, W, 3] uint8 RGB. Returns per image [468, 3] float32 (pixel-index x, y; z·width) or None
+    when no face is found.
+    """
+    face_mesh = _face_mesh_solution()
+    out: list[np.ndarray | None] = []
+    with quiet_native_stderr(), face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False,
+                                                   min_detection_confidence=0.5) as fm:
+        for img in images:
+            assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8, (img.shape, img.dtype)
+            res = fm.process(np.ascontiguousarray(img))
+            if not res.multi_face_landmarks:
+                out.append(None)
+                continue
+            h, w = img.shape[:2]
+            pts = res.multi_face_landmarks[0].landmark
+            arr = np.array([(p.x, p.y, p.z) for p in pts[:NUM_LANDMARKS]], np.float64)
+            lm = np.empty((NUM_LANDMARKS, 3), np.float32)
+            lm[:, 0] = arr[:, 0] * w - 0.5
+            lm[:, 1] = arr[:, 1] * h - 0.5
+            lm[:, 2] = arr[:, 2] * w
+            out.append(lm)
+    return out

@@ -27,44 +27,46 @@ from typing import Literal, Protocol
 import cv2
 import numpy as np
 
+from models.config import opt
 from models.errors import UserError
 from realtime.frames import Frame, Track
-from realtime.vision.align import EYE_LEFT_IDX, EYE_RIGHT_IDX, quad_from_landmarks, quad_size
-from realtime.vision.mediapipe_runtime import quiet_native_stderr
+from realtime.vision.align import quad_from_landmarks, quad_size, warp_to_crop
+from realtime.vision.mediapipe_runtime import import_mediapipe, quiet_native_stderr
+from realtime.vision.topology import EYE_LEFT, EYE_RIGHT, NUM_LANDMARKS
 
 log = logging.getLogger(__name__)
-
-NUM_LANDMARKS = 468
 
 
 @dataclass
 class TrackerConfig:
     """Face tracking and stabilisation parameters (defaults tuned for 30 fps webcams)."""
 
-    max_faces: int = 1  # faces tracked at once; track() returns the largest/most central, track_all() all
-    detector: Literal["full", "short"] = "full"  # MediaPipe detector: full range (small faces) or short range
-    detection_confidence: float = 0.5  # detector score needed to start tracking a face
-    tracking_confidence: float = 0.5  # face-mesh presence score below which the face counts as lost
-    redetect_every: int = 0  # also run the detector every n frames while tracking (0: only when lost)
-    roi_scale: float = 2.0  # side of the square fed to the face mesh, in landmark-box sizes
-    roi_px: int = 256  # resolution of that square
-    min_face_px: float = 64.0  # faces whose FFHQ quad side is smaller than this are skipped (no Track)
-    center_weight: float = 0.5  # choice: size × (1 − w · distance from centre / half-diagonal)
-    switch_margin: float = 1.3  # another face must score this many times better to take over
-    lk: bool = True  # blend each landmark with its Lucas-Kanade flow prediction (StylePortraitVideo §3.1)
-    lk_window: int = 11  # LK window side in pixels (at the LK working resolution)
-    lk_levels: int = 2  # LK pyramid levels above the base
-    lk_face_px: float = 160.0  # LK runs on the face region downscaled so the eye-to-eye distance ≤ this/4
-    lk_weight: float = 0.85  # weight of the flow prediction when it agrees with the detection
-    lk_tolerance: float = 0.04  # disagreement (fraction of quad side) where the flow weight falls by 1/e
-    smoothing: Literal["one_euro", "none"] = "one_euro"  # causal quad filter (live); file jobs: "none"
-    one_euro_min_cutoff: float = 0.5  # Hz; cutoff when the face is still (lower = steadier, laggier)
-    one_euro_beta: float = 5.0  # cutoff increase in Hz per quad-side/second of unexplained speed
-    one_euro_d_cutoff: float = 2.0  # Hz; cutoff of the speed estimate
-    one_euro_flow: bool = True  # move the filter state with the LK-measured motion first (removes lag)
-    fps: float = 30.0  # frame rate assumed when frames carry no timestamps
-    reset_jump: float = 0.35  # a raw quad jump larger than this (quad sides) restarts the filters
-    gaussian_sigma: float = 2.0  # smooth_tracks(): temporal Gaussian sigma in frames
+    max_faces: int = opt(1, "faces tracked at once; track() returns the largest/most central, track_all() all", min=1)
+    detector: Literal["full", "short"] = opt("full", "MediaPipe detector: full range (small faces) or short range")
+    detection_confidence: float = opt(0.5, "detector score needed to start tracking a face", min=0.0, max=1.0)
+    tracking_confidence: float = opt(0.5, "face-mesh presence score below which the face counts as lost", min=0.0,
+                                     max=1.0)
+    redetect_every: int = opt(0, "also run the detector every n frames while tracking (0: only when lost)", min=0)
+    roi_scale: float = opt(2.0, "side of the square fed to the face mesh, in landmark-box sizes", min=1.0)
+    roi_px: int = opt(256, "resolution (px) of the square fed to the face mesh", min=16)
+    min_face_px: float = opt(64.0, "faces whose FFHQ quad side is smaller than this are skipped (no Track)", min=0.0)
+    center_weight: float = opt(0.5, "choice: size × (1 − w · distance from centre / half-diagonal)", min=0.0, max=1.0)
+    switch_margin: float = opt(1.3, "another face must score this many times better to take over", min=1.0)
+    lk: bool = opt(True, "blend each landmark with its Lucas-Kanade flow prediction (StylePortraitVideo §3.1)")
+    lk_window: int = opt(11, "LK window side in pixels (at the LK working resolution)", min=3)
+    lk_levels: int = opt(2, "LK pyramid levels above the base", min=0)
+    lk_face_px: float = opt(160.0, "LK runs on the face region downscaled so the eye-to-eye distance ≤ this/4", min=1.0)
+    lk_weight: float = opt(0.85, "weight of the flow prediction when it agrees with the detection", min=0.0, max=1.0)
+    lk_tolerance: float = opt(0.04, "disagreement (fraction of quad side) where the flow weight falls by 1/e",
+                              min=0.001)
+    smoothing: Literal["one_euro", "none"] = opt("one_euro", "causal quad filter (live); file jobs: 'none'")
+    one_euro_min_cutoff: float = opt(0.5, "Hz; cutoff when the face is still (lower = steadier, laggier)", min=0.01)
+    one_euro_beta: float = opt(5.0, "cutoff increase in Hz per quad-side/second of unexplained speed", min=0.0)
+    one_euro_d_cutoff: float = opt(2.0, "Hz; cutoff of the speed estimate", min=0.01)
+    one_euro_flow: bool = opt(True, "move the filter state with the LK-measured motion first (removes lag)")
+    fps: float = opt(30.0, "frame rate assumed when frames carry no timestamps", min=1.0)
+    reset_jump: float = opt(0.35, "a raw quad jump larger than this (quad sides) restarts the filters", min=0.0)
+    gaussian_sigma: float = opt(2.0, "smooth_tracks(): temporal Gaussian sigma in frames", min=0.0)
 
 
 @dataclass
@@ -93,13 +95,11 @@ class LandmarkSource(Protocol):
 
 
 def _import_mediapipe():  # noqa: ANN202 - returns modules
-    from realtime.vision.mediapipe_runtime import import_mediapipe, quiet_native_stderr
-
     import_mediapipe()
     try:
         with quiet_native_stderr():
-            from mediapipe.python.solution_base import SolutionBase
-            from mediapipe.python.solutions import face_detection, face_mesh
+            from mediapipe.python.solution_base import SolutionBase  # noqa: PLC0415 - optional, heavy
+            from mediapipe.python.solutions import face_detection, face_mesh  # noqa: PLC0415
     except Exception as exc:  # a broken protobuf/numpy combination
         raise UserError(
             f"face tracking needs MediaPipe 0.10.21 ({type(exc).__name__}: {exc}); "
@@ -246,8 +246,6 @@ class MediaPipeLandmarks:
             [[scale, 0.0, face.cx - face.side * 0.5 + 0.5 * scale - 0.5],
              [0.0, scale, face.cy - face.side * 0.5 + 0.5 * scale - 0.5]]
         )
-        from realtime.vision.align import warp_to_crop
-
         roi = warp_to_crop(image, m, s, antialias=True, border=cv2.BORDER_CONSTANT)
         res = face.graph.process({"image": roi})
         if not res.multi_face_landmarks:
@@ -504,7 +502,7 @@ class FaceTracker:
         g = 32
         x0, y0 = max(0, int(lo[0] - margin) // g * g), max(0, int(lo[1] - margin) // g * g)
         x1, y1 = min(w, (int(hi[0] + margin) // g + 1) * g), min(h, (int(hi[1] + margin) // g + 1) * g)
-        eye = float(np.linalg.norm(lm[list(EYE_LEFT_IDX), :2].mean(0) - lm[list(EYE_RIGHT_IDX), :2].mean(0)))
+        eye = float(np.linalg.norm(lm[list(EYE_LEFT), :2].mean(0) - lm[list(EYE_RIGHT), :2].mean(0)))
         down = max(1.0, math.ceil(eye * 4.0 / self.cfg.lk_face_px * 4.0) / 4.0)
         return x0, y0, x1, y1, down
 
