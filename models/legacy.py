@@ -388,13 +388,24 @@ def rosinality_to_nvlabs(sd: dict[str, torch.Tensor]) -> tuple[GeneratorConfig, 
 # torch.save checkpoints: rosinality .pt and e4e / pSp .pt share one reader
 
 
+# Globals a training checkpoint may hold besides tensors and containers: rosinality's ``args`` Namespace, and
+# numeric numpy scalars (e4e's ``best_val_loss`` is an ``np.mean``), rebuilt by our numeric-only constructors.
+TORCH_SAFE_GLOBALS: list[Any] = [
+    argparse.Namespace,
+    (_np_scalar, "numpy.core.multiarray.scalar"),
+    (_np_scalar, "numpy._core.multiarray.scalar"),
+    (_np_dtype, "numpy.dtype"),
+    *sorted({type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"}, key=str),  # dtype classes, for their __setstate__
+]
+
+
 def read_torch_checkpoint(path: Path) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` of a rosinality / e4e / pSp ``.pt`` → its top-level dict.
 
-    Only tensors, containers, plain values and ``argparse.Namespace`` (rosinality's ``args``) are rebuilt; a file
-    that names any other global is refused before anything from it runs."""
+    Only tensors, containers, plain values, ``argparse.Namespace`` (rosinality's ``args``) and numeric numpy
+    scalars are rebuilt; a file that names any other global is refused before anything from it runs."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS):
             ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "refused"

@@ -281,6 +281,25 @@ def test_shrunk_depth_and_input_size_are_configurable(tmp_path):
         enc(_crops(1, size=128))
 
 
+def test_training_state_in_the_file_is_read_safely(tmp_path, files):
+    # save_training_data=True adds global_step, the optimizer state and best_val_loss (an np.mean: a numpy scalar)
+    opt_state = {"state": {0: {"step": 10, "exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 1e-4, "betas": (0.95,
+                 0.999), "params": [0]}]}
+    p = write_official_pt(tmp_path / "t.pt", "e4e", files["enc"], files["dec"], files["latent_avg"],
+                          official_opts("e4e", save_training_data=True), global_step=200000,
+                          best_val_loss=np.mean([0.25, 0.5]), optimizer=opt_state,
+                          discriminator_state_dict={"w": torch.zeros(2)})
+    enc, _ = import_encoder(p)
+    x = _crops(1, seed=7)
+    with torch.no_grad():
+        assert _close(enc(x), reference_encode(files["enc"], x, "e4e", N_STYLES, files["latent_avg"]))
+    # … but numpy beyond numeric scalars is still refused: an object dtype, an object array
+    for bad in (np.dtype("O"), np.array([None, 1], dtype=object)):
+        torch.save({"state_dict": {}, "opts": {"x": bad}}, tmp_path / "o.pt")
+        with pytest.raises(UnsafePickleError):
+            import_encoder(tmp_path / "o.pt")
+
+
 @pytest.mark.parametrize("case", ["no_avg", "flat_avg", "no_opts_with_kind"])
 def test_latent_avg_follows_the_options(tmp_path, files, case):
     x = _crops(1, seed=5)
@@ -495,6 +514,8 @@ def test_bad_directions_are_refused(tmp_path, files, name, array, message):
 
 
 def test_onnx_export_of_the_encoder_matches_torch(tmp_path):
+    import onnx
+
     from export.onnx import export_bundle
     from export.parity import check_model, ort_runner
 
@@ -505,6 +526,9 @@ def test_onnx_export_of_the_encoder_matches_torch(tmp_path):
     export_bundle(b, tmp_path / "onnx", models=["fren"])
     r = check_model(b, tmp_path / "onnx", "fren", "fp32")
     assert r.ok and r.max_abs < 1e-4, r.message()
+    model = onnx.load(str(tmp_path / "onnx" / "fren.fp32.onnx"))
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 18
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
     run, _ = ort_runner(tmp_path / "onnx" / "fren.fp32.onnx")
     for batch in (1, 3):  # dynamic batch
         x = _crops(batch, size=img, seed=batch)
