@@ -577,3 +577,23 @@ def test_cli_errors_are_one_line(tmp_path, files):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "leave --encoder out" in r.stderr
     assert not (tmp_path / "o").exists()
 
+
+
+def test_bench_models_times_the_released_size_encoder(tmp_path):
+    from benchmarks import bench_models
+
+    out = tmp_path / "e4e.json"
+    assert bench_models.main(["--generator", "--encoder", "e4e", "--iters", "1", "--warmup", "0", "--threads", "1",
+                              "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    # IR-SE-50 + 18 map2style heads + laterals at the released widths: 267 M parameters (with a 30 M decoder, the
+    # ≈1.2 GB of e4e_ffhq_encode.pt)
+    assert row["model"] == "e4e" and row["resolution"] == 256 and row["params"] == 267_136_704
+    assert row["median_ms"] > 0
+
+
+def test_training_a_vit_encoder_from_an_e4e_bundle_is_refused_clearly(tmp_path, files, capsys):
+    import_bundle(files["e4e"]).save(tmp_path / "b")
+    rc = cli.main(["train", "encoder", "--out", str(tmp_path / "run"), "--bundle", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "key-frame encoder is e4e" in err and "Traceback" not in err
