@@ -389,7 +389,8 @@ def rosinality_to_nvlabs(sd: dict[str, torch.Tensor]) -> tuple[GeneratorConfig, 
 
 
 # Globals a training checkpoint may hold besides tensors and containers: rosinality's ``args`` Namespace, and
-# numeric numpy scalars (e4e's ``best_val_loss`` is an ``np.mean``), rebuilt by our numeric-only constructors.
+# numeric numpy scalars (a loss or step a training script computed with numpy and saved beside the weights, which
+# torch's weights_only loader refuses by default), rebuilt by our numeric-only constructors.
 TORCH_SAFE_GLOBALS: list[Any] = [
     argparse.Namespace,
     (_np_scalar, "numpy.core.multiarray.scalar"),

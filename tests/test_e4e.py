@@ -282,7 +282,8 @@ def test_shrunk_depth_and_input_size_are_configurable(tmp_path):
 
 
 def test_training_state_in_the_file_is_read_safely(tmp_path, files):
-    # save_training_data=True adds global_step, the optimizer state and best_val_loss (an np.mean: a numpy scalar)
+    # save_training_data=True adds global_step, the optimizer state and best_val_loss; a numpy scalar there (a loss
+    # computed with numpy, as a fork's training script may save it) must not make the file unreadable
     opt_state = {"state": {0: {"step": 10, "exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 1e-4, "betas": (0.95,
                  0.999), "params": [0]}]}
     p = write_official_pt(tmp_path / "t.pt", "e4e", files["enc"], files["dec"], files["latent_avg"],
