@@ -2,6 +2,10 @@
 
     python -m benchmarks.bench_models --device cpu --generator tiny-128 small-128 --encoder tiny small
     stylestream bench models --json docs/bench/models-cpu.json
+    stylestream bench models --generator --encoder e4e psp [--backend onnx]      the released e4e / pSp encoders
+
+``--encoder e4e`` / ``psp`` time the released IR-SE-50 encoder (256² crops → 18 × 512) as it runs in a bundle's
+key-frame slot: eagerly in torch, or (``--backend onnx``) as the exported ``fren`` graph in ONNX Runtime.
 
 Random weights cost the same time as trained ones, so production-scale configs (ffhq-config-f, vit-b16) can be
 measured without the real weights. Writes JSON with provenance (machine, device, versions, commit).
@@ -10,6 +14,7 @@ measured without the real weights. Writes JSON with provenance (machine, device,
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 import torch
@@ -18,7 +23,11 @@ from rich.table import Table
 
 from benchmarks.provenance import command_line, provenance, write_result
 from benchmarks.timing import summarise, time_calls
+from export.onnx import FrenExport, export_module
+from export.parity import ort_runner
 from models.bundle import new_bundle
+from models.e4e import PRESETS, StyleEncoder
+from models.e4e import PRESETS as STYLE_ENCODER_PRESETS
 from models.errors import UserError
 from models.face_mesh import FaceLandmarks
 from models.stylegan2 import GENERATOR_PRESETS, Generator, count_parameters
@@ -33,8 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--generator", nargs="*", default=DEFAULT_GENERATORS, choices=list(GENERATOR_PRESETS),
                    help="generator presets to time")
-    p.add_argument("--encoder", nargs="*", default=DEFAULT_ENCODERS, choices=list(ENCODER_PRESETS),
-                   help="encoder presets to time (FrEN and ViEN each)")
+    p.add_argument("--encoder", nargs="*", default=DEFAULT_ENCODERS,
+                   choices=list(ENCODER_PRESETS) + list(STYLE_ENCODER_PRESETS),
+                   help="encoder presets to time (ViT: FrEN and ViEN each; e4e / psp: the released key-frame encoder)")
     p.add_argument("--batch", type=int, nargs="*", default=[1], help="batch sizes")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     p.add_argument("--impl", choices=["export", "reference"], default="export", help="modulated-conv form")
@@ -54,6 +64,8 @@ def _dtype(precision: str) -> torch.dtype:
 
 
 def run(args: argparse.Namespace) -> int:
+
+
     dev = args.device
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {dev}: no CUDA device is available (torch {torch.__version__})")
@@ -65,8 +77,11 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     console = Console(stderr=True)
     torch.manual_seed(0)
+    vit_encoders = [e for e in args.encoder if e not in STYLE_ENCODER_PRESETS]
+    style_encoders = [e for e in args.encoder if e in STYLE_ENCODER_PRESETS]
     if args.backend != "torch":
-        rows = _engine_rows(args, console)
+        rows = _engine_rows(args, console, vit_encoders)
+    rows += _style_encoder_rows(args, console, style_encoders, dtype)
     for name in (args.generator if args.backend == "torch" else []):
         cfg = GENERATOR_PRESETS[name]
         g = Generator(cfg).eval().requires_grad_(False).to(dev)
@@ -87,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
                 ms = time_calls(lambda fl=fl, x=x: fl(x), dev, args.warmup, args.iters)
             rows.append({"model": "face mesh", "config": "mediapipe-468", "resolution": 192,
                          "params": count_parameters(fl), "batch": b, **summarise(ms)})
-    for name in (args.encoder if args.backend == "torch" else []):
+    for name in (vit_encoders if args.backend == "torch" else []):
         cfg = ENCODER_PRESETS[name]
         layout = GENERATOR_PRESETS["ffhq-config-f"].layout() if cfg.img_size >= 256 else \
             GENERATOR_PRESETS["tiny-128"].layout()
@@ -120,11 +135,49 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _engine_rows(args: argparse.Namespace, console: Console) -> list[dict]:
+def _style_encoder_rows(args: argparse.Namespace, console, names: list[str], dtype: torch.dtype) -> list[dict]:
+    """Time the released e4e / pSp encoder (random weights) per call: torch eagerly, or its exported ``fren``
+    graph (the wrapper and exporter the ONNX engine uses; dynamic batch) in ONNX Runtime on the CPU."""
+
+
+    if names and not (args.backend == "torch" or (args.backend == "onnx" and not args.device.startswith("cuda"))):
+        raise UserError("--encoder e4e / psp are timed with --backend torch (any device) or onnx (CPU)")
+    rows = []
+    for name in names:
+        cfg = PRESETS[name]
+        enc = StyleEncoder(cfg).eval().requires_grad_(False)
+        label = {"e4e": "e4e", "psp": "pSp"}[cfg.kind]
+        config = f"{name} IR-SE-50 → {cfg.n_styles}×{cfg.w_dim}"
+        with tempfile.TemporaryDirectory(prefix="stylestream-bench-") as tmp:
+            if args.backend == "onnx":
+
+                path = f"{tmp}/fren.fp32.onnx"
+                with console.status(f"exporting {label} to ONNX"):
+                    export_module(FrenExport(enc), {"crops": torch.zeros(1, 3, cfg.img_size, cfg.img_size)}, path,
+                                  ["ws"])
+                run, _ = ort_runner(path, threads=args.threads or torch.get_num_threads())
+            else:
+                enc.to(args.device, dtype)
+            for b in args.batch:
+                x = torch.rand(b, 3, cfg.img_size, cfg.img_size) * 2 - 1
+                with console.status(f"{label} batch {b} ({args.backend})"), torch.inference_mode():
+                    if args.backend == "onnx":
+                        feed = {"crops": x.numpy()}
+                        ms = time_calls(lambda run=run, feed=feed: run(feed), "cpu", args.warmup, args.iters)
+                    else:
+                        xd = x.to(args.device, dtype)
+                        ms = time_calls(lambda e=enc, x=xd: e(x), args.device, args.warmup, args.iters)
+                rows.append({"model": label, "config": config, "resolution": cfg.img_size,
+                             "params": count_parameters(enc), "batch": b, **summarise(ms)})
+        del enc
+    return rows
+
+
+def _engine_rows(args: argparse.Namespace, console, encoders: list[str]) -> list[dict]:
     """Time encode_key / encode_reuse / synthesize of an exported backend on random bundles."""
     rows = []
     for gname in args.generator:
-        for ename in args.encoder:
+        for ename in encoders:
             bundle = new_bundle(gname, ename)
             with console.status(f"exporting {gname} + {ename} for {args.backend}"):
                 threads = args.threads if args.backend == "onnx" else 0  # ORT's threads; torch's are set above

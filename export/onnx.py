@@ -200,11 +200,14 @@ def available_models(bundle: Bundle) -> list[str]:
 
 
 def tap_points(spec: ModelSpec) -> list[tuple[str, nn.Module]]:
-    """Sub-modules whose outputs parity diagnostics compare: every synthesis block (x and img), or the ViT's
-    patch embedding, every transformer block, the final norm, the projector and the head."""
+    """Sub-modules whose outputs parity diagnostics compare: every synthesis block (x and img), the ViT's patch
+    embedding, every transformer block, the final norm, the projector and the head, or an e4e / pSp encoder's own
+    list (input layer, backbone units, laterals, heads)."""
     net = spec.module.net  # type: ignore[union-attr]
     if spec.name == "synthesis":
         return [(f"b{b.resolution}", b) for b in net.blocks()]
+    if hasattr(net, "tap_points"):  # e4e / pSp key-frame encoder (models/e4e.py)
+        return net.tap_points()
     taps: list[tuple[str, nn.Module]] = []
     if hasattr(net, "projector"):
         taps.append(("projector", net.projector))

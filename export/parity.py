@@ -278,7 +278,7 @@ def randomize_heads(bundle: Bundle, std: float = 0.02, seed: int = 0) -> Bundle:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for enc in (bundle.fren, bundle.vien):
-            if enc is not None:
+            if enc is not None and hasattr(enc, "head"):  # ViT encoders (e4e / pSp heads are never zero)
                 w = enc.head[2].weight
                 w.copy_(torch.randn(w.shape, generator=gen) * std)
     return bundle

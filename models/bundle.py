@@ -5,9 +5,16 @@ A bundle is a folder::
     bundle.json            format name + version, every model config, the preprocessing contract,
                            which parts are trained, edits, provenance
     generator.safetensors  Generator state (NVlabs parameter names)
-    fren.safetensors       FrameEncoder state (absent when the bundle has no FrEN)
+    fren.safetensors       key-frame encoder state: the ViT FrameEncoder, or an e4e / pSp StyleEncoder
+                           (absent when the bundle has none)
     vien.safetensors       VideoEncoder state (absent when the bundle has no ViEN)
     extra.safetensors      named tensors used by edits etc. (absent when empty)
+
+Format versions (both are read; bundles are written as the newest):
+1 — ViT encoders only.
+2 — the key-frame encoder (``encoders.fren``, weights in fren.safetensors) may be e4e / pSp: its entry then carries
+    ``"kind": "e4e" | "psp"`` and a :class:`models.e4e.StyleEncoderConfig`. An entry without ``kind`` is a ViT
+    config exactly as in version 1, so version-1 bundles need no conversion and ViT bundles keep their hash.
 
 No pickles: JSON + safetensors only. Loading checks the format, the version, that every listed file exists,
 and that every tensor matches the shapes the configs imply; each failure is a :class:`BundleError` with one
@@ -30,14 +37,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from models.e4e import KINDS as STYLE_ENCODER_KINDS
+from models.e4e import StyleEncoder, StyleEncoderConfig
 from models.errors import BundleError
+from models.latents import WPlusLayout
 from models.stylegan2 import GENERATOR_PRESETS, Generator, GeneratorConfig
 from models.vit_encoder import ENCODER_PRESETS, FrameEncoder, VideoEncoder, ViTConfig
 
 FORMAT_NAME = "stylestream-bundle"
 # The built-in default bundle ships inside the package (package data), so an installed wheel has it too.
 DEFAULT_BUNDLE = Path(str(importlib.resources.files("models").joinpath("bundles", "default")))
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written by save(); 1 and 2 are read (see the module docstring)
 MANIFEST = "bundle.json"
 
 
@@ -46,7 +56,7 @@ class Bundle:
     """Generator + encoders + edits + the preprocessing contract they were trained with."""
 
     generator: Generator
-    fren: FrameEncoder | None = None
+    fren: FrameEncoder | StyleEncoder | None = None  # key-frame encoder: ViT FrEN or e4e / pSp (same call)
     vien: VideoEncoder | None = None
     trained: dict[str, bool] = field(default_factory=dict)  # {"generator": bool, "fren": bool, "vien": bool}
     edits: list[dict[str, Any]] = field(default_factory=list)  # edit specs (models/editing.py); tensors in extra
@@ -95,7 +105,7 @@ class Bundle:
             "name": self.name,
             "generator": self.generator.cfg.to_dict(),
             "encoders": {
-                "fren": self.fren.cfg.to_dict() if self.fren is not None else None,
+                "fren": key_encoder_manifest(self.fren),
                 "vien": self.vien.cfg.to_dict() if self.vien is not None else None,
             },
             "preprocess": self.preprocess(),
@@ -213,16 +223,16 @@ def load_bundle(path: str | os.PathLike, device: torch.device | str = "cpu") -> 
     try:
         gcfg = GeneratorConfig.from_dict(m["generator"])
         encs = m.get("encoders") or {}
-        fcfg = ViTConfig.from_dict(encs["fren"]) if encs.get("fren") else None
+        fren = make_key_encoder(encs["fren"], gcfg.layout()) if encs.get("fren") else None
         vcfg = ViTConfig.from_dict(encs["vien"]) if encs.get("vien") else None
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path / MANIFEST}: invalid model config ({exc})") from None
     g = Generator(gcfg)
     _load_state(g, path / "generator.safetensors", "generator")
-    fren = vien = None
-    if fcfg is not None:
-        fren = FrameEncoder(fcfg, gcfg.layout())
-        _load_state(fren, path / "fren.safetensors", "FrEN")
+    vien = None
+    if fren is not None:
+        _load_state(fren, path / "fren.safetensors", "FrEN" if isinstance(fren, FrameEncoder) else
+                    f"{key_encoder_kind(fren)} encoder")
     if vcfg is not None:
         vien = VideoEncoder(vcfg, gcfg.layout())
         _load_state(vien, path / "vien.safetensors", "ViEN")
@@ -241,6 +251,36 @@ def load_bundle(path: str | os.PathLike, device: torch.device | str = "cpu") -> 
     for mod in b.modules().values():
         mod.eval().requires_grad_(False)
     return b.to(device)
+
+
+def key_encoder_kind(enc: nn.Module | None) -> str:
+    """What a bundle's key-frame encoder is: "vit" (FrEN), "e4e", "psp" or "none"."""
+    if enc is None:
+        return "none"
+    return enc.kind if isinstance(enc, StyleEncoder) else "vit"
+
+
+def key_encoder_manifest(enc: nn.Module | None) -> dict[str, Any] | None:
+    """``encoders.fren`` of bundle.json: the ViT config as in format 1 (no ``kind``), or the e4e / pSp config
+    with its ``kind``."""
+    if enc is None:
+        return None
+    return enc.cfg.to_dict()  # StyleEncoderConfig.to_dict includes "kind"
+
+
+def make_key_encoder(d: dict[str, Any], layout: WPlusLayout) -> FrameEncoder | StyleEncoder:
+    """The (untrained) key-frame encoder module that ``encoders.fren`` of bundle.json describes."""
+    kind = d.get("kind", "vit")
+    if kind == "vit":
+        return FrameEncoder(ViTConfig.from_dict({k: v for k, v in d.items() if k != "kind"}), layout)
+    if kind not in STYLE_ENCODER_KINDS:
+        raise BundleError(f"key-frame encoder kind {kind!r} is not supported by this stylestream (vit, "
+                          f"{', '.join(STYLE_ENCODER_KINDS)}); upgrade stylestream")
+    cfg = StyleEncoderConfig.from_dict(d)
+    if (cfg.n_styles, cfg.w_dim) != (layout.num_ws, layout.w_dim):
+        raise BundleError(f"the {kind} encoder outputs {cfg.n_styles} W+ entries of {cfg.w_dim}, but the generator "
+                          f"takes {layout.num_ws} of {layout.w_dim}")
+    return StyleEncoder(cfg)
 
 
 @torch.no_grad()

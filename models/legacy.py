@@ -11,8 +11,13 @@ Supported:
   and refuses every global outside a short allow-list — before anything is called.
 * **rosinality ``.pt``** (stylegan2-pytorch): ``torch.load(weights_only=True)`` (``argparse.Namespace`` allowed
   for its ``args`` entry), then ``g_ema`` is renamed through :func:`rosinality_to_nvlabs`.
+* **e4e / pSp ``.pt``** (encoder4editing, pixel2style2pixel): the same reader (:func:`read_torch_checkpoint`);
+  the file is ``{"state_dict": {encoder.*, decoder.*}, "opts": vars(opts), "latent_avg": [n_styles, 512], …}``.
+  ``encoder.*`` loads unchanged into :class:`models.e4e.StyleEncoder` (config derived from the shapes, e4e vs pSp
+  from ``opts["encoder_type"]``); ``decoder.*`` is a rosinality generator, renamed like ``g_ema``.
+* **W directions**: InterFaceGAN ``.npy`` boundaries (``allow_pickle=False``) and e4e's ``.pt`` direction tensors.
 
-``stylestream import-weights`` wraps :func:`import_generator` and writes a bundle.
+``stylestream import-weights`` wraps :func:`import_bundle` and writes the bundle.
 """
 
 from __future__ import annotations
@@ -33,10 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.bundle import estimate_w_avg, load_state_checked
+from models.bundle import Bundle, estimate_w_avg, load_state_checked
+from models.e4e import KINDS, StyleEncoder, StyleEncoderConfig
+from models.editing import EditSpec, tensor_key
 from models.errors import CheckpointError, UnsafePickleError
 from models.stylegan2 import Generator, GeneratorConfig
 from models.tflite import read_tflite_file
+from models.vit_encoder import ENCODER_PRESETS, FrameEncoder, VideoEncoder
 
 # ----------------------------------------------------------------------------------------------------------------
 # Restricted unpickling
@@ -377,25 +385,320 @@ def rosinality_to_nvlabs(sd: dict[str, torch.Tensor]) -> tuple[GeneratorConfig, 
     return cfg, out
 
 
-def read_rosinality_pt(path: Path) -> tuple[GeneratorConfig, dict[str, torch.Tensor], torch.Tensor | None]:
+# ----------------------------------------------------------------------------------------------------------------
+# torch.save checkpoints: rosinality .pt and e4e / pSp .pt share one reader
+
+
+# Globals a training checkpoint may hold besides tensors and containers: rosinality's ``args`` Namespace, and
+# numeric numpy scalars (a loss or step a training script computed with numpy and saved beside the weights, which
+# torch's weights_only loader refuses by default), rebuilt by our numeric-only constructors.
+TORCH_SAFE_GLOBALS: list[Any] = [
+    argparse.Namespace,
+    (_np_scalar, "numpy.core.multiarray.scalar"),
+    (_np_scalar, "numpy._core.multiarray.scalar"),
+    (_np_dtype, "numpy.dtype"),
+    *sorted({type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"}, key=str),  # dtype classes, for their __setstate__
+]
+
+
+def read_torch_checkpoint(path: Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a rosinality / e4e / pSp ``.pt`` → its top-level dict.
+
+    Only tensors, containers, plain values, ``argparse.Namespace`` (rosinality's ``args``) and numeric numpy
+    scalars are rebuilt; a file that names any other global is refused before anything from it runs."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS):
             ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "refused"
         raise UnsafePickleError(f"refusing to load {path.name}: {first}") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, TypeError,
+            AttributeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path.name} is truncated or not a torch checkpoint ({type(exc).__name__})") from None
-    if not isinstance(ckpt, dict) or "g_ema" not in ckpt:
-        keys = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path.name}: no 'g_ema' entry (found {keys}); not a rosinality checkpoint")
-    cfg, state = rosinality_to_nvlabs(ckpt["g_ema"])
-    latent_avg = ckpt.get("latent_avg")
-    if isinstance(latent_avg, torch.Tensor):
-        latent_avg = latent_avg.reshape(-1)[: cfg.w_dim] if latent_avg.numel() >= cfg.w_dim else None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path.name}: expected a dict of weights, found {type(ckpt).__name__}")
+    return ckpt
+
+
+def _state_dict(ckpt: dict[str, Any]) -> dict[str, Any]:
+    sd = ckpt.get("state_dict")
+    return sd if isinstance(sd, dict) else {}
+
+
+def _prefixed(sd: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix):]: v for k, v in sd.items() if isinstance(k, str) and k.startswith(prefix)}
+
+
+def _opts(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The training options an e4e / pSp checkpoint carries (``vars(opts)``: a plain dict)."""
+    opts = ckpt.get("opts")
+    if isinstance(opts, argparse.Namespace):
+        opts = vars(opts)
+    return dict(opts) if isinstance(opts, dict) else {}
+
+
+def is_encoder_checkpoint(ckpt: dict[str, Any]) -> bool:
+    """True for an e4e / pSp training checkpoint (``state_dict`` with ``encoder.*`` weights)."""
+    return any(isinstance(k, str) and k.startswith("encoder.") for k in _state_dict(ckpt))
+
+
+def _mean_latent(latent_avg: Any, w_dim: int) -> torch.Tensor | None:
+    """A checkpoint's ``latent_avg`` ([w_dim], or e4e/pSp's [n_styles, w_dim] of repeated rows) → [w_dim]."""
+    if not isinstance(latent_avg, torch.Tensor) or latent_avg.numel() < w_dim or latent_avg.numel() % w_dim:
+        return None
+    return latent_avg.detach().reshape(-1, w_dim).to(torch.float32).mean(0)
+
+
+def generator_from_torch(ckpt: dict[str, Any], source: str
+                         ) -> tuple[GeneratorConfig, dict[str, torch.Tensor], torch.Tensor | None, str]:
+    """The StyleGAN2 generator inside a rosinality ``.pt`` (``g_ema``) or an e4e / pSp ``.pt`` (``decoder.*`` in
+    ``state_dict``, rosinality names) → (config, NVlabs-named state, average w [w_dim] or None, format name)."""
+    if "g_ema" in ckpt:
+        sd, fmt = ckpt["g_ema"], "rosinality pt"
     else:
-        latent_avg = None
+        sd = _prefixed(_state_dict(ckpt), "decoder.")
+        if not sd:
+            keys = sorted(map(str, ckpt))[:8]
+            raise CheckpointError(f"{source}: no 'g_ema' entry and no 'decoder.*' weights (found {keys}); not a "
+                                  "rosinality, e4e or pSp checkpoint")
+        fmt = f"{encoder_format_name(ckpt)} pt (its StyleGAN2 decoder)"
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{source}: the generator entry is not a dict of tensors")
+    cfg, state = rosinality_to_nvlabs(sd)
+    return cfg, state, _mean_latent(ckpt.get("latent_avg"), cfg.w_dim), fmt
+
+
+def read_rosinality_pt(path: Path) -> tuple[GeneratorConfig, dict[str, torch.Tensor], torch.Tensor | None]:
+    """(config, NVlabs-named state, average w or None) of the generator in a rosinality, e4e or pSp ``.pt``."""
+    cfg, state, latent_avg, _ = generator_from_torch(read_torch_checkpoint(path), path.name)
     return cfg, state, latent_avg
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# e4e / pSp encoders
+
+# opts["encoder_type"] → our kind. pSp's BackboneEncoderUsingLastLayerIntoW(Plus) are not supported.
+ENCODER_TYPES = {"Encoder4Editing": "e4e", "GradualStyleEncoder": "psp"}
+
+
+def encoder_format_name(ckpt: dict[str, Any]) -> str:
+    kind = ENCODER_TYPES.get(str(_opts(ckpt).get("encoder_type")))
+    return {"e4e": "e4e", "psp": "pSp"}.get(kind or "", "e4e/pSp")
+
+
+def _count(sd: dict[str, Any], pattern: str) -> list[int]:
+    return sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(pattern, k)))
+
+
+def encoder_config_from_state(sd: dict[str, torch.Tensor], kind: str, start_from_latent_avg: bool,
+                              source: str) -> StyleEncoderConfig:
+    """Derive a :class:`StyleEncoderConfig` from the shapes of an encoder state dict (keys without ``encoder.``).
+
+    Stages are found from the units' shortcut convolutions (a stage starts where the width changes; the first unit
+    of stage 1 keeps its width), the input size from the number of stride-2 convs of the first map2style head
+    (log2(S/16)), and the coarse / middle / fine split from the heads' conv counts (c, c+1, c+2)."""
+    try:
+        stem = sd["input_layer.0.weight"]
+        units = _count(sd, r"body\.(\d+)\.res_layer\.1\.weight")
+        heads = _count(sd, r"styles\.(\d+)\.linear\.weight")
+        if not units or units != list(range(len(units))) or not heads or heads != list(range(len(heads))):
+            raise KeyError("body.N / styles.N")
+        widths: list[int] = []
+        counts: list[int] = []
+        for i in units:
+            depth, cin = (int(s) for s in sd[f"body.{i}.res_layer.1.weight"].shape[:2])
+            if i == 0 or f"body.{i}.shortcut_layer.0.weight" in sd:
+                widths.append(depth)
+                counts.append(0)
+            elif depth != cin:
+                raise CheckpointError(f"{source}: unit body.{i} changes width without a shortcut conv")
+            counts[-1] += 1
+        se = "body.0.res_layer.5.fc1.weight" in sd
+        se_reduction = widths[0] // int(sd["body.0.res_layer.5.fc1.weight"].shape[0]) if se else 16
+        w_dim = int(sd["styles.0.linear.weight"].shape[0])
+        convs = [len(_count(sd, rf"styles\.{k}\.convs\.(\d+)\.weight")) for k in heads]
+    except KeyError as exc:
+        raise CheckpointError(f"{source}: the encoder weights lack {exc.args[0]}; not an e4e / pSp IR-SE encoder"
+                              ) from None
+    if len(widths) != 4:
+        raise CheckpointError(f"{source}: the encoder backbone has {len(widths)} stages; e4e / pSp (IR-SE-50) has 4")
+    if int(stem.shape[1]) != 3:
+        raise CheckpointError(f"{source}: the encoder takes {int(stem.shape[1])}-channel input (a pSp sketch / "
+                              "segmentation model, or ReStyle); only RGB face encoders (3 channels) can encode video")
+    c = convs[0]
+    coarse = next((i for i, n in enumerate(convs) if n != c), len(convs))
+    middle = next((i for i, n in enumerate(convs) if i >= coarse and n != c + 1), len(convs))
+    if c < 1 or any(n != c + 2 for n in convs[middle:]):
+        raise CheckpointError(f"{source}: map2style heads with {convs} convs do not follow the coarse/middle/fine "
+                              "pattern of e4e / pSp")
+    try:
+        return StyleEncoderConfig(kind=kind, img_size=16 * 2**c, in_channels=3, widths=tuple(widths),
+                                  units=tuple(counts), se=se, se_reduction=se_reduction, n_styles=len(heads),
+                                  w_dim=w_dim, coarse_ind=coarse, middle_ind=middle,
+                                  start_from_latent_avg=start_from_latent_avg)
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: unsupported encoder shape ({exc})") from None
+
+
+def encoder_from_torch(ckpt: dict[str, Any], source: str, kind: str | None = None) -> tuple[StyleEncoder, dict]:
+    """The e4e / pSp encoder of a checkpoint dict → (StyleEncoder in eval mode, provenance).
+
+    ``kind`` ("e4e" / "psp") is needed only when the file's ``opts`` lack ``encoder_type`` (the two have the same
+    parameter names; their forward passes differ). ``latent_avg`` is added to the output when ``opts`` say
+    ``start_from_latent_avg`` (or, without opts, when the file carries a ``latent_avg``)."""
+    sd = _prefixed(_state_dict(ckpt), "encoder.")
+    if not sd:
+        keys = sorted(map(str, ckpt))[:8]
+        raise CheckpointError(f"{source}: no 'state_dict' with 'encoder.*' weights (found {keys}); not an e4e or pSp "
+                              "checkpoint")
+    opts = _opts(ckpt)
+    etype = opts.get("encoder_type")
+    if etype is not None and etype not in ENCODER_TYPES:
+        raise CheckpointError(f"{source}: encoder_type {etype!r} is not supported (only Encoder4Editing and "
+                              "GradualStyleEncoder, the W+ encoders of e4e and pSp)")
+    found = ENCODER_TYPES.get(str(etype)) if etype is not None else None
+    if kind is not None and kind not in KINDS:
+        raise CheckpointError(f"unknown encoder kind {kind!r} (choose from {', '.join(KINDS)})")
+    if found is not None and kind is not None and kind != found:
+        raise CheckpointError(f"{source} is a {found} checkpoint (opts.encoder_type {etype}), not {kind}")
+    kind = found or kind
+    if kind is None:
+        raise CheckpointError(f"{source} does not say whether it is e4e or pSp (no opts.encoder_type); pass "
+                              "--encoder-kind e4e or --encoder-kind psp")
+    latent_avg = ckpt.get("latent_avg")
+    use_avg = opts.get("start_from_latent_avg")
+    use_avg = latent_avg is not None if use_avg is None else bool(use_avg)
+    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{source}: the encoder state holds non-tensor values")
+    cfg = encoder_config_from_state(sd, kind, use_avg, source)
+    enc = StyleEncoder(cfg)
+    state = {"encoder." + k: (v.to(torch.float32) if v.is_floating_point() else v) for k, v in sd.items()}
+    if use_avg:
+        if not isinstance(latent_avg, torch.Tensor) or latent_avg.numel() % cfg.w_dim or \
+                latent_avg.numel() // cfg.w_dim not in (1, cfg.n_styles):
+            shape = tuple(latent_avg.shape) if isinstance(latent_avg, torch.Tensor) else None
+            raise CheckpointError(f"{source}: trained with start_from_latent_avg, but latent_avg is {shape} "
+                                  f"(need [{cfg.w_dim}] or [{cfg.n_styles}, {cfg.w_dim}])")
+        la = latent_avg.detach().to(torch.float32).reshape(-1, cfg.w_dim)
+        state["latent_avg"] = la.expand(cfg.n_styles, cfg.w_dim).clone()
+    else:
+        state["latent_avg"] = torch.zeros(cfg.n_styles, cfg.w_dim)
+    load_state_checked(enc, state, f"{source} encoder")
+    enc.eval().requires_grad_(False)
+    kept = {k: opts[k] for k in ("encoder_type", "dataset_type", "stylegan_size", "output_size",
+                                 "start_from_latent_avg", "input_nc") if k in opts and _jsonable(opts[k])}
+    prov = {"encoder_kind": kind, "encoder_format": f"{'e4e' if kind == 'e4e' else 'pSp'} pt",
+            "encoder_opts": kept}
+    return enc, prov
+
+
+def _jsonable(v: Any) -> bool:
+    return v is None or isinstance(v, bool | int | float | str)
+
+
+def import_encoder(path: str | Path, kind: str | None = None) -> tuple[StyleEncoder, dict[str, Any]]:
+    """Read an e4e / pSp ``.pt`` → (StyleEncoder in eval mode, provenance). Nothing from the file is executed."""
+    path = _existing_file(path)
+    if sniff_format(path) != "torch":
+        raise CheckpointError(f"{path.name} is not an e4e / pSp checkpoint (expected a torch .pt file)")
+    enc, prov = encoder_from_torch(read_torch_checkpoint(path), path.name, kind)
+    prov.update(encoder_source_file=path.name, encoder_source_sha256=file_sha256(path))
+    return enc, prov
+
+
+def generator_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float | None:
+    """Largest relative difference (max |a − b| / max |b| per tensor) between two generators' weights in NVlabs
+    names, over the tensors both have (noise buffers, filters and w_avg excepted); None when shapes differ."""
+    worst = 0.0
+    for k, vb in b.items():
+        if k not in a or k.endswith(("noise_const", "resample_filter", "w_avg")):
+            continue
+        va = a[k]
+        if tuple(va.shape) != tuple(vb.shape):
+            return None
+        scale = float(vb.abs().max()) or 1.0
+        worst = max(worst, float((va.float() - vb.float()).abs().max()) / scale)
+    return worst
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# W-space directions (InterFaceGAN boundaries)
+
+_DIRECTION_AFFIXES = (re.compile(r"^(stylegan2?|pggan)_[a-z0-9]+_"), re.compile(r"(_w)?_boundary$"))
+
+
+def direction_name(stem: str) -> str:
+    """Edit name of a direction file: InterFaceGAN's ``stylegan_ffhq_age_w_boundary`` → ``age``; other names
+    are kept (characters outside [A-Za-z0-9_.-] become ``_``)."""
+    name = stem
+    for pat in _DIRECTION_AFFIXES:
+        name = pat.sub("", name)
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name or stem)
+
+
+def read_directions(folder: str | Path, num_ws: int, w_dim: int, strength_range: tuple[float, float] = (-5.0, 5.0)
+                    ) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """W directions from a folder of InterFaceGAN-style ``.npy`` boundaries (or e4e's ``.pt`` direction tensors)
+    → (edit specs for ``Bundle.edits``, tensors for ``Bundle.extra``).
+
+    Shapes accepted: [w_dim], [1, w_dim] (one direction for every W+ entry), [num_ws, w_dim], [1, num_ws, w_dim] or
+    [1, num_ws·w_dim] (per entry). The file name (affixes stripped) is the edit name. ``.npy`` is read with
+    ``allow_pickle=False`` and ``.pt`` with ``weights_only=True``: nothing is executed. Z-space boundaries
+    (``*_z_boundary``) are refused: these edits move W."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"--directions {folder}: not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".npy", ".pt") and p.is_file())
+    if not files:
+        raise CheckpointError(f"{folder} holds no .npy or .pt direction files")
+    specs: list[dict[str, Any]] = []
+    tensors: dict[str, torch.Tensor] = {}
+    for p in files:
+        if p.stem.endswith("_z_boundary"):
+            raise CheckpointError(f"{p.name} is a Z-space boundary; stylestream edits W (use the *_w_boundary file)")
+        t = _read_direction(p)
+        n = t.numel()
+        if n == w_dim:
+            d = t.reshape(w_dim)
+        elif n == num_ws * w_dim and t.ndim >= 2:
+            d = t.reshape(num_ws, w_dim)
+        else:
+            raise CheckpointError(f"{p.name}: direction of shape {tuple(t.shape)} does not fit this generator "
+                                  f"([{w_dim}], [1, {w_dim}] or [{num_ws}, {w_dim}])")
+        if not bool(torch.isfinite(d).all()) or float(d.abs().max()) == 0.0:
+            raise CheckpointError(f"{p.name}: direction is zero or not finite")
+        name = direction_name(p.stem)
+        if any(s["name"] == name for s in specs):
+            raise CheckpointError(f"two direction files map to the edit name {name!r} ({p.name})")
+        specs.append(EditSpec(name=name, kind="w_direction", description=f"W direction imported from {p.name}",
+                              range=strength_range,
+                              extra={"route": "imported", "source_file": p.name,
+                                     "norm": round(float(d.norm()), 6)}).to_dict())
+        tensors[tensor_key(name)] = d.to(torch.float32).contiguous()
+    return specs, tensors
+
+
+def _read_direction(p: Path) -> torch.Tensor:
+    if p.suffix == ".npy":
+        try:
+            a = np.load(p, allow_pickle=False)
+        except ValueError as exc:
+            raise CheckpointError(f"{p.name}: refused ({str(exc).splitlines()[0]}); a direction is a plain array"
+                                  ) from None
+        except (OSError, EOFError) as exc:
+            raise CheckpointError(f"{p.name} is not a readable .npy file ({type(exc).__name__})") from None
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu":
+            raise CheckpointError(f"{p.name}: expected a numeric array")
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    try:
+        t = torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafePickleError(f"refusing to load {p.name}: {str(exc).strip().splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"{p.name} is not a readable torch file ({type(exc).__name__})") from None
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        raise CheckpointError(f"{p.name} holds {type(t).__name__}, not a direction tensor")
+    return t.detach().to(torch.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -425,46 +728,139 @@ def sniff_format(path: Path) -> str:
     raise CheckpointError(f"{path} is not a StyleGAN2 checkpoint (.pkl or .pt): unrecognised file header")
 
 
-def import_generator(path: str | Path) -> tuple[Generator, dict[str, Any]]:
-    """Read a foreign generator checkpoint → (our Generator in eval mode, provenance dict)."""
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _existing_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; expected a .pkl or .pt file")
-    fmt = sniff_format(path)
-    latent_avg = None
-    if fmt == "tflite":
-        raise CheckpointError(f"{path.name} is a TFLite model, not a StyleGAN2 generator")
-    if fmt == "nvlabs-pkl":
-        cfg, state = read_nvlabs_pkl(path.read_bytes(), path.name)
-    else:
-        cfg, state, latent_avg = read_rosinality_pt(path)
+    return path
+
+
+def _build_generator(cfg: GeneratorConfig, state: dict[str, torch.Tensor], latent_avg: torch.Tensor | None,
+                     from_torch: bool, source: str) -> tuple[Generator, str]:
+    """Our Generator (eval mode) from a converted state; returns it and where its w_avg came from."""
     g = Generator(cfg)
     own = g.state_dict()
     # Buffers that are pure functions of the config may be absent (e.g. rosinality has no resample filters).
     for k, v in own.items():
-        if k not in state and (k.endswith("resample_filter") or (k.endswith("noise_const") and fmt == "torch")):
+        if k not in state and (k.endswith("resample_filter") or (k.endswith("noise_const") and from_torch)):
             state[k] = v
-    if fmt == "torch" and "mapping.w_avg" not in state:
+    if from_torch and "mapping.w_avg" not in state:
         state["mapping.w_avg"] = torch.zeros(cfg.w_dim)
-
-    load_state_checked(g, {k: v.to(torch.float32) for k, v in state.items()}, f"{path.name} generator")
+    load_state_checked(g, {k: v.to(torch.float32) for k, v in state.items()}, f"{source} generator")
     w_avg_source = "checkpoint"
-    if fmt == "torch":
+    if from_torch:
         if latent_avg is not None:
             g.mapping.w_avg.copy_(latent_avg)
         else:
             g.mapping.w_avg.copy_(estimate_w_avg(g, n=4096))
             w_avg_source = "estimated from 4096 samples (checkpoint has no latent_avg)"
     g.eval().requires_grad_(False)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    prov = {"source_file": path.name, "source_sha256": digest,
-            "source_format": "stylegan2-ada-pytorch pkl" if fmt == "nvlabs-pkl" else "rosinality pt",
-            "w_avg": w_avg_source}
     if not math.isfinite(float(g.mapping.w_avg.sum())):
-        raise CheckpointError(f"{path.name}: w_avg is not finite")
+        raise CheckpointError(f"{source}: w_avg is not finite")
+    return g, w_avg_source
+
+
+def _read_generator(path: Path, fmt: str, ckpt: dict[str, Any] | None
+                    ) -> tuple[Generator, dict[str, Any], dict[str, torch.Tensor]]:
+    """(generator, provenance, its converted state) of a .pkl or an already-read torch checkpoint dict."""
+    if fmt == "tflite":
+        raise CheckpointError(f"{path.name} is a TFLite model, not a StyleGAN2 generator")
+    if fmt == "nvlabs-pkl":
+        cfg, state = read_nvlabs_pkl(path.read_bytes(), path.name)
+        latent_avg, source_format = None, "stylegan2-ada-pytorch pkl"
+    else:
+        cfg, state, latent_avg, source_format = generator_from_torch(ckpt or read_torch_checkpoint(path), path.name)
+    g, w_avg_source = _build_generator(cfg, state, latent_avg, fmt == "torch", path.name)
+    prov = {"source_file": path.name, "source_sha256": file_sha256(path), "source_format": source_format,
+            "w_avg": w_avg_source}
+    return g, prov, state
+
+
+def import_generator(path: str | Path) -> tuple[Generator, dict[str, Any]]:
+    """Read a foreign generator checkpoint (NVlabs .pkl, rosinality .pt, or the decoder inside an e4e / pSp .pt)
+    → (our Generator in eval mode, provenance dict)."""
+    path = _existing_file(path)
+    g, prov, _ = _read_generator(path, sniff_format(path), None)
     return g, prov
+
+
+def import_bundle(checkpoint: str | Path, encoder_weights: str | Path | None = None,
+                  directions: str | Path | None = None, encoder_kind: str | None = None,
+                  vit_encoder: str | None = None, name: str | None = None) -> Bundle:
+    """One bundle from official files, without training (``stylestream import-weights``).
+
+    checkpoint: the generator — an NVlabs ``.pkl``, a rosinality ``.pt``, or an e4e / pSp ``.pt`` (its decoder;
+        its encoder then becomes the bundle's key-frame encoder too, unless ``encoder_weights`` names another file).
+    encoder_weights: an e4e / pSp ``.pt`` whose encoder becomes the key-frame encoder (``Bundle.fren``).
+    directions: a folder of W directions (:func:`read_directions`) stored as ``w_direction`` edits.
+    encoder_kind: "e4e" / "psp" for encoder files whose opts do not say.
+    vit_encoder: a ViT preset for *untrained* FrEN/ViEN (only without an e4e / pSp encoder).
+    The bundle is returned, not written; its provenance says where every part came from."""
+    path = _existing_file(checkpoint)
+    fmt = sniff_format(path)
+    ckpt = read_torch_checkpoint(path) if fmt == "torch" else None
+    g, prov, g_state = _read_generator(path, fmt, ckpt)
+    enc: StyleEncoder | None = None
+    enc_ckpt: dict[str, Any] | None = None
+    if encoder_weights is not None:
+        epath = _existing_file(encoder_weights)
+        if sniff_format(epath) != "torch":
+            raise CheckpointError(f"--encoder-weights {epath.name} is not an e4e / pSp checkpoint (expected a .pt)")
+        enc_ckpt = read_torch_checkpoint(epath)
+        enc, eprov = encoder_from_torch(enc_ckpt, epath.name, encoder_kind)
+        eprov.update(encoder_source_file=epath.name, encoder_source_sha256=file_sha256(epath))
+    elif ckpt is not None and is_encoder_checkpoint(ckpt):
+        enc, eprov = encoder_from_torch(ckpt, path.name, encoder_kind)
+        eprov.update(encoder_source_file=path.name, encoder_source_sha256=prov["source_sha256"])
+    elif encoder_kind is not None:
+        raise CheckpointError("--encoder-kind applies to an e4e / pSp checkpoint, and none was given")
+    if enc is not None:
+        layout = g.layout
+        if (enc.cfg.n_styles, enc.cfg.w_dim) != (layout.num_ws, layout.w_dim):
+            raise CheckpointError(f"the encoder outputs {enc.cfg.n_styles} W+ entries of {enc.cfg.w_dim}, but the "
+                                  f"generator ({g.img_resolution}²) takes {layout.num_ws} of {layout.w_dim}")
+        if enc_ckpt is not None and _prefixed(_state_dict(enc_ckpt), "decoder."):
+            try:
+                _, dstate, _, _ = generator_from_torch(enc_ckpt, eprov["encoder_source_file"])
+                diff = generator_difference(dstate, g_state)
+            except CheckpointError:
+                diff = None
+            eprov["encoder_decoder_vs_generator"] = (
+                "different architecture" if diff is None else "identical weights" if diff == 0 else
+                f"max relative weight difference {diff:.3g}")
+        prov.update(eprov)
+    fren = vien = None
+    if vit_encoder:
+        if enc is not None:
+            raise CheckpointError("--encoder adds untrained ViT encoders; this bundle's key-frame encoder is the "
+                                  f"{enc.kind} one (leave --encoder out)")
+        if vit_encoder not in ENCODER_PRESETS:
+            raise CheckpointError(f"unknown encoder preset {vit_encoder!r} (choose from {', '.join(ENCODER_PRESETS)})")
+        fren = FrameEncoder(ENCODER_PRESETS[vit_encoder], g.layout)
+        vien = VideoEncoder(ENCODER_PRESETS[vit_encoder], g.layout)
+        fren.w_avg.copy_(g.mapping.w_avg)
+        vien.init_from_frame_encoder(fren)
+        for m in (fren, vien):
+            m.eval().requires_grad_(False)
+    edits: list[dict[str, Any]] = []
+    extra: dict[str, torch.Tensor] = {}
+    if directions is not None:
+        edits, extra = read_directions(directions, g.num_ws, g.w_dim)
+        prov["directions"] = {"folder": Path(directions).name, "files": [e["extra"]["source_file"] for e in edits]}
+    prov["made_by"] = "stylestream import-weights"
+    return Bundle(generator=g, fren=enc if enc is not None else fren, vien=vien,
+                  trained={"generator": True, "fren": enc is not None, "vien": False}, edits=edits, extra=extra,
+                  provenance=prov, name=name or path.stem)
 
 
 def read_tflite(path: str | Path) -> Any:

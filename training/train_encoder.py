@@ -92,6 +92,9 @@ class EncoderTrainer:
             raise common.UserError(f"--w-source must be encoded or mapping, got {cfg.w_source!r}")
         self.cfg, self.device, self.dist = cfg, device, d
         b = load_bundle(cfg.bundle)
+        if b.fren is not None and not isinstance(b.fren, FrameEncoder):
+            raise common.UserError(f"{cfg.bundle}: its key-frame encoder is {b.fren.kind} (imported e4e / pSp); "
+                                   "`stylestream train` trains ViT FrEN/ViEN and cannot start from it")
         self.src = b
         self.g = b.generator.to(device).eval().requires_grad_(False)
         torch.manual_seed(cfg.seed)

@@ -1,5 +1,4 @@
 """`stylestream info BUNDLE`: what a bundle holds."""
-
 from __future__ import annotations
 
 import argparse
@@ -9,7 +8,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from models.bundle import load_bundle
+from models.bundle import key_encoder_kind, load_bundle
+from models.e4e import StyleEncoder
 from models.stylegan2 import count_parameters
 
 
@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+
+
     b = load_bundle(args.bundle)
     m = b.manifest()
     if args.json:
@@ -35,12 +37,16 @@ def main(args: argparse.Namespace) -> int:
     for name, enc in (("FrEN", b.fren), ("ViEN", b.vien)):
         if enc is None:
             t.add_row(name, "absent", "-", "-")
+        elif isinstance(enc, StyleEncoder):
+            t.add_row(f"key frames ({enc.kind})", enc.describe(), f"{count_parameters(enc):,}",
+                      str(b.trained.get("fren")))
         else:
             c = enc.cfg
             t.add_row(name, f"ViT {c.img_size}² /{c.patch_size}, dim {c.dim}, depth {c.depth}",
                       f"{count_parameters(enc):,}", str(b.trained.get(name.lower())))
     Console().print(t)
     pre = m["preprocess"]
-    print(f"crop {pre['crop_size']}², {pre['num_ws']} W+ entries ({pre['num_coarse']} coarse), "
-          f"edits: {', '.join(e.get('name', '?') for e in b.edits) or 'none'}")
+    kind = {"vit": "ViT FrEN", "e4e": "e4e", "psp": "pSp", "none": "none"}[key_encoder_kind(b.fren)]
+    print(f"key-frame encoder: {kind}, crop {pre['crop_size']}², {pre['num_ws']} W+ entries "
+          f"({pre['num_coarse']} coarse), edits: {', '.join(e.get('name', '?') for e in b.edits) or 'none'}")
     return 0
