@@ -4,7 +4,7 @@ The clips themselves (motions, rendering, PyAV write/read, ground-truth mesh and
 landmark source) are ``realtime.io.stills``; the tracking metrics are ``benchmarks.metrics``. This module keeps
 the short names the tests use, with the astronaut as the still::
 
-    import clips   # tests/ is on sys.path (tests/conftest.py)
+    from tests import clips
     clip = clips.make_clip(tmp_path / "pan.mp4", clips.moving_motion(45))   # written with PyAV, read back decoded
     clip.frames      # [T, H, W, 3] uint8 decoded frames
     clip.matrices    # [T, 2, 3] astronaut pixels → frame pixels (ground truth)

@@ -1,16 +1,17 @@
-"""Shared test setup: tests import helpers from this folder; torch stays on few threads (2-core CI)."""
+"""Shared test setup: markers that skip where hardware is missing, few torch threads (2-core CI), and the tiny
+random bundle most tests run on (built once per session)."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
+from pathlib import Path
 
 import pytest
+import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import torch  # noqa: E402
+from models.bundle import Bundle, load_bundle
+from tests.bundles import make_tiny_bundle
 
 # In-process CLI calls must not re-route stderr (pytest's capture owns it); see realtime/vision/mediapipe_runtime.py.
 os.environ.setdefault("STYLESTREAM_MEDIAPIPE_LOGS", "1")
@@ -36,3 +37,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs TensorRT and a CUDA device (not installable here)"))
         if "browser" in item.keywords and not has_chromium:
             item.add_marker(pytest.mark.skip(reason="needs Chromium (apt install chromium)"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random bundle (tests/bundles.py), saved once per session. Engines never modify a bundle, so tests
+    share it; a test that changes one makes its own with ``make_tiny_bundle``."""
+    path = tmp_path_factory.mktemp("bundle") / "tiny"
+    make_tiny_bundle().save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_bundle_dir: Path) -> Bundle:
+    """The session's tiny bundle, loaded."""
+    return load_bundle(tiny_bundle_dir)

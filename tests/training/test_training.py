@@ -25,6 +25,7 @@ from models.errors import UserError
 from models.stylegan2 import GeneratorConfig
 from models.vit_encoder import ViTConfig
 from realtime.cli import main
+from tests import REPO
 from training import losses as L
 from training.autoencode import AutoencodeConfig, train_autoencoder
 from training.data import CropSet, load_crops
@@ -32,7 +33,6 @@ from training.networks import Discriminator, MinibatchStd
 from training.train_encoder import EncoderTrainConfig, train_encoder
 from training.train_generator import GeneratorTrainConfig, train_generator
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = BUILTIN_BUNDLE
 
 # A 32² generator and a one-block ViT: every loop step takes milliseconds.

@@ -5,20 +5,14 @@ from __future__ import annotations
 import json
 
 import cv2
-import torch
 
-from models.bundle import new_bundle
 from realtime import cli
+from tests.media import probe
 
-from media import probe
 
-
-def test_demo_writes_video_metrics_and_contact_sheet(tmp_path, capsys):
-    b = new_bundle("tiny-64", "tiny", seed=1)
-    torch.nn.init.normal_(b.fren.head[2].weight, std=0.02)
-    b.save(tmp_path / "bundle")
+def test_demo_writes_video_metrics_and_contact_sheet(tmp_path, tiny_bundle_dir, capsys):
     out = tmp_path / "demo_out"
-    rc = cli.main(["demo", "-o", str(out), "--bundle", str(tmp_path / "bundle"), "--seconds", "2", "--fps", "15",
+    rc = cli.main(["demo", "-o", str(out), "--bundle", str(tiny_bundle_dir), "--seconds", "2", "--fps", "15",
                    "--size", "480x360", "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 0, err

@@ -13,8 +13,7 @@ import pytest
 
 from models.errors import UserError
 from realtime.io.sources import open_source, register_demo_generator
-
-from media import (
+from tests.media import (
     pattern_frame,
     write_audio_only,
     write_clip,

@@ -35,8 +35,8 @@ from models.editing import EditStack
 from models.errors import BundleError, CheckpointError, UnsafePickleError
 from models.legacy import import_bundle, import_encoder, import_generator
 from realtime import cli
-
-from official_formats import (
+from tests import REPO
+from tests.official_formats import (
     flat_state,
     official_generator_tree,
     rosinality_reference_forward,
@@ -44,7 +44,6 @@ from official_formats import (
     write_nvlabs_pkl,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 WIDTHS = (16, 32, 48, 64)  # shrunk from (64, 128, 256, 512); SE reduction 16 still leaves ≥ 1 channel
 IR50 = (3, 4, 14, 3)  # the released depth
 W_DIM = 32

@@ -19,8 +19,7 @@ from realtime.vision.align import (
 from realtime.vision.geometry import apply_affine, crop_affine, invert_affine
 from realtime.vision.topology import EYE_LEFT, EYE_RIGHT
 from realtime.vision.tracking import FaceTracker, TrackerConfig, track_sequence
-
-import clips  # tests/ is on sys.path (tests/conftest.py), so this works under `pytest` and `python -m pytest`
+from tests import clips
 
 
 def _ffhq_reference(lm68: np.ndarray) -> np.ndarray:

@@ -32,7 +32,6 @@ from training.expression import (
 )
 from training.losses import RandomConvPerceptual, load_face_mesh
 
-REPO = Path(__file__).resolve().parents[1]
 BUNDLE = DEFAULT_BUNDLE
 needs_bundle = pytest.mark.skipif(not (BUNDLE / "bundle.json").exists(), reason="default bundle missing")
 

@@ -24,14 +24,14 @@ import aioice.ice
 import cv2
 import numpy as np
 import pytest
-from test_server import serving, tiny_factories, wait_until
 
 from realtime.pipeline.calibration import CalibrationConfig
 from realtime.server.client import clip_frames
+from tests import REPO
+from tests.server.test_server import serving, tiny_factories, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream", "--disable-quic", "--disable-background-networking",
@@ -107,12 +107,10 @@ async def devtools_page(user_dir: Path, proc: subprocess.Popen[bytes], timeout: 
     raise TimeoutError("no page target")
 
 
-def test_page_in_chromium_with_fake_camera(tmp_path):
+def test_page_in_chromium_with_fake_camera(tmp_path, tiny_bundle_dir):
     exe = chromium()
-
-
     # the same tiny random bundle as the loopback tests, with a short calibration for the button
-    factories = tiny_factories(tmp_path / "tiny", calibration=CalibrationConfig(frames=4, stride=1, iters=20))
+    factories = tiny_factories(tiny_bundle_dir, calibration=CalibrationConfig(frames=4, stride=1, iters=20))
     clip = tmp_path / "face.y4m"
     write_y4m(clip, clip_frames(320, 240, count=30), fps=15)
     artefacts = Path(os.environ.get("STYLESTREAM_TEST_ARTIFACTS", REPO / "build" / "test-artifacts"))

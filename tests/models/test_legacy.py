@@ -15,8 +15,8 @@ import torch
 from models.bundle import load_bundle
 from models.errors import CheckpointError, UnsafePickleError
 from models.legacy import import_generator
-
-from official_formats import (
+from tests import REPO
+from tests.official_formats import (
     flat_state,
     nvlabs_reference_forward,
     official_generator_tree,
@@ -63,7 +63,7 @@ def test_nvlabs_pkl_module_src_is_never_executed(tmp_path):
     )
     flag = tmp_path / "tripped"
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "net.pkl"), str(flag)], check=True,
-                   cwd=os.path.dirname(os.path.dirname(__file__)))
+                   cwd=str(REPO))
     assert not flag.exists()
 
 
@@ -172,7 +172,7 @@ def test_bad_checkpoint_files_give_clear_errors(tmp_path, kind, message):
 
 def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "realtime.cli", *args], capture_output=True, text=True,
-                          cwd=cwd or os.path.dirname(os.path.dirname(__file__)))
+                          cwd=cwd or str(REPO))
 
 
 def test_import_weights_cli_writes_a_bundle(tmp_path):

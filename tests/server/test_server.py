@@ -28,7 +28,6 @@ import aioice.ice
 import av
 import numpy as np
 import pytest
-import torch
 from aiortc import RTCConfiguration, RTCPeerConnection, mediastreams, rtcrtpsender
 from aiortc.codecs import h264, vpx
 from cryptography import x509
@@ -36,8 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from models.bundle import load_bundle, new_bundle
-from models.editing import EditSpec, tensor_key
+from models.bundle import load_bundle
 from models.errors import UserError
 from realtime import cli
 from realtime.api import Filter
@@ -47,23 +45,18 @@ from realtime.pipeline.calibration import CalibrationConfig
 from realtime.server import rtc_tuning
 from realtime.server.app import LiveServer, ServeConfig, check_bind, parse_ice_server, run_server
 from realtime.server.client import LiveClient, StampedTrack, clip_frames, read_stamp, stamp_i420
+from tests import REPO
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> tuple[Any, Any, list[Any]]:
-    return tiny_factories(tmp_path_factory.mktemp("bundle") / "tiny")
+def tiny(tiny_bundle_dir: Path) -> tuple[Any, Any, list[Any]]:
+    return tiny_factories(tiny_bundle_dir)
 
 
 def tiny_factories(path: Path, calibration: Any = None) -> tuple[Any, Any, list[Any]]:
-    """(make_processor, make_tracker, edit specs) over a tiny random bundle with one strong edit, saved at path."""
-    b = new_bundle("tiny-64", "tiny", seed=0)
-    torch.nn.init.normal_(b.fren.head[2].weight, std=0.02)
-    torch.nn.init.normal_(b.vien.head[2].weight, std=0.02)
-    b.extra[tensor_key("brighter")] = torch.randn(b.generator.w_dim, generator=torch.Generator().manual_seed(1))
-    b.edits.append(EditSpec("brighter", "w_direction", "test direction", range=(-8.0, 8.0)).to_dict())
-    b.save(path)
+    """(make_processor, make_tracker, edit specs) over the bundle at ``path`` (the session's tiny bundle)."""
     bundle = load_bundle(path)
     flt = Filter(engine=make_engine(bundle, EngineSpec("torch", "cpu", "fp32")), pipeline=PipelineConfig(),
                  calibration=calibration)
@@ -337,11 +330,10 @@ def test_viewer_mode_broadcasts_one_source(tiny):
     asyncio.run(main())
 
 
-def test_live_calibration_swaps_the_generator_without_stopping_the_stream(tmp_path):
+def test_live_calibration_swaps_the_generator_without_stopping_the_stream(tiny_bundle_dir):
     """A "calibrate" message: the stream records, adapts in a worker process and switches to its own engine while
     frames keep coming; another stream cannot calibrate meanwhile and keeps the shared engine; "reset" goes back."""
-
-    tiny = tiny_factories(tmp_path / "tiny", calibration=CalibrationConfig(frames=4, stride=1, iters=40))
+    tiny = tiny_factories(tiny_bundle_dir, calibration=CalibrationConfig(frames=4, stride=1, iters=40))
     w, h = 256, 192
     still = clip_frames(w, h, still=True)
 
@@ -385,7 +377,7 @@ def test_live_calibration_swaps_the_generator_without_stopping_the_stream(tmp_pa
     asyncio.run(main())
 
 
-def test_cli_serves_https_and_stops_on_sigint(tmp_path):
+def test_cli_serves_https_and_stops_on_sigint(tmp_path, tiny_bundle_dir):
     """`stylestream serve` end to end: HTTPS with a self-signed certificate, token, Ctrl-C stops it cleanly."""
 
 
@@ -399,13 +391,11 @@ def test_cli_serves_https_and_stops_on_sigint(tmp_path):
     (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                                          serialization.PrivateFormat.PKCS8,
                                                          serialization.NoEncryption()))
-    tiny_factories(tmp_path / "tiny")
-    repo = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "serve", "--port", "0", "--bundle",
-                             str(tmp_path / "tiny"), "--device", "cpu", "--token", "t0k",
+                             str(tiny_bundle_dir), "--device", "cpu", "--token", "t0k",
                              "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"),
                              "--stats-json", str(tmp_path / "stats.json")],
-                            cwd=repo, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            cwd=REPO, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         url = None
         deadline = time.monotonic() + 60

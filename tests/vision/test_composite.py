@@ -23,8 +23,7 @@ from realtime.vision.composite import (
 )
 from realtime.vision.geometry import apply_affine, landmarks_to_crop
 from realtime.vision.tracking import FaceTracker
-
-import clips  # tests/ is on sys.path (tests/conftest.py), so this works under `pytest` and `python -m pytest`
+from tests import clips
 
 
 def _scene(angle: float = 10.0, scale: float = 1.2, size: int = 256):

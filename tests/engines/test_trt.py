@@ -13,9 +13,8 @@ import torch
 
 from export.artifacts import onnx_filename
 from export.onnx import example_inputs, export_bundle, model_spec
-from export.parity import TOLERANCES, check_model, compare, randomize_heads
+from export.parity import TOLERANCES, check_model, compare
 from export.tensorrt import TIMING_CACHE_NAME, build_engine
-from models.bundle import new_bundle
 from realtime.engines import Engine, EngineOptions, EngineSpec, TorchEngine, make_engine
 from realtime.engines.tensorrt import TrtModel, trt_runner
 
@@ -23,8 +22,8 @@ pytestmark = pytest.mark.trt
 
 
 @pytest.fixture(scope="module")
-def bundle():
-    return randomize_heads(new_bundle("tiny-64", "tiny", seed=3), seed=3)
+def bundle(tiny_bundle):
+    return tiny_bundle  # the session's tiny bundle: randomised encoder heads, so parity means something
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,7 @@ from realtime.vision.tracking import (
     smooth_tracks,
     track_sequence,
 )
-
-import clips  # tests/ is on sys.path (tests/conftest.py), so this works under `pytest` and `python -m pytest`
+from tests import clips
 
 N_FRAMES = 45
 

@@ -19,8 +19,7 @@ from models.errors import UserError
 from realtime.frames import Frame, Output
 from realtime.io.sinks import fit_image, open_sink
 from realtime.io.sources import open_source
-
-from media import pattern_frame, probe, write_clip, write_resolution_change
+from tests.media import pattern_frame, probe, write_clip, write_resolution_change
 
 
 def to_output(f: Frame) -> Output:
