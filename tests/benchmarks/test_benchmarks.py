@@ -25,6 +25,7 @@ def test_bench_models_json_and_speed_report(tmp_path):
     assert "Not measured on CUDA yet" in text and "Whole pipeline, CPU" in text
 
 
+@pytest.mark.slow
 def test_bench_calibrate_timeline_reaches_the_swap(tmp_path):
     """A short live run with a tiny calibration: the swap happens, frames flow before, during and after."""
     if not (DEFAULT_BUNDLE / "bundle.json").exists():

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import cv2
+import pytest
 
 from realtime import cli
 from tests.media import probe
 
 
+@pytest.mark.slow
 def test_demo_writes_video_metrics_and_contact_sheet(tmp_path, tiny_bundle_dir, capsys):
     out = tmp_path / "demo_out"
     rc = cli.main(["demo", "-o", str(out), "--bundle", str(tiny_bundle_dir), "--seconds", "2", "--fps", "15",

@@ -54,6 +54,7 @@ def onnx_dir(bundle, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_files_manifest_names_and_dynamic_batch(bundle, onnx_dir: Path):
     m = read_manifest(onnx_dir)
     assert m["bundle_hash"] == bundle_hash(bundle) and m["opset"] >= 17
@@ -80,6 +81,7 @@ def test_files_manifest_names_and_dynamic_batch(bundle, onnx_dir: Path):
     assert not list(onnx_dir.glob(".*tmp*"))  # nothing half-written left behind
 
 
+@pytest.mark.slow
 def test_ort_parity_table(bundle, onnx_dir):
     results = run_parity(bundle, onnx_dir)
     assert {(r.model, r.precision) for r in results} == {(m, "fp32") for m in MODELS} | {("fren", "fp16")}
@@ -93,6 +95,7 @@ def test_ort_parity_table(bundle, onnx_dir):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.slow
 def test_dynamic_batch_in_ort(bundle, onnx_dir, batch):
     for name in MODELS:
         sess = ort.InferenceSession(str(onnx_dir / onnx_filename(name, "fp32")), providers=["CPUExecutionProvider"])
@@ -105,6 +108,7 @@ def test_dynamic_batch_in_ort(bundle, onnx_dir, batch):
         assert max_rel < 1e-4, (name, batch, max_rel)
 
 
+@pytest.mark.slow
 def test_fp16_overflow_is_located(bundle, tmp_path):
     """A bias beyond fp16's range in transformer block 1 must be reported as the drift point."""
     bad = copy.deepcopy(bundle)
@@ -123,6 +127,7 @@ def onnx_spec(model_dir: Path | None = None, **options) -> EngineSpec:
     return EngineSpec("onnx", "cpu", options=EngineOptions(model_dir=model_dir, **options))
 
 
+@pytest.mark.slow
 def test_ort_engine_matches_torch_engine(bundle, onnx_dir):
     eng_t = TorchEngine(bundle, device="cpu")  # engines never modify their bundle: both can share it
     eng_o = make_engine(bundle, onnx_spec(onnx_dir, threads=1))
@@ -158,6 +163,7 @@ def test_ort_engine_matches_torch_engine(bundle, onnx_dir):
     eng_o.close()
 
 
+@pytest.mark.slow
 def test_engine_model_dir_checks(bundle, onnx_dir, tmp_path):
     other = new_bundle("tiny-64", "tiny", seed=4)
     with pytest.raises(UserError, match="another bundle"):
@@ -172,6 +178,7 @@ def test_engine_model_dir_checks(bundle, onnx_dir, tmp_path):
         make_engine(bundle, EngineSpec("torch", "cpu", options=EngineOptions(model_dir=onnx_dir)))
 
 
+@pytest.mark.slow
 def test_auto_backend_is_onnx_on_cpu_and_falls_back_to_torch(bundle, onnx_dir, tmp_path, monkeypatch, capsys):
     eng = make_engine(bundle, EngineSpec("auto", "cpu", options=EngineOptions(model_dir=onnx_dir, threads=1)))
     assert isinstance(eng, OrtEngine) and eng.spec.backend == "onnx" and eng.spec.options.model_dir == onnx_dir
@@ -210,6 +217,7 @@ def test_tensorrt_and_triton_fail_clearly(bundle):
                                                                               timeout_s=2.0)))
 
 
+@pytest.mark.slow
 def test_tensorrt_engine_names_encode_what_matters(onnx_dir, tmp_path):
     p = onnx_dir / "synthesis.fp32.onnx"
     base = engine_name(p, "fp16", (1, 1, 8), trt_version="10.3.0")
@@ -223,6 +231,7 @@ def test_tensorrt_engine_names_encode_what_matters(onnx_dir, tmp_path):
     assert engine_name(q, "fp16", (1, 1, 8), trt_version="10.3.0") != base
 
 
+@pytest.mark.slow
 def test_triton_repository(bundle, onnx_dir, tmp_path):
     repo = tmp_path / "repo"
     names = write_model_repository(bundle, repo, ["fp32"], max_batch=4, onnx_dir=onnx_dir)
@@ -245,6 +254,7 @@ def test_triton_repository(bundle, onnx_dir, tmp_path):
         write_model_repository(bundle, repo, ["fp16"], onnx_dir=onnx_dir)
 
 
+@pytest.mark.slow
 def test_speed_compare_runs(bundle, onnx_dir):
     s = speed_compare(bundle, onnx_dir, threads=1, iters=2, warmup=1, max_seconds=2)
     for row in s["calls"].values():
@@ -253,6 +263,7 @@ def test_speed_compare_runs(bundle, onnx_dir):
     assert "frame (encode_reuse + synthesize)" in format_speed(s)
 
 
+@pytest.mark.slow
 def test_cli_export(bundle, tmp_path, capsys):
     bdir = bundle.save(tmp_path / "b")
     out = tmp_path / "out"
@@ -308,6 +319,7 @@ def test_cuda_fp16_engine_close_to_fp32():
 
 
 @pytest.mark.gpu
+@pytest.mark.slow
 def test_ort_cuda_provider(bundle, onnx_dir):
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime-gpu is not installed")
@@ -344,6 +356,7 @@ def test_backend_flags_map_to_engine_options(bundle, tmp_path):
         make_engine(bundle, s)
 
 
+@pytest.mark.slow
 def test_triton_engine_against_the_repository(bundle, onnx_dir, tmp_path, monkeypatch):
     """TritonEngine through a stand-in for tritonclient.http that serves the written repository with ONNX Runtime
     (no Triton server here): names, shapes and dtypes of the requests must match config.pbtxt and model.onnx."""

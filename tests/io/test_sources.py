@@ -163,6 +163,7 @@ def test_live_url_reconnects_and_keeps_pts_increasing(tmp_path: Path) -> None:
     assert times[15] - times[14] == pytest.approx(1 / 30, abs=1e-3)  # continues one frame later
 
 
+@pytest.mark.slow
 def test_close_does_not_hang_on_a_stalled_live_stream(tmp_path: Path) -> None:
     payload = write_resolution_change(tmp_path / "a.ts", sizes=((160, 120),), frames_each=15).read_bytes()
     release = threading.Event()

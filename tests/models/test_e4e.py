@@ -390,6 +390,7 @@ def test_e4e_file_with_a_payload_is_refused_and_nothing_runs(tmp_path, files, le
     assert not target.exists()
 
 
+@pytest.mark.slow
 def test_import_in_a_child_process_never_executes_the_payload(tmp_path, files):
     # The same check as above, but with os.system replaced by a tripwire in a fresh interpreter running the CLI.
     target = tmp_path / "tripped"
@@ -517,6 +518,7 @@ def test_bad_directions_are_refused(tmp_path, files, name, array, message):
 # ONNX
 
 
+@pytest.mark.slow
 def test_onnx_export_of_the_encoder_matches_torch(tmp_path):
 
 
@@ -548,6 +550,7 @@ def _frames(path):
         return [f.to_ndarray(format="rgb24").astype(np.float32) for f in c.decode(video=0)]
 
 
+@pytest.mark.slow
 def test_cli_bundle_from_official_files_runs_end_to_end_with_an_edit(tmp_path, files, capsys):
     dirs = _directions(tmp_path / "dirs")
     bundle = tmp_path / "ffhq-e4e"
@@ -572,6 +575,7 @@ def test_cli_bundle_from_official_files_runs_end_to_end_with_an_edit(tmp_path, f
     assert diff > 0.5  # the edit changed the rendered faces
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path, files):
     r = subprocess.run([sys.executable, "-m", "realtime.cli", "import-weights", str(files["e4e"]), "--encoder",
                         "tiny", "-o", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True)
@@ -580,6 +584,7 @@ def test_cli_errors_are_one_line(tmp_path, files):
 
 
 
+@pytest.mark.slow
 def test_bench_models_times_the_released_size_encoder(tmp_path):
     out = tmp_path / "e4e.json"
     assert bench_models.main(["--generator", "--encoder", "e4e", "--iters", "1", "--warmup", "0", "--threads", "1",

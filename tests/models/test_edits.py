@@ -219,6 +219,7 @@ def test_supervised_route_recovers_a_planted_direction_and_moves_the_measure_mon
     assert torch.allclose(v[:, 3] - v[:, 2], torch.ones(20), atol=0.1)
 
 
+@pytest.mark.slow
 def test_interfacegan_route_finds_the_planted_boundaries_orthogonal_to_pose():
     data, d_true = _planted(600, seed=1)
     meas = data.params[:, [3, 4, 5, 6, 0, 1, 2]]  # MEASURES order: mouth_open, smile, eyes, brow, yaw, pitch, roll
@@ -241,6 +242,7 @@ def test_random_identity_avoids_pose_expression_directions():
     assert (d.flatten() @ d_true.flatten(1).T).abs().max() < 1e-3
 
 
+@pytest.mark.slow
 def test_pose_expression_network_trains_down_on_a_tiny_case():
     b = new_bundle("tiny-64", None, seed=0)
     g = b.generator

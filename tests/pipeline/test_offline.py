@@ -225,6 +225,7 @@ def test_edit_cli_bad_input_is_one_line(argv: list[str], message: str, tmp_path:
 
 
 @needs_bundle
+@pytest.mark.slow
 def test_calibrator_adapts_a_copy_in_background_and_hands_it_over_once(clip: tuple[object, torch.Tensor]) -> None:
     bundle = load_bundle(BUNDLE)
     crops = clip[1]
@@ -265,6 +266,7 @@ def test_calibrator_adapts_a_copy_in_background_and_hands_it_over_once(clip: tup
 
 
 @needs_bundle
+@pytest.mark.slow
 def test_calibrator_stride_cancel_and_failure(clip: tuple[object, torch.Tensor]) -> None:
     bundle = load_bundle(BUNDLE)
     crops = clip[1][:4]

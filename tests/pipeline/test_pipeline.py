@@ -179,6 +179,7 @@ def test_resolution_change_mid_stream_keeps_going(tmp_path, tiny_bundle_dir, cap
     assert probe(out).frames == probe(path).frames
 
 
+@pytest.mark.slow
 def test_overload_drops_frames_and_keeps_latency_bounded(tiny_bundle_dir):
     eng = _CountingEngine(load_bundle(tiny_bundle_dir), device="cpu", delay_s=0.15)
     proc = FrameProcessor(eng, PipelineConfig(queue_size=1))
@@ -212,6 +213,7 @@ def _interrupt_cli(argv: list[str], ready: Callable[[], bool], timeout: float = 
     return p.returncode, err
 
 
+@pytest.mark.slow
 def test_sigint_leaves_a_playable_file_with_every_processed_frame(tmp_path, tiny_bundle_dir):
     out = tmp_path / "int.mp4"
     rc, err = _interrupt_cli(["run", "demo:?seconds=60&fps=30&size=320x240", "-o", str(out), "--bundle",
@@ -324,6 +326,7 @@ def test_camera_into_a_registered_virtual_camera_backend(tiny_bundle_dir, capsys
     assert 1 <= len(received) <= 10 and received[0].shape == (240, 320, 3)
 
 
+@pytest.mark.slow
 def test_camera_calibrates_live_saves_the_bundle_and_keeps_streaming(tmp_path, tiny_bundle_dir):
     """`camera --calibrate --save-calibrated`: the stream keeps being written while the generator adapts in the
     background; the calibrated bundle is saved and loads; Ctrl-C still leaves a playable file."""

@@ -30,7 +30,7 @@ from realtime.server.client import clip_frames
 from tests import REPO
 from tests.server.test_server import serving, tiny_factories, wait_until
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(120)]
 
 CHROMIUM_FLAGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",

@@ -208,6 +208,7 @@ def test_http_validation_tokens_and_garbage(tiny):
 # ------------------------------------------------------------------------------------------------- video
 
 
+@pytest.mark.slow
 def test_processed_frames_come_back_and_respond_to_controls(tiny):
     w, h = 320, 240
     still = clip_frames(w, h, still=True)
@@ -330,6 +331,7 @@ def test_viewer_mode_broadcasts_one_source(tiny):
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_live_calibration_swaps_the_generator_without_stopping_the_stream(tiny_bundle_dir):
     """A "calibrate" message: the stream records, adapts in a worker process and switches to its own engine while
     frames keep coming; another stream cannot calibrate meanwhile and keeps the shared engine; "reset" goes back."""
@@ -377,6 +379,7 @@ def test_live_calibration_swaps_the_generator_without_stopping_the_stream(tiny_b
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_cli_serves_https_and_stops_on_sigint(tmp_path, tiny_bundle_dir):
     """`stylestream serve` end to end: HTTPS with a self-signed certificate, token, Ctrl-C stops it cleanly."""
 

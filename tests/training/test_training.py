@@ -252,6 +252,7 @@ def test_gan_steps_run_and_resume_bit_exactly(tmp_path, crop_dir):
     assert (tmp_path / "s" / "samples" / "fakes-000004.png").exists()
 
 
+@pytest.mark.slow
 def test_gan_runs_data_parallel_under_torchrun(tmp_path, crop_dir):
     """Two CPU processes (Gloo) through torchrun: ranks find each other, gradients all-reduce, rank 0 writes."""
     with socket.socket() as sock:
@@ -276,6 +277,7 @@ def test_discriminator_minibatch_std_and_shapes():
         d(torch.randn(1, 3, 16, 16))
 
 
+@pytest.mark.slow
 def test_encoder_two_stages_and_resume(tmp_path, crop_dir):
     src = train_autoencoder(_ae_cfg(tmp_path / "ae", crop_dir, 2))
 
