@@ -9,10 +9,17 @@ A bundle is a folder::
     vien.safetensors       VideoEncoder state (absent when the bundle has no ViEN)
     extra.safetensors      named tensors used by edits etc. (absent when empty)
 
-No pickles: JSON + safetensors only. Loading checks the format, the version, that every listed file exists,
-and that every tensor matches the shapes the configs imply; each failure is a :class:`BundleError` with one
-clear line. Saving writes a temporary sibling folder and renames it into place, so a crash never leaves a
-half-written bundle.
+No pickles: JSON + safetensors only. A bundle is untrusted input, so :func:`check_bundle` checks it before
+anything is allocated from it: bundle.json must be a regular file of at most 4 MiB nested at most 64 deep; every
+top-level section has a checker in :data:`SECTIONS` (every config field: type, range, powers of two, sane maxima,
+relations; edits against the generator and the shapes of their tensors); every network in :data:`PARTS` is built on
+the meta device (no memory) and the shapes it implies are compared with its weights file's safetensors header, read
+without loading a tensor. Only then :func:`load_bundle` allocates and loads, and refuses NaN/Inf weights. Every
+file must be a regular file (a FIFO would block forever). Each failure is a :class:`BundleError` with one line
+naming the file, the field and the problem. A new kind of network registers a :class:`Section` for its config and
+a :class:`Part` for its weights.
+
+Saving writes a temporary sibling folder and renames it into place, so a crash never leaves a half-written bundle.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +35,37 @@ from typing import Any
 import torch
 from torch import nn
 
+from .editing import EditSpec, check_edit_list
 from .errors import BundleError
-from .stylegan2 import GENERATOR_PRESETS, Generator, GeneratorConfig
+from .latents import WPlusLayout, style_layers
+from .stylegan2 import GENERATOR_PRESETS, MAX_DIM, Generator, GeneratorConfig
+from .validation import (
+    FLOAT_DTYPES,
+    Bool,
+    FieldError,
+    Int,
+    JSONObject,
+    Rule,
+    Str,
+    TensorInfo,
+    check_fields,
+    check_value,
+    first_non_finite,
+    module_shapes,
+    non_finite_message,
+    read_json_limited,
+    read_safetensors_header,
+    regular_file,
+    show,
+)
 from .vit_encoder import ENCODER_PRESETS, FrameEncoder, VideoEncoder, ViTConfig
 
 FORMAT_NAME = "stylestream-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
+EXTRA = "extra.safetensors"
+MAX_MANIFEST_BYTES = 4 << 20  # the default bundle's bundle.json (14 edits with provenance) is 29 KB
+MAX_MANIFEST_DEPTH = 64  # JSON nesting; the default bundle's is 7
 
 
 @dataclass
@@ -57,17 +89,7 @@ class Bundle:
 
     def preprocess(self) -> dict[str, Any]:
         """The preprocessing contract every consumer of this bundle must follow."""
-        layout = self.generator.layout
-        return {
-            "crop_size": self.crop_size,  # encoder input side, pixels
-            "alignment": "ffhq",  # FFHQ quad from eye centres and mouth corners (realtime/align.py)
-            "normalisation": "rgb, [-1, 1]",  # (pixel / 127.5) − 1, channels R, G, B
-            "output_resolution": self.generator.img_resolution,
-            "num_ws": layout.num_ws,
-            "w_dim": layout.w_dim,
-            "coarse_resolution": layout.coarse_resolution,
-            "num_coarse": layout.num_coarse,
-        }
+        return preprocess_contract(self.generator.cfg, self.crop_size)
 
     def to(self, device: torch.device | str) -> Bundle:
         for m in self.modules().values():
@@ -140,6 +162,21 @@ class Bundle:
         return path
 
 
+def preprocess_contract(gcfg: GeneratorConfig, crop_size: int) -> dict[str, Any]:
+    """The preprocessing contract of a generator config and an encoder input size (``Bundle.preprocess``)."""
+    layout = gcfg.layout()
+    return {
+        "crop_size": crop_size,  # encoder input side, pixels
+        "alignment": "ffhq",  # FFHQ quad from eye centres and mouth corners (realtime/align.py)
+        "normalisation": "rgb, [-1, 1]",  # (pixel / 127.5) − 1, channels R, G, B
+        "output_resolution": gcfg.img_resolution,
+        "num_ws": layout.num_ws,
+        "w_dim": layout.w_dim,
+        "coarse_resolution": layout.coarse_resolution,
+        "num_coarse": layout.num_coarse,
+    }
+
+
 def swap_dir_into_place(tmp: Path, path: Path) -> None:
     """Replace ``path`` (if any) by the finished folder ``tmp`` with two renames; the old folder is removed after.
     Raises OSError; the caller cleans ``tmp`` up."""
@@ -161,85 +198,265 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     mf = path / MANIFEST
     if not mf.exists():
         raise BundleError(f"{path} is not a bundle: it has no {MANIFEST}")
-    try:
-        manifest = json.loads(mf.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{mf} is not valid JSON ({exc})") from None
+    manifest = read_json_limited(mf, BundleError, MAX_MANIFEST_BYTES, MAX_MANIFEST_DEPTH)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise BundleError(f"{mf} is not a stylestream bundle manifest")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
-        raise BundleError(f"{path}: bundle format version {version!r} is not supported by this stylestream "
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
+        raise BundleError(f"{mf}: bundle format version {show(version)} is not supported by this stylestream "
                           f"(supports 1…{FORMAT_VERSION}); upgrade stylestream")
     return manifest
 
 
-def _load_state(module: nn.Module, file: Path, what: str) -> None:
-    from safetensors import SafetensorError
+# ------------------------------------------------------------------------------------------ checks before loading
+
+
+@dataclass
+class Checked:
+    """A bundle whose bundle.json and weight-file headers passed every check; no tensor has been loaded yet."""
+
+    path: Path  # the bundle folder
+    manifest: dict[str, Any]  # bundle.json as parsed
+    configs: dict[str, Any] = field(default_factory=dict)  # what the sections parsed: "generator", "fren", "vien", …
+    edits: list[EditSpec] = field(default_factory=list)  # the checked edit specs
+    headers: dict[str, dict[str, TensorInfo] | None] = field(default_factory=dict)  # file → checked header
+
+    def header(self, file: str, missing: str | None = None) -> dict[str, TensorInfo] | None:
+        """Checked safetensors header of a file in the bundle ({name: TensorInfo}); None when the file does not
+        exist and ``missing`` (the message for an absent required file) is None."""
+        if file not in self.headers:
+            p = self.path / file
+            if missing is None and not os.path.lexists(p):
+                self.headers[file] = None
+            else:
+                self.headers[file] = read_safetensors_header(p, BundleError, missing)
+        return self.headers[file]
+
+    def layout(self) -> WPlusLayout:
+        return self.configs["generator"].layout()
+
+    @property
+    def crop_size(self) -> int:
+        enc = self.configs.get("fren") or self.configs.get("vien")
+        return enc.img_size if enc is not None else self.configs["generator"].img_resolution
+
+
+@dataclass(frozen=True)
+class Section:
+    """How one top-level key of bundle.json is checked. ``check(value, checked)`` gets the key's JSON value (None
+    when absent), raises :class:`FieldError` with a path relative to the key, and stores what it parsed in
+    ``checked.configs``. Sections run in :data:`SECTIONS` order, so a check may use what an earlier one parsed."""
+
+    check: Callable[[Any, Checked], None]
+    label: str = "invalid manifest"  # words before the field in the error line
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Part:
+    """A network stored in a bundle. ``build(checked)`` makes it from the checked configs (None: this bundle has
+    none); it runs first on the meta device, to compare the shapes it implies with the weights file's header
+    without allocating, then for real to load."""
+
+    file: str  # weights file in the bundle folder
+    label: str  # how messages name it
+    build: Callable[[Checked], nn.Module | None]
+
+
+def _check_nothing(value: Any, ck: Checked) -> None:
+    """format / format_version: _read_manifest checked them first (they decide whether this is a bundle at all)."""
+
+
+def _check_name(value: Any, ck: Checked) -> None:
+    if value is not None:
+        Str(max_len=200)(value)
+
+
+def _check_generator(value: Any, ck: Checked) -> None:
+    ck.configs["generator"] = GeneratorConfig.from_dict(value)
+
+
+# Keys of the "encoders" section → parser of that encoder's config (JSON → checked config, raising FieldError).
+# Parsed configs land in Checked.configs under the same key; a PARTS entry builds the network from it.
+ENCODER_CONFIGS: dict[str, Callable[[Any], Any]] = {"fren": ViTConfig.from_dict, "vien": ViTConfig.from_dict}
+
+
+def _check_encoders(value: Any, ck: Checked) -> None:
+    encs = {} if value is None else JSONObject()(value)
+    for k in encs:
+        if k not in ENCODER_CONFIGS:
+            raise FieldError(k[:60], f"unknown encoder (known: {', '.join(ENCODER_CONFIGS)})")
+    for k, parse in ENCODER_CONFIGS.items():
+        v = encs.get(k)
+        ck.configs[k] = None if v is None or v == {} else check_value(parse, v, k)
+    f, v = ck.configs["fren"], ck.configs["vien"]
+    if f is not None and v is not None and f.img_size != v.img_size:
+        raise FieldError("vien.img_size", f"must be the same as fren's ({f.img_size}): both encoders read the same "
+                                          f"crop, got {v.img_size}")
+
+
+PREPROCESS_FIELDS: dict[str, Rule] = {  # the keys of preprocess_contract()
+    "crop_size": Int(1, 4096),
+    "alignment": Str(choices=("ffhq",)),
+    "normalisation": Str(choices=("rgb, [-1, 1]",)),
+    "output_resolution": Int(1, 4096),
+    "num_ws": Int(1, 64),
+    "w_dim": Int(1, MAX_DIM),
+    "coarse_resolution": Int(1, 4096),
+    "num_coarse": Int(0, 64),
+}
+
+
+def _check_preprocess(value: Any, ck: Checked) -> None:
+    if value is None:
+        return
+    got = check_fields(PREPROCESS_FIELDS, value)
+    want = preprocess_contract(ck.configs["generator"], ck.crop_size)
+    for k, v in got.items():
+        if v != want[k]:
+            implied = "the encoders' input size" if k == "crop_size" else "what the model configs imply"
+            raise FieldError(k, f"{show(v)} disagrees with {implied} ({show(want[k])})")
+
+
+def _check_trained(value: Any, ck: Checked) -> None:
+    if value is not None:
+        for k, v in JSONObject()(value).items():
+            check_value(Bool(), v, k[:60])
+
+
+def _check_edits(value: Any, ck: Checked) -> None:
+    if value is None:
+        return
+    g = ck.configs["generator"]
+    channels = {layer.name: layer.channels for layer in style_layers(g.img_resolution, g.channels())}
+    ck.edits = check_edit_list(value, g.layout(), channels, ck.header(EXTRA) or {}, EXTRA)
+
+
+def _check_provenance(value: Any, ck: Checked) -> None:
+    if value is not None:
+        JSONObject()(value)
+
+
+SECTIONS: dict[str, Section] = {
+    "format": Section(_check_nothing, required=True),
+    "format_version": Section(_check_nothing, required=True),
+    "name": Section(_check_name),
+    "generator": Section(_check_generator, "invalid model config", required=True),
+    "encoders": Section(_check_encoders, "invalid model config"),
+    "preprocess": Section(_check_preprocess, "invalid preprocessing contract"),
+    "trained": Section(_check_trained),
+    "edits": Section(_check_edits, "invalid edit"),
+    "provenance": Section(_check_provenance),
+}
+
+
+def _build_fren(ck: Checked) -> nn.Module | None:
+    cfg = ck.configs.get("fren")
+    return FrameEncoder(cfg, ck.layout()) if cfg is not None else None
+
+
+def _build_vien(ck: Checked) -> nn.Module | None:
+    cfg = ck.configs.get("vien")
+    return VideoEncoder(cfg, ck.layout()) if cfg is not None else None
+
+
+PARTS: dict[str, Part] = {
+    "generator": Part("generator.safetensors", "generator", lambda ck: Generator(ck.configs["generator"])),
+    "fren": Part("fren.safetensors", "FrEN", _build_fren),
+    "vien": Part("vien.safetensors", "ViEN", _build_vien),
+}
+
+
+def check_bundle(path: str | os.PathLike) -> Checked:
+    """Every check of a bundle that needs no tensor loaded (see the module docstring). Raises :class:`BundleError`."""
+    path = Path(path)
+    m = _read_manifest(path)
+    mf = path / MANIFEST
+    ck = Checked(path, m)
+    for key in m:
+        if key not in SECTIONS:
+            raise BundleError(f"{mf}: invalid manifest: {key[:60]}: unknown section (known: {', '.join(SECTIONS)})")
+    for key, section in SECTIONS.items():
+        if section.required and key not in m:
+            raise BundleError(f"{mf}: {section.label}: {key}: is missing")
+        try:
+            section.check(m.get(key), ck)
+        except FieldError as exc:
+            raise BundleError(f"{mf}: {section.label}: {exc.within(key)}") from None
+    for part in PARTS.values():
+        try:
+            expected = module_shapes(lambda part=part: part.build(ck))  # on the meta device: no memory
+        except (ValueError, RuntimeError, AssertionError) as exc:  # a config the checks let through but cannot build
+            raise BundleError(f"{mf}: invalid model config: {part.label}: {str(exc).splitlines()[0][:200]}") from None
+        if expected is None:
+            continue
+        what = f"{part.label} ({path / part.file})"
+        header = ck.header(part.file, missing=f"bundle is missing {part.file} ({part.label} weights)") or {}
+        check_state_shapes(expected, {k: info.shape for k, info in header.items()}, what)
+        for k, info in header.items():
+            if info.dtype not in FLOAT_DTYPES:
+                raise BundleError(f"{what}: {k}: dtype {info.dtype} is not a floating-point type")
+    return ck
+
+
+def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a (checked) safetensors file; NaN/Inf values are refused, naming the tensor."""
     from safetensors.torch import load_file
 
-    if not file.exists():
-        raise BundleError(f"bundle is missing {file.name} ({what} weights)")
+    regular_file(file, BundleError)  # again, just before opening it
     try:
         state = load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise BundleError(f"{file} is corrupt or not a safetensors file ({exc})") from None
-    load_state_checked(module, state, f"{what} ({file.name})")
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise BundleError(f"{file} is corrupt or not a safetensors file ({str(exc).splitlines()[0][:200]})") from None
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise BundleError(f"{file}: {non_finite_message(*bad)}")
+    return state
 
 
-def load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """load_state_dict with one clear message for missing/unexpected keys and shape mismatches."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+def _load_state(module: nn.Module, file: Path, what: str) -> None:
+    load_state_checked(module, _load_tensors(file), f"{what} ({file.name})")
+
+
+def check_state_shapes(expected: Mapping[str, tuple[int, ...]], got: Mapping[str, tuple[int, ...]], what: str,
+                       error: type[Exception] = BundleError) -> None:
+    """One clear ``error`` line for missing/unexpected keys and shape mismatches between two {name: shape} maps."""
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
     if missing or unexpected:
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        raise BundleError(f"{what}: weights do not match the config: " + ", ".join(parts))
-    for k, v in own.items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise BundleError(f"{what}: shape mismatch for {k}: file {tuple(state[k].shape)}, "
-                              f"config expects {tuple(v.shape)}")
+            parts.append(f"{len(unexpected)} unexpected (e.g. {str(unexpected[0])[:80]})")
+        raise error(f"{what}: weights do not match the config: " + ", ".join(parts))
+    for k, shape in expected.items():
+        if tuple(got[k]) != tuple(shape):
+            raise error(f"{what}: shape mismatch for {k}: file {tuple(got[k])}, config expects {tuple(shape)}")
+
+
+def load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], what: str,
+                       error: type[Exception] = BundleError) -> None:
+    """load_state_dict with one clear message for missing/unexpected keys and shape mismatches."""
+    check_state_shapes({k: tuple(v.shape) for k, v in module.state_dict().items()},
+                       {k: tuple(v.shape) for k, v in state.items()}, what, error)
     module.load_state_dict(state)
 
 
 def load_bundle(path: str | os.PathLike, device: torch.device | str = "cpu") -> Bundle:
-    """Read a bundle folder. Modules come back in eval mode on ``device``."""
-    path = Path(path)
-    m = _read_manifest(path)
-    try:
-        gcfg = GeneratorConfig.from_dict(m["generator"])
-        encs = m.get("encoders") or {}
-        fcfg = ViTConfig.from_dict(encs["fren"]) if encs.get("fren") else None
-        vcfg = ViTConfig.from_dict(encs["vien"]) if encs.get("vien") else None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{path / MANIFEST}: invalid model config ({exc})") from None
-    g = Generator(gcfg)
-    _load_state(g, path / "generator.safetensors", "generator")
-    fren = vien = None
-    if fcfg is not None:
-        fren = FrameEncoder(fcfg, gcfg.layout())
-        _load_state(fren, path / "fren.safetensors", "FrEN")
-    if vcfg is not None:
-        vien = VideoEncoder(vcfg, gcfg.layout())
-        _load_state(vien, path / "vien.safetensors", "ViEN")
-    extra: dict[str, torch.Tensor] = {}
-    if (path / "extra.safetensors").exists():
-        from safetensors.torch import load_file
-
-        try:
-            extra = load_file(str(path / "extra.safetensors"))
-        except Exception as exc:  # safetensors raises several types for corrupt files
-            raise BundleError(f"{path / 'extra.safetensors'} is corrupt ({exc})") from None
-    pre = m.get("preprocess", {})
-    b = Bundle(generator=g, fren=fren, vien=vien, trained=dict(m.get("trained", {})), edits=list(m.get("edits", [])),
-               extra=extra, provenance=dict(m.get("provenance", {})), name=str(m.get("name", path.name)))
-    if pre and pre.get("crop_size") not in (None, b.crop_size):
-        raise BundleError(f"{path}: preprocess.crop_size {pre.get('crop_size')} disagrees with the encoder "
-                          f"input size {b.crop_size}")
+    """Read a bundle folder (after :func:`check_bundle`). Modules come back in eval mode on ``device``."""
+    ck = check_bundle(path)
+    modules: dict[str, nn.Module] = {}
+    for name, part in PARTS.items():
+        module = part.build(ck)
+        if module is not None:
+            _load_state(module, ck.path / part.file, part.label)
+            modules[name] = module
+    extra = _load_tensors(ck.path / EXTRA) if ck.header(EXTRA) is not None else {}
+    m = ck.manifest
+    b = Bundle(generator=modules["generator"], fren=modules.get("fren"), vien=modules.get("vien"),  # type: ignore[arg-type]
+               trained=dict(m.get("trained") or {}), edits=list(m.get("edits") or []), extra=extra,
+               provenance=dict(m.get("provenance") or {}), name=str(m.get("name", ck.path.name)))
     for mod in b.modules().values():
         mod.eval().requires_grad_(False)
     return b.to(device)
