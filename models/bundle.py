@@ -391,7 +391,7 @@ def check_bundle(path: str | os.PathLike) -> Checked:
         if expected is None:
             continue
         what = f"{part.label} ({path / part.file})"
-        header = ck.header(part.file, missing=f"bundle is missing {part.file} ({part.label} weights)") or {}
+        header = ck.header(part.file, missing=f"bundle {path} is missing {part.file} ({part.label} weights)") or {}
         check_state_shapes(expected, {k: info.shape for k, info in header.items()}, what)
         for k, info in header.items():
             if info.dtype not in FLOAT_DTYPES:
