@@ -38,11 +38,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from models.validation import Bool, FieldError, Int, ListOf, Rule, Str, check_fields
 
 KINDS: tuple[str, ...] = ("e4e", "psp")
 KIND_NAMES = {"e4e": "e4e (encoder4editing, Encoder4Editing)", "psp": "pSp (pixel2style2pixel, GradualStyleEncoder)"}
@@ -64,6 +66,22 @@ class StyleEncoderConfig:
     coarse_ind: int = 3  # entries < coarse_ind read the /16 map (c3)
     middle_ind: int = 7  # entries < middle_ind read the /8 map (p2); the rest the /4 map (p1)
     start_from_latent_avg: bool = True  # output += latent_avg (pSp/e4e opts.start_from_latent_avg)
+
+    # Type and range of every field, checked before a network is built from bundle.json (released: 256², IR-SE-50).
+    FIELDS: ClassVar[dict[str, Rule]] = {
+        "kind": Str(choices=("e4e", "psp")),
+        "img_size": Int(32, 1024, pow2=True),
+        "in_channels": Int(1, 16),
+        "widths": ListOf(Int(1, 2048), 4, 4, tuple_=True),
+        "units": ListOf(Int(1, 64), 4, 4, tuple_=True),
+        "se": Bool(),
+        "se_reduction": Int(1, 1024),
+        "n_styles": Int(1, 64),
+        "w_dim": Int(1, 4096),
+        "coarse_ind": Int(1, 64),
+        "middle_ind": Int(1, 64),
+        "start_from_latent_avg": Bool(),
+    }
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
@@ -87,10 +105,12 @@ class StyleEncoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StyleEncoderConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown e4e/pSp encoder config keys: {sorted(unknown)}")
-        return cls(**d)
+        """From JSON; raises :class:`FieldError` (a ValueError) for an unknown field or a bad value."""
+        values = check_fields(cls.FIELDS, d)
+        try:
+            return cls(**values)
+        except ValueError as exc:  # the relations __post_init__ checks
+            raise FieldError("", str(exc)) from None
 
     @property
     def head_sides(self) -> tuple[int, int, int]:

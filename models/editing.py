@@ -28,14 +28,32 @@ sliders). Strength 0 is the identity. Model code: no I/O.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from models.errors import UserError
+from models.latents import WPlusLayout
+from models.validation import (
+    FLOAT_DTYPES,
+    FieldError,
+    Float,
+    Int,
+    JSONObject,
+    ListOf,
+    Optional,
+    Rule,
+    Str,
+    TensorInfo,
+    check_fields,
+    check_value,
+    module_shapes,
+    show,
+)
 
 KINDS = ("w_direction", "style_channel", "random_identity", "pose_expression", "keep_mouth")
 # Pose/expression parameters (realtime/io/synthetic.py ground truth): degrees, then expressions in [0, 1].
@@ -43,6 +61,16 @@ PARAMS = ("yaw", "pitch", "roll", "jaw_open", "smile", "blink", "brow_raise", "p
 # Network input scale: the MLP sees Δparam / PARAM_SCALE (pose in tens of degrees).
 PARAM_SCALE = (10.0, 10.0, 10.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 PE_PREFIX = "pose_expression."  # shared tensors of the pose/expression network in Bundle.extra
+MAX_EDITS = 1024  # edits one bundle may list
+LM_FEATURES = 936  # landmark_features() width: 468 landmarks × (x, y)
+# The pose/expression network's config (PoseExpressionNet.config(), stored in each pose_expression spec's extra.net).
+PE_NET_FIELDS: dict[str, Rule] = {
+    "num_layers": Int(1, 64),  # coarse W+ entries it drives
+    "w_dim": Int(1, 4096),
+    "hidden": Int(1, 16384),
+    "num_params": Int(len(PARAMS), len(PARAMS)),
+    "delta_max": Optional(ListOf(Float(0, 1e6), len(PARAMS), len(PARAMS))),
+}
 
 
 @dataclass
@@ -60,31 +88,155 @@ class EditSpec:
     range: tuple[float, float] = (-3.0, 3.0)  # slider range
     extra: dict[str, Any] = field(default_factory=dict)  # target, measured effect sizes, provenance, …
 
+    # Type and range of every field (bundle.json is untrusted input). Relations and kind-specific extras: validate().
+    FIELDS: ClassVar[dict[str, Rule]] = {
+        "name": Str(max_len=100, min_len=1, forbid="=\n\r"),
+        "kind": Str(choices=KINDS),
+        "description": Str(max_len=1000),
+        "layers": Optional(ListOf(Int(0, 1023), 0, 1024)),
+        "style_layer": Str(max_len=100),
+        "channel": Int(-1, 1 << 16),
+        "scale": Float(-1e6, 1e6),
+        "default": Float(-1e6, 1e6),
+        "range": ListOf(Float(-1e6, 1e6), 2, 2, tuple_=True),
+        "extra": JSONObject(),
+    }
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["range"] = list(self.range)
         return d
 
+    def validate(self) -> EditSpec:
+        """Check every field and what the kind needs in ``extra``; raise :class:`FieldError` naming the field."""
+        check_fields(self.FIELDS, self.to_dict())
+        lo, hi = self.range
+        if lo > hi:
+            raise FieldError("range", f"must be [low, high] with low ≤ high, got [{lo:g}, {hi:g}]")
+        if not lo <= self.default <= hi:
+            raise FieldError("default", f"must be inside the range [{lo:g}, {hi:g}], got {self.default:g}")
+        if self.kind == "style_channel":
+            if not self.style_layer:
+                raise FieldError("style_layer", "a style_channel edit needs a StyleSpace layer name")
+            if self.channel < 0:
+                raise FieldError("channel", f"a style_channel edit needs a channel ≥ 0, got {self.channel}")
+        if self.kind == "pose_expression":
+            target = self.extra.get("target")
+            if not isinstance(target, dict) or not target or set(target) - set(PARAMS):
+                raise FieldError("extra.target", f"must map some of {', '.join(PARAMS)} to numbers, got "
+                                                 f"{show(target)}")
+            for k, v in target.items():
+                check_value(Float(), v, f"extra.target.{k}")
+            if self.extra.get("net") is not None:
+                check_value(lambda v: check_fields(PE_NET_FIELDS, v, required=("num_layers", "w_dim", "hidden")),
+                            self.extra["net"], "extra.net")
+        return self
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EditSpec:
-        d = dict(d)
-        if "range" in d:
-            d["range"] = tuple(d["range"])
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown edit fields {sorted(unknown)}")
-        spec = cls(**d)
-        if spec.kind not in KINDS:
-            raise ValueError(f"edit {spec.name!r}: unknown kind {spec.kind!r}")
-        if spec.kind == "pose_expression":
-            target = spec.extra.get("target")
-            if not isinstance(target, dict) or not target or set(target) - set(PARAMS):
-                raise ValueError(f"edit {spec.name!r}: extra.target must map some of {PARAMS} to numbers")
-        return spec
+        """From JSON; raises :class:`FieldError` (a ValueError) for an unknown field or a bad value."""
+        return cls(**check_fields(cls.FIELDS, d, required=("name", "kind"))).validate()
 
 
 def tensor_key(name: str, what: str = "direction") -> str:
     return f"edit.{name}.{what}"
+
+
+def check_edit_list(raw: Any, layout: WPlusLayout, style_channels: Mapping[str, int],
+                    tensors: Mapping[str, TensorInfo], where: str = "extra.safetensors") -> list[EditSpec]:
+    """Check a bundle's edit list (JSON) against the generator it drives and the tensors that exist for it — from
+    their shapes alone, before any is loaded. ``style_channels``: {StyleSpace layer: channels} of that generator
+    (``latents.style_layers``); ``tensors``: the extra tensors' headers ({name: TensorInfo}); ``where``: how messages
+    name the file holding them. Raises :class:`FieldError` with the path ``[i] (name).field``."""
+    specs = check_value(ListOf(JSONObject(), 0, MAX_EDITS), raw, "")
+    out: list[EditSpec] = []
+    seen: dict[str, int] = {}
+    pe_cfg: dict[str, Any] | None = None
+    for i, d in enumerate(specs):
+        name = d.get("name")
+        label = f"[{i}] ({name})" if isinstance(name, str) and name and len(name) <= 100 else f"[{i}]"
+        try:
+            spec = EditSpec.from_dict(d)
+            if spec.name in seen:
+                raise FieldError("name", f"the name {spec.name!r} is used twice (also by edits[{seen[spec.name]}])")
+            seen[spec.name] = i
+            pe_cfg = _check_edit_against(spec, layout, style_channels, tensors, where, pe_cfg)
+        except FieldError as exc:
+            raise exc.within(label) from None
+        out.append(spec)
+    return out
+
+
+def _check_edit_against(s: EditSpec, layout: WPlusLayout, style_channels: Mapping[str, int],
+                        tensors: Mapping[str, TensorInfo], where: str, pe_cfg: dict[str, Any] | None
+                        ) -> dict[str, Any] | None:
+    """One edit against the generator and the extra tensors; → the pose/expression config in force after it."""
+    n, w = layout.num_ws, layout.w_dim
+
+    def tensor(key: str, field: str = "") -> tuple[int, ...]:
+        info = tensors.get(key)
+        if info is None:
+            raise FieldError(field, f"a {s.kind} edit needs the tensor {key}, but there is no tensor {key} in {where}")
+        if info.dtype not in FLOAT_DTYPES:
+            raise FieldError(field, f"tensor {key} in {where} has dtype {info.dtype}, not a floating-point type")
+        return info.shape
+
+    for j, layer in enumerate(s.layers or []):
+        if layer >= n:
+            raise FieldError(f"layers[{j}]", f"must be < {n} (the generator has {n} W+ entries), got {layer}")
+    if s.kind in ("w_direction", "random_identity"):
+        shape = tensor(tensor_key(s.name))
+        if shape not in ((w,), (n, w)):
+            raise FieldError("", f"tensor {tensor_key(s.name)} in {where} has shape {shape}; a direction must be "
+                                 f"[{w}] or [{n}, {w}] for this generator")
+    elif s.kind == "style_channel":
+        if s.style_layer not in style_channels:
+            some = ", ".join(list(style_channels)[:3])
+            raise FieldError("style_layer", f"no StyleSpace layer {s.style_layer!r} in this generator (it has "
+                                            f"{some}, …)")
+        c = style_channels[s.style_layer]
+        if s.channel >= c:
+            raise FieldError("channel", f"must be < {c} ({s.style_layer} has {c} channels), got {s.channel}")
+    elif s.kind == "keep_mouth":
+        key = tensor_key(s.name, "basis")
+        shape = tensor(key)
+        if len(shape) != 2 or shape[1] != n * w or not 1 <= shape[0] <= n * w:
+            raise FieldError("", f"tensor {key} in {where} has shape {shape}; the lip basis must be [r, {n * w}] "
+                                 f"with 1 ≤ r ≤ {n * w}")
+    elif s.kind == "pose_expression":
+        net = s.extra.get("net")
+        if net is not None:
+            _check_pe_net(net, layout, tensors, where)
+        elif pe_cfg is None:
+            raise FieldError("extra.net", "is missing: the first pose_expression edit must carry the pose/expression "
+                                          "network's config")
+        return pe_cfg or net
+    return pe_cfg
+
+
+def _check_pe_net(cfg: dict[str, Any], layout: WPlusLayout, tensors: Mapping[str, TensorInfo], where: str) -> None:
+    """The pose/expression network's config against the generator and the shapes of its tensors."""
+    n, w = layout.num_ws, layout.w_dim
+    if cfg["w_dim"] != w:
+        raise FieldError("extra.net.w_dim", f"must equal the generator's w_dim ({w}), got {cfg['w_dim']}")
+    if cfg["num_layers"] > n:
+        raise FieldError("extra.net.num_layers", f"must be ≤ the generator's {n} W+ entries, got {cfg['num_layers']}")
+    shapes = module_shapes(lambda: PoseExpressionNet(cfg["num_layers"], cfg["w_dim"], cfg["hidden"],
+                                                     cfg.get("num_params", len(PARAMS)))) or {}
+    p = len(PARAMS)
+    expected = {PE_PREFIX + "net." + k: v for k, v in shapes.items()}
+    expected[PE_PREFIX + "w_readout.weight"] = (p, cfg["num_layers"] * w)
+    expected[PE_PREFIX + "w_readout.bias"] = (p,)
+    optional = {PE_PREFIX + "lm_readout.weight": (p, LM_FEATURES), PE_PREFIX + "lm_readout.bias": (p,)}
+    for key, shape in [*expected.items(), *optional.items()]:
+        info = tensors.get(key)
+        if info is None:
+            if key in optional:
+                continue
+            raise FieldError("extra.net", f"the pose/expression network needs the tensor {key}, missing in {where}")
+        if info.dtype not in FLOAT_DTYPES or info.shape != shape:
+            raise FieldError("extra.net", f"tensor {key} in {where} has shape {info.shape} ({info.dtype}); this "
+                                          f"config implies {shape} (floating point)")
 
 
 @dataclass

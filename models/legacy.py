@@ -17,6 +17,13 @@ Supported:
   from ``opts["encoder_type"]``); ``decoder.*`` is a rosinality generator, renamed like ``g_ema``.
 * **W directions**: InterFaceGAN ``.npy`` boundaries (``allow_pickle=False``) and e4e's ``.pt`` direction tensors.
 
+Both readers treat the file as untrusted even when every global in it is allowed: the structure (dicts where dicts
+belong, numbers where numbers belong, tensor ranks per parameter name — :data:`NVLABS_TENSOR_RULES`,
+:data:`ROSINALITY_TENSOR_RULES`), the derived :class:`GeneratorConfig` (its ``FIELDS`` table), every tensor's shape
+against the config (compared on the meta device) and finiteness are all checked before the generator is
+allocated; each failure is one :class:`CheckpointError` line that names the file and the offending entry.
+Non-regular files (FIFOs, devices, sockets) are refused before they are opened.
+
 ``stylestream import-weights`` wraps :func:`import_bundle` and writes the bundle.
 """
 
@@ -32,18 +39,20 @@ import re
 import warnings
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from models.bundle import Bundle, estimate_w_avg, load_state_checked
+from models.bundle import Bundle, check_state_shapes, estimate_w_avg, load_state_checked
 from models.e4e import KINDS, StyleEncoder, StyleEncoderConfig
 from models.editing import EditSpec, tensor_key
 from models.errors import CheckpointError, UnsafePickleError
 from models.stylegan2 import Generator, GeneratorConfig
 from models.tflite import read_tflite_file
+from models.validation import FieldError, first_non_finite, module_shapes, non_finite_message, regular_file
 from models.vit_encoder import ENCODER_PRESETS, FrameEncoder, VideoEncoder
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -66,17 +75,28 @@ class PersistedModule:
     def __repr__(self) -> str:
         return f"PersistedModule({self.class_name})"
 
+    def _dict(self, name: str, where: str) -> dict:
+        """``state[name]`` (absent: empty) checked to be a dict with string keys."""
+        v = self.state.get(name)
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise CheckpointError(f"{where}.{name} is {_a(v)}, not a dict")
+        if not all(isinstance(k, str) for k in v):
+            raise CheckpointError(f"{where}.{name} has a key that is not a string")
+        return v
+
     @property
     def parameters(self) -> dict:
-        return self.state.get("_parameters") or {}
+        return self._dict("_parameters", self.class_name)
 
     @property
     def buffers(self) -> dict:
-        return self.state.get("_buffers") or {}
+        return self._dict("_buffers", self.class_name)
 
     @property
     def children(self) -> dict:
-        return self.state.get("_modules") or {}
+        return self._dict("_modules", self.class_name)
 
     def child(self, path: str) -> PersistedModule:
         node = self
@@ -89,18 +109,32 @@ class PersistedModule:
 
     def flat_state(self, prefix: str = "") -> dict[str, torch.Tensor]:
         """The module tree's state_dict (parameters and persistent buffers) with dotted names."""
+        where = prefix[:-1] or "G_ema"
         out: dict[str, torch.Tensor] = {}
         non_persistent = self.state.get("_non_persistent_buffers_set") or set()
-        for k, v in self.parameters.items():
+        if not isinstance(non_persistent, set | frozenset | list | tuple):
+            raise CheckpointError(f"{where}._non_persistent_buffers_set is {_a(non_persistent)}, not a set")
+        for k, v in self._dict("_parameters", where).items():
             if v is not None:
                 out[prefix + k] = _as_tensor(v, prefix + k)
-        for k, v in self.buffers.items():
+        for k, v in self._dict("_buffers", where).items():
             if v is not None and k not in non_persistent:
                 out[prefix + k] = _as_tensor(v, prefix + k)
-        for k, child in self.children.items():
+        for k, child in self._dict("_modules", where).items():
             if isinstance(child, PersistedModule):
                 out.update(child.flat_state(prefix + k + "."))
         return out
+
+
+def _a(v: Any) -> str:
+    """'a list', 'an int', … for messages."""
+    name = type(v).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
+def _short(v: Any, limit: int = 60) -> str:
+    s = repr(v)
+    return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
 def _as_tensor(v: Any, name: str) -> torch.Tensor:
@@ -222,50 +256,123 @@ def safe_unpickle(data: bytes | io.BufferedIOBase) -> Any:
 # stylegan2-ada-pytorch .pkl
 
 
-def _f(x: Any) -> float:
-    return float(x.item() if hasattr(x, "item") else x)
+def _plain(v: Any) -> Any:
+    """A numpy scalar / one-element array or tensor as the Python number it holds; anything else unchanged."""
+    if isinstance(v, np.generic | np.ndarray | torch.Tensor) and np.size(v) == 1 and not isinstance(v, np.str_):
+        return v.item()
+    return v
+
+
+def _num(v: Any, what: str, kind: type = int) -> Any:
+    """A pickled number (Python, numpy or one-element tensor) as ``kind``; one clear error for anything else."""
+    x = _plain(v)
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x) or (kind is int and x != int(x)):
+        raise CheckpointError(f"{what} is {_short(v)}, not a number")
+    return kind(x)
+
+
+def _dict_of(v: Any, what: str) -> dict:
+    """A pickled kwargs dict (None: empty)."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise CheckpointError(f"{what} is {_a(v)}, not a dict")
+    return dict(v)
+
+
+Check = Callable[[torch.Tensor], str | None]  # tensor → problem ("expected 4 dimensions") or None
+
+
+def _ndim(n: int, lead1: bool = False) -> Check:
+    def check(t: torch.Tensor) -> str | None:
+        if t.ndim != n:
+            return f"expected {n} dimensions"
+        return "expected a leading dimension of 1" if lead1 and t.shape[0] != 1 else None
+    return check
+
+
+def _one_element(t: torch.Tensor) -> str | None:
+    return None if t.numel() == 1 else "expected 1 element"
+
+
+# Rank of every NVlabs G_ema tensor, by name (checked before shapes are read to derive the config).
+NVLABS_TENSOR_RULES: list[tuple[str, Check]] = [
+    (r"mapping\.(fc\d+|embed)\.weight", _ndim(2)),
+    (r"mapping\.(fc\d+|embed)\.bias", _ndim(1)),
+    (r"mapping\.w_avg", _ndim(1)),
+    (r"synthesis\.b\d+\.const", _ndim(3)),
+    (r"synthesis\.b\d+\.(conv0|conv1|torgb)\.weight", _ndim(4)),
+    (r"synthesis\.b\d+\.(conv0|conv1|torgb)\.affine\.weight", _ndim(2)),
+    (r"synthesis\.b\d+\.(conv0|conv1|torgb)\.(affine\.bias|bias)", _ndim(1)),
+    (r"synthesis\.b\d+\.(conv0|conv1)\.noise_strength", _one_element),
+    (r"synthesis\.b\d+\.(conv0|conv1)\.noise_const", _ndim(2)),
+    (r"synthesis\.b\d+(\.conv0|\.conv1)?\.resample_filter", _ndim(2)),
+]
+
+
+def check_tensors(state: dict, rules: list[tuple[str, Check]], name: Callable[[str], str]) -> None:
+    """Every entry is a floating-point tensor whose rank fits the first rule matching its key (keys no rule
+    matches are left to the shape check against the config). ``name(key)`` is how messages spell a key."""
+    for k, t in state.items():
+        if not isinstance(k, str):
+            raise CheckpointError(f"state key {_short(k)} is not a string")
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"{name(k)} is {_a(t)}, not a tensor")
+        if not t.is_floating_point():
+            raise CheckpointError(f"{name(k)} has dtype {t.dtype}, not floating point")
+        for pattern, check in rules:
+            if re.fullmatch(pattern, k):
+                problem = check(t)
+                if problem:
+                    raise CheckpointError(f"{name(k)} has shape {tuple(t.shape)}, {problem}")
+                break
 
 
 def nvlabs_config(g: PersistedModule, state: dict[str, torch.Tensor]) -> GeneratorConfig:
-    """Derive our GeneratorConfig from a persisted NVlabs Generator (its attributes, kwargs and shapes)."""
+    """Derive our GeneratorConfig from a persisted NVlabs Generator (its attributes, kwargs and shapes). Raises
+    CheckpointError (messages without the file name) for anything malformed; the config is not validated here."""
     st = g.state
-    kw = dict(st.get("_init_kwargs") or {})
-    args = list(st.get("_init_args") or ())
+    kw = _dict_of(st.get("_init_kwargs"), "G_ema._init_kwargs")
+    args = st.get("_init_args") or ()
+    if not isinstance(args, list | tuple):
+        raise CheckpointError(f"G_ema._init_args is {_a(args)}, not a list")
     for i, name in enumerate(["z_dim", "c_dim", "w_dim", "img_resolution", "img_channels",
                               "mapping_kwargs", "synthesis_kwargs"]):
         if i < len(args):
             kw.setdefault(name, args[i])
-    mk = dict(kw.get("mapping_kwargs") or {})
-    sk = dict(kw.get("synthesis_kwargs") or {})
+    mk = _dict_of(kw.get("mapping_kwargs"), "G_ema._init_kwargs.mapping_kwargs")
+    sk = _dict_of(kw.get("synthesis_kwargs"), "G_ema._init_kwargs.synthesis_kwargs")
+    dims = {k: st.get(k, kw.get(k, default)) for k, default in
+            (("z_dim", None), ("c_dim", 0), ("w_dim", None), ("img_resolution", None), ("img_channels", 3))}
+    if any(v is None for v in dims.values()):
+        raise CheckpointError("G_ema lacks z_dim/w_dim/img_resolution: not a stylegan2-ada-pytorch Generator")
+    cfg_kw: dict[str, Any] = {k: _num(v, f"G_ema {k}") for k, v in dims.items()}
+    res = cfg_kw["img_resolution"]
     try:
-        res = int(st.get("img_resolution", kw.get("img_resolution")))
-        cfg_kw: dict[str, Any] = dict(
-            z_dim=int(st.get("z_dim", kw.get("z_dim"))),
-            c_dim=int(st.get("c_dim", kw.get("c_dim", 0))),
-            w_dim=int(st.get("w_dim", kw.get("w_dim"))),
-            img_resolution=res,
-            img_channels=int(st.get("img_channels", kw.get("img_channels", 3))),
-        )
-    except (TypeError, ValueError):
-        raise CheckpointError("G_ema lacks z_dim/w_dim/img_resolution: not a stylegan2-ada-pytorch Generator") from None
+        GeneratorConfig.FIELDS["img_resolution"](res)  # before it bounds the loop below
+    except FieldError as exc:
+        raise CheckpointError(f"implausible generator config: {exc.within('img_resolution')}") from None
     mapping = g.child("mapping")
     cfg_kw["mapping_layers"] = len([k for k in mapping.children if re.fullmatch(r"fc\d+", k)])
     fc0 = mapping.child("fc0").state
     if "bias_gain" in fc0:
-        cfg_kw["mapping_lr_multiplier"] = _f(fc0["bias_gain"])
+        cfg_kw["mapping_lr_multiplier"] = _num(fc0["bias_gain"], "mapping.fc0.bias_gain", float)
     elif "lr_multiplier" in mk:
-        cfg_kw["mapping_lr_multiplier"] = float(mk["lr_multiplier"])
+        cfg_kw["mapping_lr_multiplier"] = _num(mk["lr_multiplier"], "G_ema mapping_kwargs.lr_multiplier", float)
     for key in ("embed_features", "layer_features", "w_avg_beta"):
         if mk.get(key) is not None:
-            cfg_kw[key] = mk[key]
+            cfg_kw[key] = _plain(mk[key])  # type and range: GeneratorConfig.validate()
     arch = sk.get("architecture", g.child(f"synthesis.b{res}").state.get("architecture", "skip"))
-    if arch != "skip":
-        raise CheckpointError(f"synthesis architecture {arch!r} is not supported (only config-e/f 'skip')")
+    if not (isinstance(arch, str) and arch == "skip"):
+        raise CheckpointError(f"synthesis architecture {_short(arch)} is not supported (only config-e/f 'skip')")
     clamp = sk.get("conv_clamp", g.child("synthesis.b4.conv1").state.get("conv_clamp"))
-    cfg_kw["conv_clamp"] = None if clamp is None else _f(clamp)
-    cfg_kw["num_fp16_res"] = int(sk.get("num_fp16_res", 0))
-    if "resample_filter" in sk and sk["resample_filter"] is not None:
-        cfg_kw["resample_filter"] = tuple(int(v) for v in sk["resample_filter"])
+    cfg_kw["conv_clamp"] = None if clamp is None else _num(clamp, "G_ema conv_clamp", float)
+    cfg_kw["num_fp16_res"] = _num(sk.get("num_fp16_res", 0), "synthesis_kwargs.num_fp16_res")
+    if sk.get("resample_filter") is not None:
+        f = sk["resample_filter"]
+        if not isinstance(f, list | tuple):
+            raise CheckpointError(f"synthesis_kwargs.resample_filter is {_short(f)}, not a list of integers")
+        cfg_kw["resample_filter"] = tuple(_num(v, "synthesis_kwargs.resample_filter entry") for v in f)
     channels = {}
     r = 4
     while r <= res:
@@ -274,20 +381,25 @@ def nvlabs_config(g: PersistedModule, state: dict[str, torch.Tensor]) -> Generat
             raise CheckpointError(f"G_ema has no {key}: not a skip StyleGAN2 generator of resolution {res}")
         channels[r] = int(state[key].shape[0])
         r *= 2
-    cfg_kw["channel_max"], cfg_kw["channel_base"] = _channel_params(channels, sk)
+    base = _num(sk["channel_base"], "synthesis_kwargs.channel_base") if sk.get("channel_base") is not None else None
+    cfg_kw["channel_max"], cfg_kw["channel_base"] = _channel_params(channels, base)
     return GeneratorConfig(**cfg_kw)
 
 
-def _channel_params(channels: dict[int, int], sk: dict | None = None) -> tuple[int, int]:
-    """(channel_max, channel_base) reproducing ``channels`` as min(base // r, max)."""
+def _channel_params(channels: dict[int, int], base: int | None = None) -> tuple[int, int]:
+    """(channel_max, channel_base) reproducing ``channels`` as min(base // r, max); ``base``: the checkpoint's own
+    channel_base if it has one."""
     cmax = max(channels.values())
-    base = int(sk["channel_base"]) if sk and sk.get("channel_base") else None
-    if base is None or any(min(base // r, cmax) != c for r, c in channels.items()):
+    if not base or any(min(base // r, cmax) != c for r, c in channels.items()):
         below = [c * r for r, c in channels.items() if c < cmax]
         base = min(below) if below else cmax * max(channels)
     if any(min(base // r, cmax) != c for r, c in channels.items()):
         raise CheckpointError(f"channel counts {channels} do not follow min(base // res, max)")
     return cmax, base
+
+
+# What a malformed-but-allow-listed pickle can still raise from code that walks it; turned into one line.
+_MALFORMED = (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError, RuntimeError, RecursionError)
 
 
 def read_nvlabs_pkl(data: bytes, source: str = "checkpoint") -> tuple[GeneratorConfig, dict[str, torch.Tensor]]:
@@ -297,16 +409,24 @@ def read_nvlabs_pkl(data: bytes, source: str = "checkpoint") -> tuple[GeneratorC
     except UnsafePickleError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, RuntimeError, UnicodeDecodeError, MemoryError) as exc:
+            KeyError, RuntimeError, UnicodeDecodeError, MemoryError, RecursionError) as exc:
         raise CheckpointError(f"{source} is truncated or not a StyleGAN2 pickle ({type(exc).__name__})") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{source}: expected a dict with 'G_ema', found {type(obj).__name__}")
-    g = obj.get("G_ema", obj.get("G"))
-    if not isinstance(g, PersistedModule):
-        raise CheckpointError(f"{source}: no 'G_ema' network inside (keys: {sorted(map(str, obj))[:8]})")
-    state = g.flat_state()
-    cfg = nvlabs_config(g, state)
-    return cfg, state
+    try:
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"expected a dict with 'G_ema', found {type(obj).__name__}")
+        g = obj.get("G_ema", obj.get("G"))
+        if not isinstance(g, PersistedModule):
+            raise CheckpointError(f"no 'G_ema' network inside (keys: {sorted(map(_short, obj))[:8]})")
+        state = g.flat_state()
+        check_tensors(state, NVLABS_TENSOR_RULES, str)
+        return nvlabs_config(g, state), state
+    except UnsafePickleError:
+        raise
+    except CheckpointError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    except _MALFORMED as exc:
+        raise CheckpointError(f"{source}: G_ema is not a well-formed stylegan2-ada-pytorch Generator "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -385,6 +505,21 @@ def rosinality_to_nvlabs(sd: dict[str, torch.Tensor]) -> tuple[GeneratorConfig, 
     return cfg, out
 
 
+# Rank of every rosinality g_ema tensor, by name (checked before it is renamed and reshaped).
+ROSINALITY_TENSOR_RULES: list[tuple[str, Check]] = [
+    (r"style\.\d+\.weight", _ndim(2)),
+    (r"style\.\d+\.bias", _ndim(1)),
+    (r"input\.input", _ndim(4, lead1=True)),
+    (r"(conv1|convs\.\d+|to_rgb1|to_rgbs\.\d+)\.conv\.weight", _ndim(5, lead1=True)),
+    (r"(conv1|convs\.\d+|to_rgb1|to_rgbs\.\d+)\.conv\.modulation\.weight", _ndim(2)),
+    (r"(conv1|convs\.\d+|to_rgb1|to_rgbs\.\d+)\.conv\.modulation\.bias", _ndim(1)),
+    (r"(conv1|convs\.\d+)\.noise\.weight", _one_element),
+    (r"(conv1|convs\.\d+)\.activate\.bias", _ndim(1)),
+    (r"(to_rgb1|to_rgbs\.\d+)\.bias", _ndim(4)),
+    (r"noises\.noise_\d+", _ndim(4, lead1=True)),
+]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # torch.save checkpoints: rosinality .pt and e4e / pSp .pt share one reader
 
@@ -444,7 +579,8 @@ def is_encoder_checkpoint(ckpt: dict[str, Any]) -> bool:
 
 def _mean_latent(latent_avg: Any, w_dim: int) -> torch.Tensor | None:
     """A checkpoint's ``latent_avg`` ([w_dim], or e4e/pSp's [n_styles, w_dim] of repeated rows) → [w_dim]."""
-    if not isinstance(latent_avg, torch.Tensor) or latent_avg.numel() < w_dim or latent_avg.numel() % w_dim:
+    if not isinstance(latent_avg, torch.Tensor) or not latent_avg.is_floating_point() \
+            or latent_avg.numel() < w_dim or latent_avg.numel() % w_dim:
         return None
     return latent_avg.detach().reshape(-1, w_dim).to(torch.float32).mean(0)
 
@@ -462,9 +598,16 @@ def generator_from_torch(ckpt: dict[str, Any], source: str
             raise CheckpointError(f"{source}: no 'g_ema' entry and no 'decoder.*' weights (found {keys}); not a "
                                   "rosinality, e4e or pSp checkpoint")
         fmt = f"{encoder_format_name(ckpt)} pt (its StyleGAN2 decoder)"
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{source}: the generator entry is not a dict of tensors")
-    cfg, state = rosinality_to_nvlabs(sd)
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{source}: the generator entry is {_a(sd)}, not a state dict")
+    try:
+        check_tensors(sd, ROSINALITY_TENSOR_RULES, lambda k: f"g_ema[{k}]")
+        cfg, state = rosinality_to_nvlabs(sd)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    except _MALFORMED as exc:
+        raise CheckpointError(f"{source}: the generator is not a well-formed rosinality Generator state "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
     return cfg, state, _mean_latent(ckpt.get("latent_avg"), cfg.w_dim), fmt
 
 
@@ -738,25 +881,40 @@ def file_sha256(path: Path) -> str:
 
 def _existing_file(path: str | Path) -> Path:
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; expected a .pkl or .pt file")
+    regular_file(path, CheckpointError, missing=f"checkpoint not found: {path}")
     return path
 
 
 def _build_generator(cfg: GeneratorConfig, state: dict[str, torch.Tensor], latent_avg: torch.Tensor | None,
                      from_torch: bool, source: str) -> tuple[Generator, str]:
-    """Our Generator (eval mode) from a converted state; returns it and where its w_avg came from."""
-    g = Generator(cfg)
-    own = g.state_dict()
+    """Our Generator (eval mode) from a converted state; returns it and where its w_avg came from. The config, every
+    tensor's shape (against the config, on the meta device) and finiteness are checked before it is allocated."""
+    try:
+        cfg.validate()
+    except FieldError as exc:
+        raise CheckpointError(f"{source}: implausible generator config: {exc}") from None
+    try:
+        expected = module_shapes(lambda: Generator(cfg)) or {}  # the shapes the config implies, without allocating
+    except (ValueError, RuntimeError, AssertionError) as exc:
+        raise CheckpointError(f"{source}: implausible generator config ({str(exc).splitlines()[0][:200]})") from None
     # Buffers that are pure functions of the config may be absent (e.g. rosinality has no resample filters).
-    for k, v in own.items():
-        if k not in state and (k.endswith("resample_filter") or (k.endswith("noise_const") and from_torch)):
-            state[k] = v
-    if from_torch and "mapping.w_avg" not in state:
-        state["mapping.w_avg"] = torch.zeros(cfg.w_dim)
-    load_state_checked(g, {k: v.to(torch.float32) for k, v in state.items()}, f"{source} generator")
+    derived = [k for k in expected if k not in state and (
+        k.endswith("resample_filter") or (from_torch and (k.endswith("noise_const") or k == "mapping.w_avg")))]
+    what = f"{source} generator"
+    check_state_shapes(expected, {**{k: tuple(v.shape) for k, v in state.items()}, **{k: expected[k] for k in derived}},
+                       what, CheckpointError)
+    bad = first_non_finite({**state, **({"latent_avg": latent_avg} if latent_avg is not None else {})})
+    if bad is not None:
+        raise CheckpointError(f"{source}: {non_finite_message(*bad)}")
+    g = Generator(cfg)  # every check passed: now allocate
+    own = g.state_dict()
+    for k in derived:
+        state[k] = own[k]  # (mapping.w_avg: zeros until set below)
+    load_state_checked(g, {k: v.to(torch.float32) for k, v in state.items()}, what, CheckpointError)
     w_avg_source = "checkpoint"
     if from_torch:
         if latent_avg is not None:

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
 from models import ops
 from models.latents import StyleLayer, WPlusLayout, num_ws_for, style_layers
+from models.validation import FieldError, Float, Int, ListOf, Optional, Rule, check_fields
 
 NoiseMode = Literal["const", "random", "none"]
+MAX_DIM = 4096  # largest latent / channel width a config may ask for (official FFHQ: 512)
 
 
 @dataclass
@@ -69,16 +71,44 @@ class GeneratorConfig:
         d["resample_filter"] = list(self.resample_filter)
         return d
 
+    # Type and range of every field: checked before any network is built from an untrusted config (bundle.json,
+    # a foreign checkpoint's kwargs). Maxima are far above every published StyleGAN2 (FFHQ: 512 / 1024² / 8).
+    FIELDS: ClassVar[dict[str, Rule]] = {
+        "z_dim": Int(0, MAX_DIM),
+        "c_dim": Int(0, 1 << 16),
+        "w_dim": Int(1, MAX_DIM),
+        "img_resolution": Int(8, 4096, pow2=True),
+        "img_channels": Int(1, 16),
+        "mapping_layers": Int(1, 32),
+        "mapping_lr_multiplier": Float(0, 1e3, lo_open=True),
+        "embed_features": Optional(Int(1, MAX_DIM)),
+        "layer_features": Optional(Int(1, MAX_DIM)),
+        "w_avg_beta": Float(0, 1),
+        "channel_base": Int(1, 1 << 24),
+        "channel_max": Int(1, MAX_DIM),
+        "conv_clamp": Optional(Float(0, 1e6, lo_open=True)),
+        "num_fp16_res": Int(0, 16),
+        "resample_filter": ListOf(Int(-1024, 1024), 1, 16, tuple_=True),
+        "coarse_resolution": Int(4, 4096, pow2=True),
+    }
+
+    def validate(self) -> GeneratorConfig:
+        """Check every field and the relations between them; raise :class:`FieldError` naming the field."""
+        check_fields(self.FIELDS, self.to_dict())
+        if self.z_dim + self.c_dim == 0:
+            raise FieldError("z_dim", "z_dim and c_dim cannot both be 0 (the mapping would have no input)")
+        if self.channel_base < self.img_resolution:
+            raise FieldError("channel_base", f"must be at least img_resolution ({self.img_resolution}) so that every "
+                                             f"block has channels, got {self.channel_base}")
+        if sum(self.resample_filter) == 0:
+            raise FieldError("resample_filter", f"must have a non-zero sum (the filter is divided by it), got "
+                                                f"{list(self.resample_filter)}")
+        return self
+
     @classmethod
     def from_dict(cls, d: dict) -> GeneratorConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown generator config keys: {sorted(unknown)}")
-        d = dict(d)
-        if "resample_filter" in d:
-            d["resample_filter"] = tuple(d["resample_filter"])
-        return cls(**d)
+        """From JSON; raises :class:`FieldError` (a ValueError) for an unknown field or a bad value."""
+        return cls(**check_fields(cls.FIELDS, d)).validate()
 
 
 # Named presets. "ffhq-config-f" is the official FFHQ 1024² generator.

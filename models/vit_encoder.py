@@ -12,12 +12,14 @@ Both take crops in [-1, 1] of exactly ``ViTConfig.img_size`` pixels (the bundle'
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.latents import WPlusLayout
+from models.validation import FieldError, Float, Int, Rule, check_fields
 
 
 @dataclass
@@ -32,15 +34,39 @@ class ViTConfig:
     mlp_ratio: float = 4.0  # hidden width of each block's MLP = dim · mlp_ratio
     head_hidden: int = 0  # hidden width of the W+ regression head (0 = dim)
 
+    # Type and range of every field, checked before a network is built from bundle.json (ViT-B/16: 768 / 12 / 12).
+    FIELDS: ClassVar[dict[str, Rule]] = {
+        "img_size": Int(1, 4096),
+        "patch_size": Int(1, 1024),
+        "dim": Int(1, 4096),
+        "depth": Int(1, 64),
+        "heads": Int(1, 256),
+        "mlp_ratio": Float(0, 64, lo_open=True),
+        "head_hidden": Int(0, 16384),
+    }
+    MAX_PATCHES: ClassVar[int] = 4096  # tokens per crop (attention cost grows with the square): 1024² at /16
+
+    def validate(self) -> ViTConfig:
+        """Check every field and the relations between them; raise :class:`FieldError` naming the field."""
+        check_fields(self.FIELDS, self.to_dict())
+        if self.img_size % self.patch_size:
+            raise FieldError("img_size", f"must be a multiple of patch_size ({self.patch_size}), got {self.img_size}")
+        if self.num_patches > self.MAX_PATCHES:
+            raise FieldError("patch_size", f"{self.patch_size} gives {self.num_patches} patches of a {self.img_size}² "
+                                           f"crop (the limit is {self.MAX_PATCHES}); use larger patches")
+        if self.dim % self.heads:
+            raise FieldError("dim", f"must be divisible by heads ({self.heads}), got {self.dim}")
+        if int(self.dim * self.mlp_ratio) < 1:
+            raise FieldError("mlp_ratio", f"dim × mlp_ratio must be at least 1, got {self.dim} × {self.mlp_ratio:g}")
+        return self
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> ViTConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown encoder config keys: {sorted(unknown)}")
-        return cls(**d)
+        """From JSON; raises :class:`FieldError` (a ValueError) for an unknown field or a bad value."""
+        return cls(**check_fields(cls.FIELDS, d)).validate()
 
     @property
     def num_patches(self) -> int:

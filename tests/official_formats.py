@@ -170,8 +170,10 @@ def write_nvlabs_pkl(path, G: Persisted, protocol: int = 4, extra_objects: dict 
         def convert(node):
             if isinstance(node, Persisted):
                 st = dict(node.state)
-                st["_modules"] = OrderedDict((k, v) for k, v in st["_modules"].items())
-                st["_init_kwargs"] = _easy(st["_init_kwargs"], du.EasyDict)
+                if isinstance(st["_modules"], dict):  # (tests replace it by a list to build malformed pickles)
+                    st["_modules"] = OrderedDict((k, v) for k, v in st["_modules"].items())
+                if "_init_kwargs" in st:  # (tests delete it to build malformed pickles)
+                    st["_init_kwargs"] = _easy(st["_init_kwargs"], du.EasyDict)
                 return node.class_name, st
             return None
 
@@ -186,7 +188,7 @@ def write_nvlabs_pkl(path, G: Persisted, protocol: int = 4, extra_objects: dict 
         D = Persisted("Discriminator", params={"dummy": torch.randn(4)})
         data = {"G": G, "D": D, "G_ema": G, "augment_pipe": None,
                 "training_set_kwargs": du.EasyDict(class_name="training.dataset.ImageFolderDataset", path="ffhq.zip",
-                                                   resolution=G.state["img_resolution"])}
+                                                   resolution=G.state.get("img_resolution"))}
         data.update(extra_objects or {})
         with open(path, "wb") as f:
             PersistencePickler(f, protocol=protocol).dump(data)

@@ -479,7 +479,7 @@ def test_a_newer_encoder_kind_is_refused_clearly(tmp_path, files):
     assert m["encoders"]["fren"]["kind"] == "psp"
     m["encoders"]["fren"]["kind"] = "restyle"
     mf.write_text(json.dumps(m))
-    with pytest.raises(BundleError, match="kind 'restyle' is not supported"):
+    with pytest.raises(BundleError, match=r'encoders.fren.kind: "restyle" is not supported .*upgrade stylestream'):
         load_bundle(tmp_path / "b")
 
 
