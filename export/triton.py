@@ -143,13 +143,18 @@ def write_model_repository(bundle: Bundle, out_dir: str | os.PathLike, precision
     return written
 
 
-def _write_model_dir(path: Path, files: dict[str, str], onnx_file: Path | None, version: int) -> None:
+def _write_model_dir(path: Path, files: dict[str, str], onnx_file: Path | None, version: int,
+                     version_files: dict[str, str] | None = None) -> None:
+    """Write one model folder (``files`` at its top, ``version_files`` and ``model.onnx`` in ``version/``) to a
+    temporary sibling and swap it into place."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         (tmp / str(version)).mkdir(parents=True)
         for fname, text in files.items():
             (tmp / fname).write_text(text)
+        for fname, text in (version_files or {}).items():
+            (tmp / str(version) / fname).write_text(text)
         if onnx_file is not None:
             shutil.copyfile(onnx_file, tmp / str(version) / "model.onnx")
         swap_dir_into_place(tmp, path)
