@@ -27,9 +27,11 @@ before ``synthesize``) stay on the accelerated path.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -536,12 +538,14 @@ class TritonEngine(_ExportedEngine):
             raise UserError(f"the triton backend needs the Triton client: pip install '{extra}' "
                             "(or `pip install stylestream[gpu]`)") from None
         self._tc = tc
+        self._address, self._grpc, self._timeout_s = address, grpc, timeout_s
+        # One client per thread: tritonclient.http runs on gevent, whose connections belong to the thread that made
+        # them; the first call from another thread (the pipeline's device worker, after this constructor ran on the
+        # main thread) failed with "Cannot switch to a different thread" against a real server.
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._clients_lock = threading.Lock()
         try:
-            if grpc:
-                self.client = tc.InferenceServerClient(url=address)
-            else:
-                self.client = tc.InferenceServerClient(url=address, connection_timeout=timeout_s,
-                                                       network_timeout=timeout_s)
             live = self.client.is_server_live()
         except Exception as exc:  # connection refused, DNS, timeouts: tritonclient raises several types
             raise UserError(f"cannot reach the Triton server at {url} ({type(exc).__name__}: "
@@ -564,6 +568,21 @@ class TritonEngine(_ExportedEngine):
             raise UserError(f"Triton at {url}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
         self._style_fallback = _StyleFallback(bundle, self.device, self.name)
 
+    @property
+    def client(self) -> Any:
+        """This thread's tritonclient InferenceServerClient (made on first use in the thread)."""
+        c = getattr(self._local, "client", None)
+        if c is None:
+            if self._grpc:
+                c = self._tc.InferenceServerClient(url=self._address)
+            else:
+                c = self._tc.InferenceServerClient(url=self._address, connection_timeout=self._timeout_s,
+                                                   network_timeout=self._timeout_s)
+            self._local.client = c
+            with self._clients_lock:
+                self._clients.append(c)
+        return c
+
     def _infer(self, model: str, feed: dict[str, torch.Tensor], output: str) -> torch.Tensor:
         tc = self._tc
         inputs = []
@@ -577,15 +596,19 @@ class TritonEngine(_ExportedEngine):
         except Exception as exc:
             raise UserError(f"Triton inference on {self.model_names[model]} at {self.url} failed: "
                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-        return torch.from_numpy(np.ascontiguousarray(res.as_numpy(output), dtype=np.float32)).to(self.device)
+        # as_numpy() is a read-only view of the response buffer: copy (torch tensors must be writable)
+        return torch.from_numpy(np.array(res.as_numpy(output), dtype=np.float32)).to(self.device)
 
     def _call(self, model: str, feed: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._infer(model, feed, "image" if model == "synthesis" else "ws")
 
     def close(self) -> None:
-        close = getattr(self.client, "close", None)
-        if close is not None:
-            close()
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for c in clients:
+            with contextlib.suppress(Exception):  # a client made on another (maybe finished) thread
+                c.close()
+        self._local = threading.local()
 
 
 MODEL_NAMES: tuple[str, ...] = ("fren", "vien", "synthesis")
