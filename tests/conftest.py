@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip gpu/trt/browser tests with a reason where the hardware or library is missing."""
+    """Skip gpu/trt/browser/triton tests with a reason where the hardware or library is missing."""
     import shutil
 
     has_cuda = torch.cuda.is_available()
@@ -30,6 +30,8 @@ def pytest_collection_modifyitems(config, items):
     except Exception:
         has_trt = False
     has_chromium = any(shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome"))
+    # by marker, not item.keywords: those also hold folder names (a checkout in a folder named "triton")
+    triton_skip = _triton_missing() if any(item.get_closest_marker("triton") for item in items) else None
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device (none here)"))
@@ -37,3 +39,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs TensorRT and a CUDA device (not installable here)"))
         if "browser" in item.keywords and not has_chromium:
             item.add_marker(pytest.mark.skip(reason="needs Chromium (apt install chromium)"))
+        if triton_skip and item.get_closest_marker("triton"):
+            item.add_marker(pytest.mark.skip(reason=triton_skip))
+
+
+def _triton_missing() -> str | None:
+    """Why the real-Triton tests cannot run here (None: they can): the tritonserver binary or the HTTP client."""
+    from models.errors import UserError
+    from realtime.triton_server import find_tritonserver
+
+    try:
+        find_tritonserver()
+    except UserError as exc:
+        return str(exc)
+    try:
+        import tritonclient.http  # noqa: F401
+    except ImportError:
+        return "needs the Triton client: pip install 'tritonclient[http]==2.69.0'"
+    return None
