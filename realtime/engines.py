@@ -539,6 +539,8 @@ class TritonEngine(_ExportedEngine):
                             "(or `pip install stylestream[gpu]`)") from None
         self._tc = tc
         self._address, self._grpc, self._timeout_s = address, grpc, timeout_s
+        # gRPC calls have no timeout unless given one per call: a stalled (SIGSTOPped) server hung a frame for good
+        self._kw: dict[str, Any] = {"client_timeout": timeout_s} if grpc else {}
         # One client per thread: tritonclient.http runs on gevent, whose connections belong to the thread that made
         # them; the first call from another thread (the pipeline's device worker, after this constructor ran on the
         # main thread) failed with "Cannot switch to a different thread" against a real server.
@@ -546,7 +548,7 @@ class TritonEngine(_ExportedEngine):
         self._clients: list[Any] = []
         self._clients_lock = threading.Lock()
         try:
-            live = self.client.is_server_live()
+            live = self.client.is_server_live(**self._kw)
         except Exception as exc:  # connection refused, DNS, timeouts: tritonclient raises several types
             raise UserError(f"cannot reach the Triton server at {url} ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else 'no answer'}); start it with "
@@ -558,10 +560,11 @@ class TritonEngine(_ExportedEngine):
         self.has_vien = False
         try:
             for m in needed:
-                if not self.client.is_model_ready(self.model_names[m]):
+                if not self.client.is_model_ready(self.model_names[m], **self._kw):
                     raise UserError(f"Triton at {url} has no ready model {self.model_names[m]!r}; serve the folder "
                                     f"from `stylestream export BUNDLE --to triton` (precision {self.precision})")
-            self.has_vien = bool(self.client.is_model_ready(self.model_names["vien"])) and bundle.vien is not None
+            self.has_vien = (bool(self.client.is_model_ready(self.model_names["vien"], **self._kw))
+                             and bundle.vien is not None)
         except UserError:
             raise
         except Exception as exc:
@@ -574,7 +577,13 @@ class TritonEngine(_ExportedEngine):
         c = getattr(self._local, "client", None)
         if c is None:
             if self._grpc:
-                c = self._tc.InferenceServerClient(url=self._address)
+                # reconnect backoff ≤ 1 s (gRPC's default grows to 120 s: after a 12 s outage the channel kept
+                # refusing calls for 8–9 s after the restarted server was ready); message sizes as tritonclient's
+                big = 2**31 - 1
+                c = self._tc.InferenceServerClient(url=self._address, channel_args=[
+                    ("grpc.max_send_message_length", big), ("grpc.max_receive_message_length", big),
+                    ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 1000),
+                    ("grpc.max_reconnect_backoff_ms", 1000)])
             else:
                 c = self._tc.InferenceServerClient(url=self._address, connection_timeout=self._timeout_s,
                                                    network_timeout=self._timeout_s)
@@ -592,7 +601,8 @@ class TritonEngine(_ExportedEngine):
             inp.set_data_from_numpy(arr)
             inputs.append(inp)
         try:
-            res = self.client.infer(self.model_names[model], inputs, outputs=[tc.InferRequestedOutput(output)])
+            res = self.client.infer(self.model_names[model], inputs, outputs=[tc.InferRequestedOutput(output)],
+                                    **self._kw)
         except Exception as exc:
             raise UserError(f"Triton inference on {self.model_names[model]} at {self.url} failed: "
                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None

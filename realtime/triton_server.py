@@ -28,6 +28,7 @@ that fails to load, a missing backend — raises :class:`UserError` with the ser
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import json
 import os
@@ -139,7 +140,9 @@ def _error_line(log: str) -> str:
 class TritonServer:
     """A tritonserver process serving ``model_repository`` on free loopback ports.
 
-    ``with TritonServer(repo) as srv: make_engine(bundle, "triton", triton_url=srv.http_url)``. ``start()`` waits
+    ``with TritonServer(repo) as srv: make_engine(bundle, "triton", triton_url=srv.http_url)``. The server dies with
+    the *thread* that started it (Linux parent-death signal): start it from a thread that outlives its use (the main
+    thread, a fixture). ``start()`` waits
     until ``/v2/health/ready`` (every model loaded) or raises UserError; ``stop()`` sends SIGTERM (SIGKILL after
     ``timeout_s``); ``kill()`` / ``pause()`` / ``resume()`` are for fault tests. The server's output goes to
     ``log_path`` (``log_text()``). ``restart()`` starts a new process on the same ports."""
@@ -223,7 +226,8 @@ class TritonServer:
             log.write(f"\n=== {' '.join(self.command())}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=server_env(),
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         self._groups.append(self.proc.pid)
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _cleanup, self.proc, self._groups, self.workdir, self.shm_prefix)
@@ -337,6 +341,20 @@ class TritonServer:
 
 class _PortTaken(Exception):
     pass
+
+
+_PR_SET_PDEATHSIG = 1
+try:  # resolved here, so the child runs no Python import between fork and exec
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the parent thread dies, so no server outlives a killed test run or
+    benchmark (measured: a Python killed by SIGTERM left its SIGSTOPped server and stubs behind). Linux only."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _members(groups: list[int]) -> list[int]:

@@ -228,6 +228,31 @@ def test_onnx_repository_names_the_missing_backend(bundle, onnx_dir, tmp_path):
 
 
 @pytest.mark.triton
+def test_grpc_engine_matches_and_times_out_on_a_stalled_server(bundle, server, ref):
+    """grpc:// URLs: same answers; a SIGSTOPped server ends in a UserError after timeout_s (gRPC calls have no
+    deadline unless given one per call: without it the call hung for good)."""
+    pytest.importorskip("grpc", reason="needs pip install 'tritonclient[grpc]' (grpcio)")
+    from realtime.engines import make_engine
+
+    eng = make_engine(bundle, "triton", device="cpu", triton_url=server.grpc_url, timeout_s=2.0)
+    crops = example_inputs(bundle, "fren", batch=2, seed=55)["crops"]
+    ws = eng.encode_key(crops)
+    torch.testing.assert_close(ws, ref.encode_key(crops), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(eng.synthesize(ws), ref.synthesize(ws), atol=1e-4, rtol=1e-4)
+    server.pause()
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(UserError, match=r"grpc://127\.0\.0\.1:\d+ failed: InferenceServerException: "
+                                            r"\[StatusCode\.DEADLINE_EXCEEDED\] Deadline Exceeded"):
+            eng.synthesize(ws)
+        assert 1.5 < time.perf_counter() - t0 < 10
+    finally:
+        server.resume()
+    torch.testing.assert_close(eng.synthesize(ws), ref.synthesize(ws), atol=1e-4, rtol=1e-4)
+    eng.close()
+
+
+@pytest.mark.triton
 def test_killed_and_stalled_server_are_user_errors_and_recover(bundle, server, ref):
     """kill -9 mid-stream → UserError naming the connection failure; a restart on the same ports serves the same
     engine again; SIGSTOP → UserError after the client's network timeout; SIGCONT → served again."""
