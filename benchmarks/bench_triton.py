@@ -50,6 +50,20 @@ def _interleaved(fns: dict[str, Any], warmup: int, iters: int) -> dict[str, list
     return out
 
 
+_MODEL = {"synthesize": "stylestream_synthesis", "encode_key": "stylestream_fren", "encode_reuse": "stylestream_vien"}
+
+
+def _server_side(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """Mean per-request server times (ms) between two /stats snapshots: request (arrival → response), queue,
+    compute_infer (model.py's execute: ORT plus the stub's tensor handling)."""
+    def mean(key: str) -> float:
+        n = after["inference_stats"][key]["count"] - before["inference_stats"][key]["count"]
+        ns = after["inference_stats"][key]["ns"] - before["inference_stats"][key]["ns"]
+        return ns / max(n, 1) / 1e6
+
+    return {"request_ms": mean("success"), "queue_ms": mean("queue"), "compute_infer_ms": mean("compute_infer")}
+
+
 def _call(engine: Any, call: str, crops: torch.Tensor, ws: torch.Tensor) -> Any:
     if call == "synthesize":
         return lambda: engine.synthesize(ws)
@@ -86,13 +100,18 @@ def run(args: argparse.Namespace) -> int:
                     for call in args.calls:
                         fns = {"onnx": _call(ort, call, crops, ws), "triton": _call(tri, call, crops, ws)}
                         torch.testing.assert_close(fns["triton"](), fns["onnx"](), atol=1e-4, rtol=1e-4)
+                        model = _MODEL[call]
+                        before = srv.stats(model)
                         ms = _interleaved(fns, args.warmup, args.iters)
+                        server = _server_side(before, srv.stats(model))
                         s_o, s_t = summarise(ms["onnx"]), summarise(ms["triton"])
                         rows.append({"call": call, "batch": b, "queue_delay_us": delay, "onnx": s_o, "triton": s_t,
-                                     "overhead_median_ms": s_t["median_ms"] - s_o["median_ms"]})
+                                     "overhead_median_ms": s_t["median_ms"] - s_o["median_ms"], "server": server})
                         print(f"{call:12s} batch {b}  delay {delay:5d} µs  onnx {s_o['median_ms']:7.2f} ms  "
                               f"triton {s_t['median_ms']:7.2f} ms  overhead {rows[-1]['overhead_median_ms']:+7.2f} ms"
-                              f"  (p90 {s_o['p90_ms']:.2f} / {s_t['p90_ms']:.2f}, n={s_t['n']})", flush=True)
+                              f"  (p90 {s_o['p90_ms']:.2f} / {s_t['p90_ms']:.2f}, n={s_t['n']}; server mean: "
+                              f"request {server['request_ms']:.2f}, queue {server['queue_ms']:.2f}, "
+                              f"model.py {server['compute_infer_ms']:.2f} ms)", flush=True)
                 tri.close()  # before the server stops: open keep-alive connections hold its shutdown
     write_result(args.json, {"command": command_line(), "provenance": provenance("cpu"), "bundle": args.bundle,
                              "startup_s": startups, "rows": rows})
