@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 MEDIAPIPE_SPEC ?= mediapipe==0.10.21
+# Triton Inference Server 2.51 (tritonserver + Python backend, CPU) for the `triton` tests; see docs/triton.md.
+TRITON_SPEC ?= nvidia-pytriton==0.7.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.stylestream-installed
@@ -18,6 +20,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -e ".[dev]"
 	# MediaPipe pins protobuf<5 and numpy<2; its runtime works with ours, so install it without deps.
 	$(PIP) install --no-deps "$(MEDIAPIPE_SPEC)"
+	# Only the wheel's server binary is used, not pytriton's Python API, whose deps pin numpy<2: no deps.
+	$(PIP) install --no-deps "$(TRITON_SPEC)"
 	@touch $(STAMP)
 
 test: $(STAMP)

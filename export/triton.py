@@ -37,7 +37,7 @@ def _dims(shape: list[Any]) -> str:
     return "[ " + ", ".join(str(int(d)) for d in shape[1:]) + " ]"
 
 
-def _tensors(kind: str, specs: list[dict[str, Any]]) -> str:
+def tensors_config(kind: str, specs: list[dict[str, Any]]) -> str:
     items = [f'  {{\n    name: "{s["name"]}"\n    data_type: TYPE_FP32\n    dims: {_dims(s["shape"])}\n  }}'
              for s in specs]
     return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
@@ -48,7 +48,7 @@ def model_config(name: str, entry: dict[str, Any], max_batch: int, instance_kind
     """config.pbtxt text for one exported ONNX model (manifest ``entry``)."""
     preferred = sorted({b for b in (1, 2, 4, 8, 16, 32) if b <= max_batch} | {max_batch})
     text = (f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: {max_batch}\n'
-            + _tensors("input", entry["inputs"]) + _tensors("output", entry["outputs"])
+            + tensors_config("input", entry["inputs"]) + tensors_config("output", entry["outputs"])
             + "dynamic_batching {\n"
             + f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n"
             + f"  max_queue_delay_microseconds: {queue_delay_us}\n}}\n"
@@ -71,8 +71,8 @@ def ensemble_config(name: str, fren: str, synthesis: str, manifest: dict[str, An
     fin = models[f"fren.{precision}"]
     sout = models[f"synthesis.{precision}"]
     return (f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: {max_batch}\n'
-            + _tensors("input", fin["inputs"])
-            + _tensors("output", fin["outputs"] + sout["outputs"])
+            + tensors_config("input", fin["inputs"])
+            + tensors_config("output", fin["outputs"] + sout["outputs"])
             + "ensemble_scheduling {\n  step [\n"
             + f'    {{\n      model_name: "{fren}"\n      model_version: -1\n'
             + '      input_map { key: "crops" value: "crops" }\n      output_map { key: "ws" value: "ws" }\n    },\n'
@@ -123,26 +123,31 @@ def write_model_repository(bundle: Bundle, out_dir: str | os.PathLike, precision
                                                 "opset": manifest["opset"], "preprocess": manifest["preprocess"],
                                                 "sha256": entry["sha256"]}, indent=2) + "\n",
             }
-            _write_model_dir(out / name, files, src / onnx_filename(m, p), version)
+            write_model_dir(out / name, files, src / onnx_filename(m, p), version)
             say(f"triton model {name} (version {version}, max batch {max_batch})")
             written.append(name)
         if ensemble:
             name = triton_model_name("keyframe", p, prefix)
             cfg = ensemble_config(name, triton_model_name("fren", p, prefix), triton_model_name("synthesis", p, prefix),
                                   manifest, p, max_batch)
-            _write_model_dir(out / name, {"config.pbtxt": cfg}, None, version)
+            write_model_dir(out / name, {"config.pbtxt": cfg}, None, version)
             say(f"triton ensemble {name}: crops → fren → synthesis → (ws, image)")
             written.append(name)
     return written
 
 
-def _write_model_dir(path: Path, files: dict[str, str], onnx_file: Path | None, version: int) -> None:
+def write_model_dir(path: Path, files: dict[str, str], onnx_file: Path | None, version: int,
+                     version_files: dict[str, str] | None = None) -> None:
+    """Write one model folder (``files`` at its top, ``version_files`` and ``model.onnx`` in ``version/``) to a
+    temporary sibling and swap it into place."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         (tmp / str(version)).mkdir(parents=True)
         for fname, text in files.items():
             (tmp / fname).write_text(text)
+        for fname, text in (version_files or {}).items():
+            (tmp / str(version) / fname).write_text(text)
         if onnx_file is not None:
             shutil.copyfile(onnx_file, tmp / str(version) / "model.onnx")
         swap_dir_into_place(tmp, path)

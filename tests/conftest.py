@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from models.bundle import Bundle, load_bundle
+from models.errors import UserError
+from realtime.engines.triton_server import find_tritonserver
 from tests.bundles import make_tiny_bundle
 
 # In-process CLI calls must not re-route stderr (pytest's capture owns it); see realtime/vision/mediapipe_runtime.py.
@@ -21,7 +23,7 @@ torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip gpu/trt/browser tests with a reason where the hardware or library is missing."""
+    """Skip gpu/trt/browser/triton tests with a reason where the hardware or library is missing."""
     has_cuda = torch.cuda.is_available()
     try:
         import tensorrt  # noqa: F401, PLC0415 - optional, only probed
@@ -30,13 +32,30 @@ def pytest_collection_modifyitems(config, items):
     except Exception:
         has_trt = False
     has_chromium = any(shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome"))
+    triton_skip = _triton_missing() if any(item.get_closest_marker("triton") for item in items) else None
     for item in items:
-        if "gpu" in item.keywords and not has_cuda:
+        # by marker, not item.keywords: those also hold folder names (a checkout in a folder named "triton")
+        if item.get_closest_marker("gpu") and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device (none here)"))
-        if "trt" in item.keywords and not has_trt:
+        if item.get_closest_marker("trt") and not has_trt:
             item.add_marker(pytest.mark.skip(reason="needs TensorRT and a CUDA device (not installable here)"))
-        if "browser" in item.keywords and not has_chromium:
+        if item.get_closest_marker("browser") and not has_chromium:
             item.add_marker(pytest.mark.skip(reason="needs Chromium (apt install chromium)"))
+        if triton_skip and item.get_closest_marker("triton"):
+            item.add_marker(pytest.mark.skip(reason=triton_skip))
+
+
+def _triton_missing() -> str | None:
+    """Why the real-Triton tests cannot run here (None: they can): the tritonserver binary or the HTTP client."""
+    try:
+        find_tritonserver()
+    except UserError as exc:
+        return str(exc)
+    try:
+        import tritonclient.http  # noqa: F401, PLC0415 - optional, only probed
+    except ImportError:
+        return "needs the Triton client: pip install 'tritonclient[http]==2.69.0'"
+    return None
 
 
 @pytest.fixture(scope="session")

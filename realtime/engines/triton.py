@@ -6,6 +6,8 @@ where it is missing.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Any
 
 import numpy as np
@@ -56,13 +58,17 @@ class TritonEngine(ExportedEngine):
             raise UserError(f"the triton backend needs the Triton client: pip install '{extra}' "
                             "(or `pip install stylestream[gpu]`)") from None
         self._tc: Any = tc
+        self._address, self._grpc, self._timeout_s = address, grpc, timeout_s
+        # gRPC calls have no timeout unless given one per call: a stalled (SIGSTOPped) server hung a frame for good
+        self._kw: dict[str, Any] = {"client_timeout": timeout_s} if grpc else {}
+        # One client per thread: tritonclient.http runs on gevent, whose connections belong to the thread that made
+        # them; the first call from another thread (the pipeline's device worker, after this constructor ran on the
+        # main thread) failed with "Cannot switch to a different thread" against a real server.
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._clients_lock = threading.Lock()
         try:
-            if grpc:
-                self.client = tc.InferenceServerClient(url=address)
-            else:
-                self.client = tc.InferenceServerClient(url=address, connection_timeout=timeout_s,
-                                                       network_timeout=timeout_s)
-            live = self.client.is_server_live()
+            live = self.client.is_server_live(**self._kw)
         except Exception as exc:  # connection refused, DNS, timeouts: tritonclient raises several types
             raise UserError(f"cannot reach the Triton server at {url} ({type(exc).__name__}: "
                             f"{_first_line(exc, 'no answer')}); start it with "
@@ -73,15 +79,37 @@ class TritonEngine(ExportedEngine):
         self.has_vien = False
         try:
             for m in ("fren", "synthesis"):
-                if not self.client.is_model_ready(self.model_names[m]):
+                if not self.client.is_model_ready(self.model_names[m], **self._kw):
                     raise UserError(f"Triton at {url} has no ready model {self.model_names[m]!r}; serve the folder "
                                     f"from `stylestream export BUNDLE --to triton` (precision {self.precision})")
-            self.has_vien = bool(self.client.is_model_ready(self.model_names["vien"])) and bundle.vien is not None
+            self.has_vien = (bool(self.client.is_model_ready(self.model_names["vien"], **self._kw))
+                             and bundle.vien is not None)
         except UserError:
             raise
         except Exception as exc:
             raise UserError(f"Triton at {url}: {type(exc).__name__}: {_first_line(exc)}") from None
         self._style_fallback = StyleFallback(bundle, self.device, self.name)
+
+    @property
+    def client(self) -> Any:
+        """This thread's tritonclient InferenceServerClient (made on first use in the thread)."""
+        c = getattr(self._local, "client", None)
+        if c is None:
+            if self._grpc:
+                # reconnect backoff ≤ 1 s (gRPC's default grows to 120 s: after a 12 s outage the channel kept
+                # refusing calls for 8–9 s after the restarted server was ready); message sizes as tritonclient's
+                big = 2**31 - 1
+                c = self._tc.InferenceServerClient(url=self._address, channel_args=[
+                    ("grpc.max_send_message_length", big), ("grpc.max_receive_message_length", big),
+                    ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 1000),
+                    ("grpc.max_reconnect_backoff_ms", 1000)])
+            else:
+                c = self._tc.InferenceServerClient(url=self._address, connection_timeout=self._timeout_s,
+                                                   network_timeout=self._timeout_s)
+            self._local.client = c
+            with self._clients_lock:
+                self._clients.append(c)
+        return c
 
     def _infer(self, model: str, feed: dict[str, torch.Tensor], output: str) -> torch.Tensor:
         tc = self._tc
@@ -92,16 +120,21 @@ class TritonEngine(ExportedEngine):
             inp.set_data_from_numpy(arr)
             inputs.append(inp)
         try:
-            res = self.client.infer(self.model_names[model], inputs, outputs=[tc.InferRequestedOutput(output)])
+            res = self.client.infer(self.model_names[model], inputs, outputs=[tc.InferRequestedOutput(output)],
+                                    **self._kw)
         except Exception as exc:
             raise UserError(f"Triton inference on {self.model_names[model]} at {self.url} failed: "
                             f"{type(exc).__name__}: {_first_line(exc)}") from None
-        return torch.from_numpy(np.ascontiguousarray(res.as_numpy(output), dtype=np.float32)).to(self.device)
+        # as_numpy() is a read-only view of the response buffer: copy (torch tensors must be writable)
+        return torch.from_numpy(np.array(res.as_numpy(output), dtype=np.float32)).to(self.device)
 
     def _call(self, model: str, feed: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._infer(model, feed, "image" if model == "synthesis" else "ws")
 
     def close(self) -> None:
-        close = getattr(self.client, "close", None)  # older tritonclient versions have no close()
-        if close is not None:
-            close()
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for c in clients:
+            with contextlib.suppress(Exception):  # a client made on another (maybe finished) thread
+                c.close()
+        self._local = threading.local()
