@@ -10,6 +10,7 @@ checkout.
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -29,9 +30,16 @@ def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.Complete
 
 
 def test_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
+    # build from a copy of the tracked files: an in-tree build would leave build/ and *.egg-info in the checkout
+    src = tmp_path / "src"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        if (REPO / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, src / name)
     dist = tmp_path / "dist"
     r = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
-              str(REPO)], cwd=tmp_path)
+              str(src)], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     wheel = next(dist.glob("stylestream-*.whl"))
     env_dir = tmp_path / "venv"

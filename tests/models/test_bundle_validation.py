@@ -8,7 +8,6 @@ import dataclasses
 import json
 import math
 import os
-import resource
 import socket
 import struct
 import subprocess
@@ -283,18 +282,22 @@ def test_checking_a_bundle_stays_cheap():
     assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)
 
 
-def _run_limited(args: list[str], tmp_path: Path, limit_bytes: int = 3 << 30) -> tuple[int, str, int]:
-    """Run the CLI under an address-space limit; → (exit code, stderr, peak RSS in KiB of that child alone)."""
-    def limit():
-        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+# Runs the CLI under an address-space limit and writes the process's own peak RSS (VmHWM) at exit. The child's
+# ru_maxrss from wait4 would not do: a forked child counts the parent's resident pages until it execs, and the
+# parent here is the whole test session.
+_LIMITED = ("import atexit, resource, runpy, sys; out, limit = sys.argv[1], int(sys.argv[2]); "
+            "resource.setrlimit(resource.RLIMIT_AS, (limit, limit)); "
+            "atexit.register(lambda: open(out, 'w').write(next(line.split()[1] for line in "
+            "open('/proc/self/status') if line.startswith('VmHWM')))); "
+            "sys.argv = ['stylestream', *sys.argv[3:]]; runpy.run_module('realtime.cli', run_name='__main__')")
 
-    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    with open(out, "wb") as fo, open(err, "wb") as fe:
-        proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", *args], cwd=REPO, stdout=fo, stderr=fe,
-                                preexec_fn=limit)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, err.read_text(), usage.ru_maxrss
+
+def _run_limited(args: list[str], tmp_path: Path, limit_bytes: int = 3 << 30) -> tuple[int, str, int]:
+    """Run the CLI under an address-space limit; → (exit code, stderr, peak RSS in KiB of that process alone)."""
+    peak = tmp_path / "peak_kib.txt"
+    r = subprocess.run([sys.executable, "-c", _LIMITED, str(peak), str(limit_bytes), *args], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    return r.returncode, r.stderr, int(peak.read_text())
 
 
 def test_info_refuses_huge_configs_in_one_line_with_little_memory(tmp_path):
