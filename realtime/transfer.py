@@ -91,9 +91,11 @@ class TransferConfig:
     keep_gap: bool = True  # edits not meant to open the mouth keep the lips' gap and thickness (a warp has no teeth)
     max_shift: float = 0.08  # displacements are clamped to this fraction of the render side
     smoothing: float = 0.5  # temporal low-pass of the displacements: weight of the previous frame's (0 = off)
-    mesh_every: int = 1  # landmarks: run the face mesh on the renders every N frames (and on any edit change)
+    mesh_every: int = 8  # landmarks: run the face mesh on the renders every N frames (and on any edit change)
     tps_lambda: float = 1e-4  # landmarks: thin-plate-spline regularisation (larger = smoother, less exact)
     field_px: int = 32  # landmarks: the spline is evaluated on this grid over the render, then bilinear
+    refit_px: float = 0.3  # landmarks: refit the spline when a landmark moved this far (render px) since the last fit
+    work_px: int = 128  # the frame displacement is formed on a grid of at most this side over the crop
     ring: float = 1.45  # landmarks: zero-displacement anchors on the face oval scaled by this about its centre
     flow_px: int = 128  # flow: renders are upscaled to this side before DIS
     flow_sigma: float = 1.0  # flow: Gaussian σ (render px) applied to the flow field
@@ -359,6 +361,7 @@ class EditTransfer:
             raise ValueError(f"unknown transfer geometry {self.cfg.geometry!r} (landmarks, flow or none)")
         self._mesh = mesh
         self._dis: Any = None
+        self._grid_cache: tuple[Any, np.ndarray, np.ndarray] = (None, np.zeros(0), np.zeros(0))
         self.reset()
 
     def reset(self) -> None:
@@ -367,7 +370,34 @@ class EditTransfer:
         self._field: np.ndarray | None = None  # flow: last field in units of the render side
         self._since = 0
         self._key: Hashable = None
+        self._fresh = False  # the displacement changed since the field was fitted
+        self._fit: tuple[np.ndarray, np.ndarray] | None = None  # (landmarks [468, 2] render px, field) of the fit
         self.mesh_runs = 0
+        self.field_fits = 0
+
+    def _grid(self, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel coordinate grids (x, y) [h, w] float32 for a ROI size (w, h): views into one cached pair."""
+        have = self._grid_cache[0]
+        if have is None or have[0] < size[0] or have[1] < size[1]:
+            big = (max(size[0], have[0] if have else 0) + 32, max(size[1], have[1] if have else 0) + 32)
+            gy, gx = np.mgrid[0:big[1], 0:big[0]].astype(np.float32)
+            self._grid_cache = (big, gx, gy)
+        return self._grid_cache[1][:size[1], :size[0]], self._grid_cache[2][:size[1], :size[0]]
+
+    def _landmark_field(self, lm_r: np.ndarray, disp: np.ndarray, r: int, plan: EditPlan, changed: bool
+                        ) -> np.ndarray:
+        """The spline field, refitted when the displacement was refreshed, the edit changed, or the face's
+        landmarks moved more than ``refit_px`` render px since the last fit (otherwise the last field, which
+        lives in crop coordinates and so follows the face)."""
+        cfg = self.cfg
+        idx = list(FIELD_LANDMARKS)
+        if (self._fit is None or self._fresh or changed
+                or float(np.abs(lm_r[idx] - self._fit[0][idx]).max()) > cfg.refit_px):
+            field = landmark_field(lm_r, disp, r, regions=plan.regions, rigid=plan.rigid, keep_gap=plan.keep_gap,
+                                   gain=cfg.gain, grid=cfg.field_px, lam=cfg.tps_lambda, ring=cfg.ring)
+            self._fit, self._fresh = (lm_r.copy(), field), False
+            self.field_fits += 1
+        return self._fit[1]
 
     # -- geometry in render space ---------------------------------------------------------------------------
     def _mesh_fn(self) -> Mesh:
@@ -393,7 +423,7 @@ class EditTransfer:
             d = (lm[1] - lm[0]) / r
             n = np.linalg.norm(d, axis=1, keepdims=True)
             d = d * np.minimum(1.0, cfg.max_shift / np.maximum(n, 1e-12))
-            self._disp, self._since = self._smooth(self._disp, d, changed), 0
+            self._disp, self._since, self._fresh = self._smooth(self._disp, d, changed), 0, True
         else:
             self._since += 1
         assert self._disp is not None
@@ -486,43 +516,52 @@ class EditTransfer:
         disp = None
         if geometry == "landmarks":
             disp = self._landmark_displacement(recon, edited, r, changed)
-            field = landmark_field(lm_r, disp, r, regions=plan.regions, rigid=plan.rigid, keep_gap=plan.keep_gap,
-                                   gain=cfg.gain,
-                                   grid=cfg.field_px, lam=cfg.tps_lambda, ring=cfg.ring)
+            field = self._landmark_field(lm_r, disp, r, plan, changed)
         rec = edi = None
         if geometry == "flow" or app > 0:
             rec, edi = _to_hwc(recon), _to_hwc(edited)
         if geometry == "flow":
             assert rec is not None and edi is not None
             field = self._flow_field(rec, edi, lm_r, plan, changed)
-        # ROI px → crop px; → lattice coordinates over the render
+        # Everything is formed on a small working grid over the crop (side wg) and carried into the frame's ROI
+        # by 4-channel warps (OpenCV vectorises 4-channel warps; 2- and 3-channel ones are 5× slower).
         m = np.asarray(to_frame, np.float64)
-        roi2crop = invert_affine(m)
-        roi2crop[:, 2] += roi2crop[:, 0] * x0 + roi2crop[:, 1] * y0
         size = (x1 - x0, y1 - y0)
         inv = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        mask_roi = cv2.warpAffine(np.ascontiguousarray(mask, np.float32), roi2crop, size, flags=inv,
-                                  borderMode=cv2.BORDER_CONSTANT)
+        wg = min(crop_size, max(16, cfg.work_px))
+        roi2w = invert_affine(m)  # frame px → crop px …
+        roi2w[:, 2] += roi2w[:, 0] * x0 + roi2w[:, 1] * y0  # … from ROI px
+        roi2w *= wg / crop_size
+        roi2w[:, 2] += 0.5 * wg / crop_size - 0.5  # → working-grid px
 
-        def to_lattice(grid: int) -> np.ndarray:
-            a = roi2crop / s
-            a[:, 2] += 0.5 / s - 0.5  # render px
-            return a * ((grid - 1) / (r - 1)) if grid != r else a
+        def on_work(img: np.ndarray, side: int, border: int = cv2.BORDER_REPLICATE) -> np.ndarray:
+            """A render-space image (a lattice of ``side`` over pixel centres 0…r−1) sampled on the work grid."""
+            k = (side - 1) / (r - 1)
+            lat = np.array([[r / wg * k, 0.0, (0.5 * r / wg - 0.5) * k], [0.0, r / wg * k, (0.5 * r / wg - 0.5) * k]])
+            return cv2.warpAffine(img, lat, (wg, wg), flags=inv, borderMode=border)
 
+        mask_w = np.asarray(mask if wg == crop_size else cv2.resize(mask, (wg, wg), interpolation=cv2.INTER_AREA),
+                            np.float32)
+        pack = np.zeros((wg, wg, 4), np.float32)  # dx, dy (frame px), mask, 0
+        pack[..., 2] = mask_w
+        if field is not None:
+            taper = np.minimum(mask_w * 2.0, 1.0)[..., None]
+            pack[..., :2] = (on_work(field, field.shape[0]) @ (m[:, :2] * s).T.astype(np.float32)) * taper
+        packed = cv2.warpAffine(pack, roi2w, size, flags=inv, borderMode=cv2.BORDER_CONSTANT)
+        mask_roi = packed[..., 2]
         out_roi: np.ndarray | None = None
         if field is not None:
-            f_roi = cv2.warpAffine(field, to_lattice(field.shape[0]), size, flags=inv, borderMode=cv2.BORDER_CONSTANT)
-            taper = np.minimum(mask_roi * 2.0, 1.0)
-            lin = (m[:, :2] * s).astype(np.float32)  # render px → frame px
-            dx = (lin[0, 0] * f_roi[..., 0] + lin[0, 1] * f_roi[..., 1]) * taper
-            dy = (lin[1, 0] * f_roi[..., 0] + lin[1, 1] * f_roi[..., 1]) * taper
-            pad = int(math.ceil(max(float(np.abs(dx).max()), float(np.abs(dy).max())))) + 2
+            pad = int(math.ceil(float(np.abs(pack[..., :2]).max()))) + 2
             sx0, sy0, sx1, sy1 = max(0, x0 - pad), max(0, y0 - pad), min(w, x1 + pad), min(h, y1 + pad)
-            gy, gx = np.mgrid[0:size[1], 0:size[0]].astype(np.float32)
-            dx += gx + np.float32(x0 - sx0)
-            dy += gy + np.float32(y0 - sy0)
-            src = cv2.cvtColor(frame[sy0:sy1, sx0:sx1], cv2.COLOR_RGB2RGBA)  # 4-channel remap is vectorised
-            out_roi = cv2.cvtColor(cv2.remap(src, dx, dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE),
+            gx, gy = self._grid(size)
+            mapx = packed[..., 0] + gx
+            mapy = packed[..., 1] + gy
+            if x0 != sx0:
+                mapx += np.float32(x0 - sx0)
+            if y0 != sy0:
+                mapy += np.float32(y0 - sy0)
+            src = cv2.cvtColor(frame[sy0:sy1, sx0:sx1], cv2.COLOR_RGB2RGBA)  # 4-channel remap is vectorised too
+            out_roi = cv2.cvtColor(cv2.remap(src, mapx, mapy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE),
                                    cv2.COLOR_RGBA2RGB)
         if app > 0:
             assert rec is not None and edi is not None
@@ -536,26 +575,26 @@ class EditTransfer:
             inner_w = None
             if "mouth_inner" in plan.appearance_regions and disp is not None:
                 inner_w = appearance_weights(lm_r, r, ("mouth_inner",), lm_r + disp * cfg.gain)
+            total = np.zeros((r, r, 4), np.float32)  # residual (3), interior weight
             if regions or not plan.appearance_regions:
-                total = cap_residual(res, cfg.luma_cap, cfg.chroma_cap) * np.float32(app)
+                total[..., :3] = cap_residual(res, cfg.luma_cap, cfg.chroma_cap) * np.float32(app)
                 if regions:
-                    total *= appearance_weights(lm_r, r, regions)[..., None]
-            else:
-                total = np.zeros_like(res)
-            res_roi = cv2.warpAffine(total, to_lattice(r), size, flags=inv, borderMode=cv2.BORDER_CONSTANT)
+                    total[..., :3] *= appearance_weights(lm_r, r, regions)[..., None]
+            if inner_w is not None:
+                total[..., 3] = inner_w
+            res_roi = cv2.warpAffine(on_work(total, r), roi2w, size, flags=inv, borderMode=cv2.BORDER_CONSTANT)
             cur = (out_roi if out_roi is not None else frame[y0:y1, x0:x1]).astype(np.float32)
             if inner_w is not None:
                 # An opened mouth: the warp only stretches the lip line across the gap. There, take the low-passed
                 # base and move it towards the edited render (its dark interior), luma capped at mouth_luma_cap.
-                lat = to_lattice(r)
-                w_in = cv2.warpAffine(inner_w, lat, size, flags=inv, borderMode=cv2.BORDER_CONSTANT)[..., None]
+                w_in = res_roi[..., 3:]
                 sig = 1.5 * s * float(np.sqrt(abs(np.linalg.det(m[:, :2]))))  # 1.5 render px in frame px
                 soft = cv2.GaussianBlur(cur, (0, 0), sig)
-                ed_roi = cv2.warpAffine(cv2.GaussianBlur(edi, (0, 0), cfg.residual_sigma), lat, size, flags=inv,
-                                        borderMode=cv2.BORDER_REPLICATE)
-                fill = soft + cap_residual(ed_roi - soft, cfg.mouth_luma_cap, cfg.chroma_cap) * np.float32(app)
+                ed4 = cv2.cvtColor(cv2.GaussianBlur(edi, (0, 0), cfg.residual_sigma), cv2.COLOR_RGB2RGBA)
+                ed_roi = cv2.warpAffine(on_work(ed4, r), roi2w, size, flags=inv, borderMode=cv2.BORDER_REPLICATE)
+                fill = soft + cap_residual(ed_roi[..., :3] - soft, cfg.mouth_luma_cap, cfg.chroma_cap) * np.float32(app)
                 cur += (fill - cur) * w_in
-            cur += res_roi * mask_roi[..., None]
+            cur += res_roi[..., :3] * mask_roi[..., None]
             out_roi = np.clip(cur + 0.5, 0, 255).astype(np.uint8)
         if out_roi is None:
             return frame
