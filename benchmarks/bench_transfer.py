@@ -496,12 +496,15 @@ def contact_sheet(path: Path, columns: dict[str, list[np.ndarray]], row_names: l
     cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))
 
 
-def pipeline_cost(bundle: Any, prep: Prepared, masks: np.ndarray, stack: Any, edit: dict[str, float], backend: str,
-                  config: Any) -> dict[str, float]:
-    """ms per frame of the device path for regenerate vs transfer, at the clip's resolution: align → encode →
-    edit → synthesize (1 vs a batch of 2) → composite (Compositor vs face_mask + EditTransfer.apply)."""
+def pipeline_cost(bundle: Any, prep: Prepared, stack: Any, edit: dict[str, float], backend: str, config: Any
+                  ) -> dict[str, float]:
+    """ms per frame of the device path at the clip's resolution, three ways, interleaved twice (the machine is
+    shared): ``regenerate`` — align → encode → edit → synthesize 1 → Compositor; ``transfer`` — align → encode →
+    edit → synthesize a batch of 2 → face_mask + EditTransfer.apply, every frame; ``transfer_lazy`` — the same,
+    but encoding and the generator run only on frames EditTransfer.needs_renders() asks for (geometry-only
+    edits: every ``mesh_every`` frames); the other frames only compute the crop affine, the mask and the warp."""
     from models.editing import EditContext
-    from realtime.align import align_crop
+    from realtime.align import align_crop, crop_affine
     from realtime.composite import Compositor, face_mask, landmarks_to_crop
     from realtime.engines import make_engine
     from realtime.frames import Crop, Frame, Track
@@ -510,48 +513,76 @@ def pipeline_cost(bundle: Any, prep: Prepared, masks: np.ndarray, stack: Any, ed
 
     eng = make_engine(bundle, backend, "cpu", threads=1)
     stack.set_strengths(edit, reset=True)
-    times: dict[str, list[float]] = {"regenerate": [], "transfer": [], "transfer_apply": [], "regenerate_composite": []}
-    for mode in ("regenerate", "transfer", "regenerate", "transfer"):  # twice, interleaved: the machine is shared
+    modes = ("regenerate", "transfer", "transfer_lazy")
+    times: dict[str, list[float]] = {k: [] for k in (*modes, "regenerate_composite", "transfer_apply")}
+    for mode in modes * 2:
         proc, state = FrameProcessor(eng), StreamState()
         comp, tr = Compositor(), EditTransfer(config)
         for t, img in enumerate(prep.frames):
             t0 = time.perf_counter()
-            c = align_crop(img, prep.quads[t], eng.crop_size)
-            crop = torch.from_numpy(c.image).permute(2, 0, 1)[None]
-            ws, _ = proc.encode(crop, state)
-            ctx = EditContext(landmarks=prep.landmarks[t], to_frame=c.to_frame, crop_size=eng.crop_size)
-            we, sd = stack.apply(ws, context=ctx)
-            if mode == "regenerate":
-                fake = eng.synthesize(we, sd)
-                t1 = time.perf_counter()
-                comp.composite(Frame(image=img, index=t, pts=t, time_base=Fraction(1, 30)),
-                               Track(landmarks=prep.landmarks[t], score=1.0, quad=prep.quads[t]),
-                               Crop(image=c.image, to_frame=c.to_frame, size=eng.crop_size), fake[0])
-                t2 = time.perf_counter()
-                times["regenerate_composite"].append((t2 - t1) * 1e3)
+            plan = plan_edits(stack.specs, stack.strengths(), config)
+            if mode == "transfer_lazy" and not tr.needs_renders(plan):
+                to_frame = crop_affine(prep.quads[t], eng.crop_size)
+                pair = None
             else:
+                c = align_crop(img, prep.quads[t], eng.crop_size)
+                to_frame = c.to_frame
+                crop = torch.from_numpy(c.image).permute(2, 0, 1)[None]
+                ws, _ = proc.encode(crop, state)
+                ctx = EditContext(landmarks=prep.landmarks[t], to_frame=to_frame, crop_size=eng.crop_size)
+                we, sd = stack.apply(ws, context=ctx)
+                if mode == "regenerate":
+                    fake = eng.synthesize(we, sd)
+                    t1 = time.perf_counter()
+                    comp.composite(Frame(image=img, index=t, pts=t, time_base=Fraction(1, 30)),
+                                   Track(landmarks=prep.landmarks[t], score=1.0, quad=prep.quads[t]),
+                                   Crop(image=c.image, to_frame=to_frame, size=eng.crop_size), fake[0])
+                    times["regenerate_composite"].append((time.perf_counter() - t1) * 1e3)
+                    times[mode].append((time.perf_counter() - t0) * 1e3)
+                    continue
                 sd2 = {k: torch.cat([torch.zeros_like(v), v]) for k, v in sd.items()} if sd else None
                 pair = eng.synthesize(torch.cat([ws, we]), sd2)
-                t1 = time.perf_counter()
-                mask = face_mask(landmarks_to_crop(prep.landmarks[t], c.to_frame), eng.crop_size)
-                tr.apply(img, c.to_frame, eng.crop_size, prep.landmarks[t], pair[0], pair[1], mask,
-                         plan=plan_edits(stack.specs, stack.strengths(), config))
-                t2 = time.perf_counter()
-                times["transfer_apply"].append((t2 - t1) * 1e3)
+            t1 = time.perf_counter()
+            mask = face_mask(landmarks_to_crop(prep.landmarks[t], to_frame), eng.crop_size)
+            tr.apply(img, to_frame, eng.crop_size, prep.landmarks[t], None if pair is None else pair[0],
+                     None if pair is None else pair[1], mask, plan=plan)
+            if mode == "transfer":
+                times["transfer_apply"].append((time.perf_counter() - t1) * 1e3)
             times[mode].append((time.perf_counter() - t0) * 1e3)
-    out = {k + "_ms": float(np.mean(v)) for k, v in times.items()}  # means: the mesh runs every few frames
+    out: dict[str, Any] = {k + "_ms": float(np.mean(v)) for k, v in times.items()}  # means: the mesh is periodic
+    out.update({k + "_ms_max": float(np.max(times[k])) for k in modes})
     out["transfer_extra_ratio"] = out["transfer_ms"] / out["regenerate_ms"] - 1.0
-    out["backend"] = getattr(eng, "name", backend)  # type: ignore[assignment]
+    out["transfer_lazy_extra_ratio"] = out["transfer_lazy_ms"] / out["regenerate_ms"] - 1.0
+    out["backend"] = getattr(eng, "name", backend)
+    out["edit"] = edit
     return out
+
+
+def candidate(spec: str, over: dict[str, Any]) -> Any:
+    """TransferConfig from "GEOMETRY[+FIELD=VALUE…]" plus overrides (values parsed as Python literals)."""
+    import ast
+    import dataclasses
+
+    from realtime.transfer import TransferConfig
+
+    geometry, *pairs = spec.split("+")
+    fields = dict(over)
+    for pair in pairs:
+        k, _, v = pair.partition("=")
+        fields[k] = ast.literal_eval(v)
+    return dataclasses.replace(TransferConfig(geometry=geometry), **fields)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", default="bundles/default")
     p.add_argument("--frames", type=int, default=48, help="clip length (30 fps)")
     p.add_argument("--seed", type=int, default=0, help="motion and noise seed of the clip")
-    p.add_argument("--edits", default="", help="comma-separated edit names (default: every edit of the bundle)")
+    p.add_argument("--edits", default="",
+                   help="comma-separated edit names (default: every edit of the bundle; none: only the no-edit "
+                        "check and the cost)")
     p.add_argument("--candidates", default="landmarks,flow",
-                   help="geometry candidates to compare (the first is the one the contact sheets show)")
+                   help="transfer candidates to compare: GEOMETRY[+FIELD=VALUE…] (TransferConfig fields), e.g. "
+                        "landmarks+regions=False+gain=1.5 (the first also runs the no-edit check)")
     p.add_argument("--gain", type=float, default=None, help="TransferConfig.gain for every candidate")
     p.add_argument("--mesh-every", type=int, default=None, help="TransferConfig.mesh_every for every candidate")
     p.add_argument("--backend", default="onnx", help="engine of the cost measurement (torch or onnx)")
@@ -566,7 +597,7 @@ def run(args: argparse.Namespace) -> int:
     from benchmarks.provenance import command_line, provenance, write_result
     from models.bundle import load_bundle
     from models.editing import EditStack
-    from realtime.transfer import RenderMesh, TransferConfig, plan_edits
+    from realtime.transfer import RenderMesh, plan_edits
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
@@ -583,7 +614,7 @@ def run(args: argparse.Namespace) -> int:
     regs = [regions(prep.landmarks[t], fm[t]) for t in range(len(frames))]
     noise = input_noise(lm_in)
     over = {k: v for k, v in (("gain", args.gain), ("mesh_every", args.mesh_every)) if v is not None}
-    configs = {c: dataclasses.replace(TransferConfig(geometry=c), **over) for c in args.candidates.split(",") if c}
+    configs = {c: candidate(c, over) for c in args.candidates.split(",") if c}
     mesh = RenderMesh()
     face_box = (170, 60, 470, 400)
     # no edit: regenerate replaces the face, transfer leaves it alone (the caller skips the generator; apply() on
@@ -596,7 +627,7 @@ def run(args: argparse.Namespace) -> int:
                                                        for t in range(len(frames))])),
                "transfer_bit_exact": bool(np.array_equal(tr0, frames))}
     print("no edit:", no_edit, flush=True)
-    names = [e for e in args.edits.split(",") if e] or stack.names
+    names = [] if args.edits == "none" else [e for e in args.edits.split(",") if e] or stack.names
     results: dict[str, Any] = {}
     for name in names:
         spec = stack.specs[name]
@@ -638,15 +669,59 @@ def run(args: argparse.Namespace) -> int:
         contact_sheet(args.out / f"transfer_{name}.png", sheet, row_names, face_box)
     cost = None
     if not args.no_cost:
-        cost = pipeline_cost(bundle, prep, masks, stack, {"smile": 1.5}, args.backend, first)
+        cost = pipeline_cost(bundle, prep, stack, {"smile": 1.5}, args.backend, first)
         print("cost:", cost, flush=True)
     out = {"bundle": str(args.bundle), "frames": len(frames), "frame_size": list(FRAME_SIZE), "crop_size": n,
            "candidates": {c: dataclasses.asdict(cfg) for c, cfg in configs.items()}, "input_noise_std": noise,
            "no_edit": no_edit, "edits": results, "cost": cost, "seconds": round(time.time() - t_start, 1),
            "provenance": {**provenance(), "command": command_line()}}
     write_result(args.out / "bench_transfer.json", out)
-    print("wrote", args.out / "bench_transfer.json")
+    write_result(args.out / "bench_transfer.md", markdown(out))
+    print("wrote", args.out / "bench_transfer.json", "and", args.out / "bench_transfer.md")
     return 0
+
+
+def _f(v: Any, nd: int = 1) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "∞"
+        if math.isnan(v):
+            return "n/a"
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+UNITS = {"mouth_width": "IOD", "mouth_open": "IOD", "eyes_open": "lid/eye width", "brow_raise": "IOD",
+         "yaw_deg": "°", "pitch_deg": "°", "smile": "smile measure", "color": "levels in region"}
+
+
+def markdown(out: dict[str, Any]) -> str:
+    """The per-edit table of a result (bench_transfer.json)."""
+    lines = ["| edit | strength | method | effect | × input std | off-target PSNR dB | off-target Δchroma | "
+             "eyes+brows PSNR dB | colour in / out of region | TC out/in | apply ms (mean / max) | targets |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, by_k in out["edits"].items():
+        what = EDIT_EFFECTS.get(name, ("smile", None))[0]
+        for row in by_k.values():
+            for method, r in row.items():
+                if method == "setting":
+                    continue
+                ok = [("effect", r.get("effect_ok")), ("off-target", r.get("off_target_ok")), ("TC", r.get("tc_ok"))]
+                flags = ", ".join(f"{n} {'✓' if v else '✗'}" for n, v in ok if v is not None)
+                nd = 1 if what in ("yaw_deg", "pitch_deg", "color") else 3
+                ms = f"{_f(r.get('apply_ms'))} / {_f(r.get('apply_ms_max'))}" if "apply_ms" in r else "–"
+                setting = ", ".join(f"{a}={b:g}" for a, b in row["setting"].items())
+                lines.append(
+                    f"| {name} | {setting} | {method} | {_f(r.get('effect'), nd)} {UNITS.get(what, '')} | "
+                    f"{_f(r.get('effect_in_noise_std'))} | {_f(r['psnr_off_target'])} | "
+                    f"{_f(r['chroma_off_target'], 2)} | "
+                    f"{_f(r['psnr_eyes_brows'])} | {_f(r['color_in_region'])} / {_f(r['color_outside_region'])} | "
+                    f"{_f(r['tc_ratio'], 2)} | {ms} | {flags} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

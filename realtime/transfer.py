@@ -58,7 +58,7 @@ FIELD_LANDMARKS = LIPS + JAW + EYES + BROWS + UPPER_OVAL + NOSE_CHEEKS
 LIPS_UPPER = (191, 80, 81, 82, 13, 312, 311, 310, 415, 185, 40, 39, 37, 0, 267, 269, 270, 409)
 LIPS_LOWER = (95, 88, 178, 87, 14, 317, 402, 318, 324, 146, 91, 181, 84, 17, 314, 405, 321, 375)
 INNER_LOOP = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
-APPEARANCE_REGIONS = ("mouth", "eyes", "brows", "skin", "mouth_inner", "face")
+APPEARANCE_REGIONS = ("mouth", "eyes", "brows", "skin", "hair", "mouth_inner", "face")
 OPENING = ("mouth_open", "jaw_open")  # measures/parameters whose edits may open the mouth
 REGION_LANDMARKS: dict[str, tuple[int, ...]] = {
     "mouth": LIPS + JAW,
@@ -89,6 +89,7 @@ class TransferConfig:
     regions: bool = True  # move only the landmarks of the edits' regions (mouth/eyes/brows), pin the rest
     rigid: bool = True  # expression edits: remove the similarity motion the pinned landmarks show
     keep_gap: bool = True  # edits not meant to open the mouth keep the lips' gap and thickness (a warp has no teeth)
+    pose_rigid: bool = True  # pose edits move the face as a rigid head (fitted to the mesh motion), nothing else
     max_shift: float = 0.08  # displacements are clamped to this fraction of the render side
     smoothing: float = 0.5  # temporal low-pass of the displacements: weight of the previous frame's (0 = off)
     mesh_every: int = 8  # landmarks: run the face mesh on the renders every N frames (and on any edit change)
@@ -108,6 +109,7 @@ class EditPlan:
     regions: tuple[str, ...] = ("face",)  # REGION_LANDMARKS groups whose landmarks the edit moves
     rigid: bool = False  # remove the similarity motion of the pinned landmarks (expression edits)
     keep_gap: bool = False  # keep the lips' gap and thickness (no active edit is meant to open the mouth)
+    pose: bool = False  # a pose edit: the whole-face motion is reduced to a rigid head motion
     appearance: float = 0.0  # residual weight
     appearance_regions: tuple[str, ...] = ()  # where the residual acts (APPEARANCE_REGIONS); () = the whole mask
     key: Hashable = None  # changes whenever the active edits or strengths change (refreshes the displacement)
@@ -153,7 +155,8 @@ def plan_edits(specs: dict[str, Any], strengths: dict[str, float], config: Trans
         regions = {"face"}
     key = tuple(sorted((n, round(float(k), 6)) for n, k in active.items()))
     return EditPlan(tuple(sorted(regions)), rigid=cfg.rigid and not pose and "face" not in regions,
-                    keep_gap=cfg.keep_gap and "mouth" in regions and not opening and not pose, appearance=app,
+                    keep_gap=cfg.keep_gap and "mouth" in regions and not opening and not pose,
+                    pose=pose and cfg.pose_rigid and "face" in regions, appearance=app,
                     appearance_regions=() if "face" in app_regions else tuple(sorted(app_regions)), key=key)
 
 
@@ -267,9 +270,27 @@ def similarity_fit(p: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return mat, dm - c @ mat.T
 
 
+def head_motion_fit(pts3: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Small rigid head motion explaining a landmark displacement: d ≈ (a·z − c·y + s·x + tx, b·z + c·x + s·y + ty)
+    for landmarks pts3 [K, 3] (x, y, z centred) — a and b the yaw and pitch (image shift per unit depth), c the
+    roll, s a scale, t a shift. Least squares → params [6]."""
+    q = np.asarray(pts3, np.float64) - np.asarray(pts3, np.float64).mean(0)
+    x, y, z = q[:, 0], q[:, 1], q[:, 2]
+    one, zero = np.ones_like(x), np.zeros_like(x)
+    a = np.concatenate([np.stack([z, zero, -y, x, one, zero], 1), np.stack([zero, z, x, y, zero, one], 1)])
+    return np.linalg.lstsq(a, np.concatenate([d[:, 0], d[:, 1]]), rcond=None)[0]
+
+
+def head_motion(params: np.ndarray, pts3: np.ndarray) -> np.ndarray:
+    """The displacement [K, 2] of :func:`head_motion_fit`'s model at landmarks pts3 [K, 3] (centred here)."""
+    q = np.asarray(pts3, np.float64) - np.asarray(pts3, np.float64).mean(0)
+    a, b, c, sc, tx, ty = params
+    return np.stack([a * q[:, 2] - c * q[:, 1] + sc * q[:, 0] + tx, b * q[:, 2] + c * q[:, 0] + sc * q[:, 1] + ty], 1)
+
+
 def landmark_field(lm: np.ndarray, disp: np.ndarray, size: int, *, regions: tuple[str, ...] = ("face",),
-                   rigid: bool = False, keep_gap: bool = False, gain: float = 1.0, grid: int = 32,
-                   lam: float = 1e-4, ring: float = 1.45) -> np.ndarray:
+                   rigid: bool = False, keep_gap: bool = False, pose: tuple[np.ndarray, np.ndarray] | None = None,
+                   gain: float = 1.0, grid: int = 32, lam: float = 1e-4, ring: float = 1.45) -> np.ndarray:
     """Backward displacement field of a landmark motion.
 
     Args:
@@ -280,6 +301,10 @@ def landmark_field(lm: np.ndarray, disp: np.ndarray, size: int, *, regions: tupl
             often also shifts or scales the whole face a little).
         keep_gap: move each upper/lower lip pair by their mean motion (the mouth neither opens nor closes, the
             lips keep their thickness).
+        pose: (landmarks [468, 3] the displacement was measured on, the face's landmarks [468, 3] with depth, both
+            in these pixels): a pose edit — the whole-face motion becomes the rigid head motion that best explains
+            it (:func:`head_motion_fit`), re-evaluated on the face's own 3-D landmarks; the non-rigid rest is kept
+            only in the expression regions among ``regions``.
         gain: multiplier on the motion.
     Returns: [grid, grid, 2] float32 field over the image (lattice over pixel centres 0…size−1): the output at
     u samples the input at u + field(u); at the displaced landmark p + d it samples p.
@@ -290,7 +315,16 @@ def landmark_field(lm: np.ndarray, disp: np.ndarray, size: int, *, regions: tupl
     w[moving] = 1.0
     d = np.asarray(disp, np.float64)[:, :2]
     src_all = np.asarray(lm, np.float64)[:, :2]
-    if rigid:
+    if pose is not None:
+        expr = [g for g in regions if g != "face"]
+        keep = np.zeros(468)
+        if expr:
+            keep[sorted(set().union(*(REGION_LANDMARKS[g] for g in expr)))] = 1.0
+        params = head_motion_fit(pose[0][idx], d[idx])
+        head_src = head_motion(params, pose[0])
+        d = head_motion(params, pose[1]) + keep[:, None] * (d - head_src)
+        w[:] = 1.0
+    elif rigid:
         pinned = [i for i in idx if w[i] == 0]
         if len(pinned) >= 3:
             a, t = similarity_fit(src_all[pinned], d[pinned])
@@ -320,8 +354,9 @@ def _hull(img: np.ndarray, pts: np.ndarray, grow: float = 1.0) -> None:
 def appearance_weights(lm: np.ndarray, size: int, regions: tuple[str, ...], inner: np.ndarray | None = None
                        ) -> np.ndarray:
     """Soft [size, size] float32 map of where the residual may act, from the face's landmarks [468, 2] (pixels of
-    a size² image): "mouth" (lips), "eyes", "brows", "skin" (face oval minus those), "mouth_inner" (the polygon
-    of the inner lips at ``inner`` [468, 2], the edited geometry: an opened mouth's interior)."""
+    a size² image): "mouth" (lips), "eyes", "brows", "skin" (face oval minus those), "hair" (outside the face
+    oval: within the face mask that is the hairline over the forehead), "mouth_inner" (the polygon of the inner
+    lips at ``inner`` [468, 2], the edited geometry: an opened mouth's interior)."""
     out = np.zeros((size, size), np.float32)
     for g in regions:
         m = np.zeros((size, size), np.float32)
@@ -336,6 +371,10 @@ def appearance_weights(lm: np.ndarray, size: int, regions: tuple[str, ...], inne
         elif g == "brows":
             _hull(m, lm[list(BROWS[:10])], 1.4)
             _hull(m, lm[list(BROWS[10:])], 1.4)
+        elif g == "hair":
+            m[:] = 1.0
+            cv2.fillPoly(m, [np.round(lm[list(FACE_OVAL)] * 16).astype(np.int32)], 0.0, lineType=cv2.LINE_AA,
+                         shift=4)
         elif g == "skin":
             cv2.fillPoly(m, [np.round(lm[list(FACE_OVAL)] * 16).astype(np.int32)], 1.0, lineType=cv2.LINE_AA,
                          shift=4)
@@ -371,6 +410,10 @@ class EditTransfer:
         self._since = 0
         self._key: Hashable = None
         self._fresh = False  # the displacement changed since the field was fitted
+        self._mesh3: np.ndarray | None = None  # [468, 3] render px: the reconstruction's mesh at the last refresh
+        self._r: int | None = None  # render side of the last renders
+        self._shown: np.ndarray | None = None  # the field used on the last frame
+        self._glide: tuple[np.ndarray, int] | None = None  # (field glided from, frames since) after a refresh
         self._fit: tuple[np.ndarray, np.ndarray] | None = None  # (landmarks [468, 2] render px, field) of the fit
         self.mesh_runs = 0
         self.field_fits = 0
@@ -384,20 +427,34 @@ class EditTransfer:
             self._grid_cache = (big, gx, gy)
         return self._grid_cache[1][:size[1], :size[0]], self._grid_cache[2][:size[1], :size[0]]
 
-    def _landmark_field(self, lm_r: np.ndarray, disp: np.ndarray, r: int, plan: EditPlan, changed: bool
-                        ) -> np.ndarray:
-        """The spline field, refitted when the displacement was refreshed, the edit changed, or the face's
+    def _landmark_field(self, lm_r: np.ndarray, lm3_r: np.ndarray, disp: np.ndarray, r: int, plan: EditPlan,
+                        changed: bool) -> np.ndarray:
+        """The spline field. Refitted when the displacement was refreshed, the edit changed, or the face's
         landmarks moved more than ``refit_px`` render px since the last fit (otherwise the last field, which
-        lives in crop coordinates and so follows the face)."""
+        lives in crop coordinates and so follows the face). After a refresh of the displacement the field glides
+        from the one shown to the new one over ``mesh_every`` frames (no step every N frames)."""
         cfg = self.cfg
         idx = list(FIELD_LANDMARKS)
         if (self._fit is None or self._fresh or changed
                 or float(np.abs(lm_r[idx] - self._fit[0][idx]).max()) > cfg.refit_px):
-            field = landmark_field(lm_r, disp, r, regions=plan.regions, rigid=plan.rigid, keep_gap=plan.keep_gap,
-                                   gain=cfg.gain, grid=cfg.field_px, lam=cfg.tps_lambda, ring=cfg.ring)
-            self._fit, self._fresh = (lm_r.copy(), field), False
+            pose = (self._mesh3, lm3_r) if plan.pose and self._mesh3 is not None else None
+            target = landmark_field(lm_r, disp, r, regions=plan.regions, rigid=plan.rigid, keep_gap=plan.keep_gap,
+                                    pose=pose, gain=cfg.gain, grid=cfg.field_px, lam=cfg.tps_lambda, ring=cfg.ring)
+            if changed or self._shown is None:
+                self._glide = None
+            elif self._fresh and cfg.mesh_every > 1:
+                self._glide = (self._shown.copy(), 0)
+            self._fit, self._fresh = (lm_r.copy(), target), False
             self.field_fits += 1
-        return self._fit[1]
+        field = self._fit[1]
+        if self._glide is not None:
+            start, n = self._glide
+            n += 1
+            t = min(1.0, n / max(1, cfg.mesh_every))
+            field = start + (field - start) * np.float32(t)
+            self._glide = None if t >= 1.0 else (start, n)
+        self._shown = field
+        return field
 
     # -- geometry in render space ---------------------------------------------------------------------------
     def _mesh_fn(self) -> Mesh:
@@ -411,16 +468,18 @@ class EditTransfer:
             return new
         return a * prev + (1.0 - a) * new
 
-    def _landmark_displacement(self, recon: torch.Tensor, edited: torch.Tensor, r: int, changed: bool
-                               ) -> np.ndarray:
+    def _landmark_displacement(self, recon: torch.Tensor | None, edited: torch.Tensor | None, r: int,
+                               changed: bool) -> np.ndarray:
         """[468, 2] displacement edited − recon in render px (clamped, temporally low-passed, refreshed every
         ``mesh_every`` frames or when the edit changed)."""
         cfg = self.cfg
         if self._disp is None or changed or self._since + 1 >= max(1, cfg.mesh_every):
+            assert recon is not None and edited is not None
             lm = self._mesh_fn()(torch.stack([recon, edited]).float())
-            lm = lm.detach().to("cpu", torch.float64).numpy()[:, :, :2]
+            lm = lm.detach().to("cpu", torch.float64).numpy()
             self.mesh_runs += 1
-            d = (lm[1] - lm[0]) / r
+            self._mesh3 = lm[0, :, :3] if lm.shape[2] >= 3 else np.c_[lm[0, :, :2], np.zeros(lm.shape[1])]
+            d = (lm[1, :, :2] - lm[0, :, :2]) / r
             n = np.linalg.norm(d, axis=1, keepdims=True)
             d = d * np.minimum(1.0, cfg.max_shift / np.maximum(n, 1e-12))
             self._disp, self._since, self._fresh = self._smooth(self._disp, d, changed), 0, True
@@ -473,9 +532,23 @@ class EditTransfer:
         return (f * np.float32(cfg.gain)).astype(np.float32)
 
     # -- the frame ------------------------------------------------------------------------------------------
+    def needs_renders(self, plan: EditPlan, appearance: float | None = None) -> bool:
+        """Whether the next :meth:`apply` with ``plan`` uses the renders. When False the caller may skip encoding
+        and the generator for this frame and pass ``recon=edited=None``: with landmark geometry and no residual
+        the renders are only read when the face mesh runs (every ``mesh_every`` frames, and on edit changes);
+        in between the displacement, attached to the landmarks, follows the tracked face."""
+        cfg = self.cfg
+        app = plan.appearance if appearance is None else float(appearance)
+        geometry = cfg.geometry if plan.regions and cfg.gain != 0 else "none"
+        if geometry == "none" and app <= 0.0:
+            return False  # nothing to transfer
+        if app > 0 or geometry == "flow":
+            return True
+        return self._disp is None or plan.key != self._key or self._since + 1 >= max(1, cfg.mesh_every)
+
     def apply(self, frame: np.ndarray, to_frame: np.ndarray, crop_size: int, landmarks: np.ndarray,
-              recon: torch.Tensor, edited: torch.Tensor, mask: np.ndarray, *, plan: EditPlan | None = None,
-              appearance: float | None = None) -> np.ndarray:
+              recon: torch.Tensor | None, edited: torch.Tensor | None, mask: np.ndarray, *,
+              plan: EditPlan | None = None, appearance: float | None = None) -> np.ndarray:
         """Transfer the edit (recon → edited) onto the user's face.
 
         Args:
@@ -483,7 +556,8 @@ class EditTransfer:
             to_frame: [2, 3] crop px → frame px (the crop of side ``crop_size`` the encoder saw).
             crop_size: side N of that crop.
             landmarks: [468, ≥2] tracked landmarks, frame px.
-            recon, edited: [3, R, R] (or [1, 3, R, R]) generator renders in [-1, 1]; R may differ from N.
+            recon, edited: [3, R, R] (or [1, 3, R, R]) generator renders in [-1, 1]; R may differ from N. Both
+                None on frames where :meth:`needs_renders` is False (the generator was skipped).
             mask: [N, N] float in [0, 1] (realtime.composite.face_mask of this crop).
             plan: which regions move and how much residual (:func:`plan_edits`); default: the whole face moves,
                 residual ``config.appearance``.
@@ -493,16 +567,24 @@ class EditTransfer:
         """
         cfg = self.cfg
         plan = plan or EditPlan(appearance=cfg.appearance)
-        recon = recon[0] if recon.ndim == 4 else recon
-        edited = edited[0] if edited.ndim == 4 else edited
-        r = int(recon.shape[-1])
-        assert recon.shape == (3, r, r) and edited.shape == recon.shape, (recon.shape, edited.shape)
-        assert mask.shape == (crop_size, crop_size), (mask.shape, crop_size)
-        h, w = frame.shape[:2]
         app = plan.appearance if appearance is None else float(appearance)
         geometry = cfg.geometry if plan.regions and cfg.gain != 0 else "none"
-        if torch.equal(recon, edited) or (geometry == "none" and app <= 0.0):
+        if geometry == "none" and app <= 0.0:
             return frame
+        if recon is None or edited is None:
+            if self.needs_renders(plan, appearance) or self._r is None:
+                raise ValueError("this frame needs the renders (EditTransfer.needs_renders said so)")
+            r = self._r
+        else:
+            recon = recon[0] if recon.ndim == 4 else recon
+            edited = edited[0] if edited.ndim == 4 else edited
+            r = int(recon.shape[-1])
+            assert recon.shape == (3, r, r) and edited.shape == recon.shape, (recon.shape, edited.shape)
+            if torch.equal(recon, edited):
+                return frame
+            self._r = r
+        assert mask.shape == (crop_size, crop_size), (mask.shape, crop_size)
+        h, w = frame.shape[:2]
         box = _mask_bbox(mask)
         roi = paste_roi(to_frame, box, w, h) if box is not None else None
         if roi is None:
@@ -516,7 +598,10 @@ class EditTransfer:
         disp = None
         if geometry == "landmarks":
             disp = self._landmark_displacement(recon, edited, r, changed)
-            field = self._landmark_field(lm_r, disp, r, plan, changed)
+            lm = np.asarray(landmarks, np.float64)
+            depth = lm[:, 2] / (s * math.sqrt(abs(np.linalg.det(np.asarray(to_frame, np.float64)[:, :2])))) \
+                if lm.shape[1] >= 3 else np.zeros(len(lm))
+            field = self._landmark_field(lm_r, np.c_[lm_r, depth], disp, r, plan, changed)
         rec = edi = None
         if geometry == "flow" or app > 0:
             rec, edi = _to_hwc(recon), _to_hwc(edited)

@@ -245,6 +245,31 @@ def test_mesh_runs_on_schedule_and_at_once_when_the_edit_changes() -> None:
     assert mesh.calls == 3
 
 
+def test_renders_are_only_needed_when_the_mesh_runs() -> None:
+    """Geometry-only: the caller may skip the generator on frames needs_renders() declines — same output."""
+    frame, lm, tf, mask = _scene()
+    lm_r = _render_lm(lm, tf, 64, 64)
+    mesh = FixedMesh(np.c_[lm_r, np.zeros(468)], np.c_[lm_r + 0.5, np.zeros(468)])
+    always, lazy = EditTransfer(TransferConfig(mesh_every=4), mesh=mesh), EditTransfer(TransferConfig(mesh_every=4),
+                                                                                        mesh=mesh)
+    rec, ed = _renders(64)
+    plan = EditPlan(regions=("mouth",), key="k")
+    needed = []
+    for t in range(9):
+        shifted = lm.copy()
+        shifted[:, 0] += 0.3 * t  # the face moves: the field follows it without new renders
+        a = always.apply(frame, tf, 64, shifted, rec, ed, mask, plan=plan)
+        need = lazy.needs_renders(plan)
+        needed.append(need)
+        b = lazy.apply(frame, tf, 64, shifted, rec if need else None, ed if need else None, mask, plan=plan)
+        assert np.array_equal(a, b)
+    assert needed == [True, False, False, False, True, False, False, False, True]
+    with pytest.raises(ValueError):
+        EditTransfer(mesh=mesh).apply(frame, tf, 64, lm, None, None, mask, plan=plan)
+    style = EditPlan(regions=(), appearance=1.0)
+    assert lazy.needs_renders(style)  # a residual needs the renders on every frame
+
+
 def test_plan_from_edit_specs() -> None:
     specs = {s.name: s for s in [
         EditSpec("smile", "w_direction", extra={"measure": "smile"}),
