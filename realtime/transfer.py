@@ -1,27 +1,33 @@
 """Edit transfer: the user's own frame supplies identity and detail, the generator only the edit (DESIGN §9).
 
-Per frame the caller renders the reconstruction G(w) and the edited G(w+Δ) (one batch of two) and hands both
-to :meth:`EditTransfer.apply`, which
+The caller renders the reconstruction G(w) and the edited G(w+Δ) (one batch of two) and hands both, with the
+tracked landmarks, the crop's affine and the face mask, to :meth:`EditTransfer.apply`, which
 
-1. derives the edit's **geometry** — a backward displacement field from the pair, in render pixels:
-   * ``"landmarks"`` (default): the face mesh on both renders; the per-landmark displacement
-     mesh(G(w+Δ)) − mesh(G(w)) is attached to the frame's *own* tracked landmarks (so it lands on the user's
-     mouth and eyes, not on where the generator drew them) and interpolated by a regularised thin-plate spline,
-     pinned to zero on a ring around the face;
-   * ``"flow"``: dense optical flow (OpenCV DIS) from G(w+Δ) back to G(w), smoothed;
+1. derives the edit's **geometry** — a backward displacement field, in render pixels:
+   * ``"landmarks"`` (default, chosen by measurement: docs in the benchmark and the report): the face mesh on
+     both renders; the per-landmark motion mesh(G(w+Δ)) − mesh(G(w)) is attached to the frame's *own* tracked
+     landmarks (so it lands on the user's mouth and eyes, not where the generator drew them) and interpolated by
+     a regularised thin-plate spline. Only the landmarks of the edits' regions move (:func:`plan_edits`: smile,
+     mouth_open → mouth and jaw; eyes_open → eyes; brow_raise → brows; pose → the whole face); the others are
+     pinned, the similarity motion the pinned ones show is removed, a smile keeps the lips' gap (a warp has no
+     teeth), and a pose edit is reduced to the rigid head motion that explains the mesh motion best;
+   * ``"flow"``: dense optical flow (OpenCV DIS) from G(w+Δ) back to G(w), limited to the same regions;
    * ``"none"``: appearance only;
 2. derives the edit's **appearance** — the residual G(w+Δ) − warp(G(w)), low-passed to what the generator
-   resolves, split into luma and chroma (YCrCb) and capped per channel (the small generators' edits paint
-   green/magenta blotches that must not reach the real face), scaled by ``appearance`` (0 for expression and
-   pose edits, see :func:`appearance_for`);
+   resolves, capped in luma and chroma (YCrCb; the small generators' edits paint green/magenta blotches that
+   must not reach the real face), and limited to the edit's region: style channels (mouth/skin/hair colour) use
+   it in their region, a mouth-opening edit fills the opened lips from the edited render; expression and pose
+   edits are geometry only;
 3. warps the original frame at **full resolution** by the field (carried from render pixels through the crop's
-   affine into frame pixels, tapered to zero at the face mask's edge), adds the residual inside the face mask,
-   and returns the new frame. Only the face mask's bounding box is touched (like composite.paste_back); when
-   the renders are identical (Δ = 0) the input frame itself is returned, bit for bit.
+   affine into frame pixels, tapered to zero at the face mask's edge), adds the residual inside the mask, and
+   returns the new frame. Only the face mask's bounding box is touched (like composite.paste_back); identical
+   renders (Δ = 0) or an empty plan return the input frame itself.
 
-Per-stream state (:class:`EditTransfer`): a temporal low-pass of the landmark displacements and the landmark
-refresh schedule (the mesh costs ~8 ms per render on one CPU thread, so by default it runs every few frames;
-between refreshes the displacement, attached to landmark indices, follows the tracked face).
+Per-stream state (:class:`EditTransfer`): the landmark motion (temporally low-passed), refreshed every
+``mesh_every`` frames or at once when the edit changes — the render mesh costs ~8 ms per image on one CPU thread
+— with the field gliding to each new measurement; between refreshes the motion, attached to landmark indices,
+follows the tracked face, and :meth:`EditTransfer.needs_renders` tells the caller it may skip the encoder and the
+generator altogether on those frames (geometry-only edits).
 """
 
 from __future__ import annotations
@@ -89,7 +95,8 @@ class TransferConfig:
     regions: bool = True  # move only the landmarks of the edits' regions (mouth/eyes/brows), pin the rest
     rigid: bool = True  # expression edits: remove the similarity motion the pinned landmarks show
     keep_gap: bool = True  # edits not meant to open the mouth keep the lips' gap and thickness (a warp has no teeth)
-    pose_rigid: bool = True  # pose edits move the face as a rigid head (fitted to the mesh motion), nothing else
+    pose_geometry: str = "flow"  # pose edits (yaw/pitch targets): "flow" (measured stronger there) or "landmarks"
+    pose_rigid: bool = True  # landmark geometry for pose edits: a rigid head motion fitted to the mesh motion
     max_shift: float = 0.08  # displacements are clamped to this fraction of the render side
     smoothing: float = 0.5  # temporal low-pass of the displacements: weight of the previous frame's (0 = off)
     mesh_every: int = 8  # landmarks: run the face mesh on the renders every N frames (and on any edit change)
@@ -119,9 +126,11 @@ def plan_edits(specs: dict[str, Any], strengths: dict[str, float], config: Trans
     """Plan for the active edits of an EditStack (``stack.specs``, ``stack.strengths()``).
 
     Regions come from each spec's fitted measure (``extra.measure``) or pose/expression target (``extra.target``):
-    smile/mouth_open → mouth, eyes_open → eyes, brow_raise → brows, yaw/pitch → the whole face; an edit without
-    either (unknown route) moves the whole face. Appearance edits (style_channel, random_identity) bring
-    ``style_appearance`` and no geometry of their own; expression and pose edits ``appearance``.
+    smile/mouth_open → mouth, eyes_open → eyes, brow_raise → brows, yaw/pitch → the whole face as a rigid head;
+    an edit without either (unknown route) moves the whole face freely. Appearance edits (style_channel,
+    random_identity) bring ``style_appearance`` in their ``extra.region`` and no geometry of their own;
+    expression and pose edits bring ``appearance`` (default 0: geometry only); mouth-opening edits fill the
+    opened lips (``mouth_appearance``).
     """
     cfg = config or TransferConfig()
     active = {n: k for n, k in strengths.items() if k != 0 and n in specs}
@@ -146,7 +155,7 @@ def plan_edits(specs: dict[str, Any], strengths: dict[str, float], config: Trans
         names = list(extra.get("target", {})) if kind == "pose_expression" else [extra.get("measure", "")]
         for m in names:
             regions.add(MEASURE_REGION.get(m, "face"))
-            pose |= m in POSE or m not in MEASURE_REGION
+            pose |= m in POSE
             opening |= m in OPENING
     if opening and cfg.mouth_appearance > 0 and cfg.geometry != "none":
         app = max(app, cfg.mouth_appearance)
@@ -532,6 +541,15 @@ class EditTransfer:
         return (f * np.float32(cfg.gain)).astype(np.float32)
 
     # -- the frame ------------------------------------------------------------------------------------------
+    def _geometry(self, plan: EditPlan) -> str:
+        """The geometry this plan uses: none without regions, ``pose_geometry`` for pose edits."""
+        cfg = self.cfg
+        if not plan.regions or cfg.gain == 0:
+            return "none"
+        if plan.pose and cfg.geometry == "landmarks":
+            return cfg.pose_geometry
+        return cfg.geometry
+
     def needs_renders(self, plan: EditPlan, appearance: float | None = None) -> bool:
         """Whether the next :meth:`apply` with ``plan`` uses the renders. When False the caller may skip encoding
         and the generator for this frame and pass ``recon=edited=None``: with landmark geometry and no residual
@@ -539,7 +557,7 @@ class EditTransfer:
         in between the displacement, attached to the landmarks, follows the tracked face."""
         cfg = self.cfg
         app = plan.appearance if appearance is None else float(appearance)
-        geometry = cfg.geometry if plan.regions and cfg.gain != 0 else "none"
+        geometry = self._geometry(plan)
         if geometry == "none" and app <= 0.0:
             return False  # nothing to transfer
         if app > 0 or geometry == "flow":
@@ -568,7 +586,7 @@ class EditTransfer:
         cfg = self.cfg
         plan = plan or EditPlan(appearance=cfg.appearance)
         app = plan.appearance if appearance is None else float(appearance)
-        geometry = cfg.geometry if plan.regions and cfg.gain != 0 else "none"
+        geometry = self._geometry(plan)
         if geometry == "none" and app <= 0.0:
             return frame
         if recon is None or edited is None:

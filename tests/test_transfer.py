@@ -286,7 +286,8 @@ def test_plan_from_edit_specs() -> None:
     assert p.regions == ("eyes", "mouth") and p.rigid and not p.keep_gap
     assert p.appearance_regions == ("mouth_inner",)  # the opened mouth's interior comes from the render
     p = plan_edits(specs, {"yaw_to_15": 0.5})
-    assert p.regions == ("face",) and not p.rigid
+    assert p.regions == ("face",) and not p.rigid and p.pose
+    assert EditTransfer().needs_renders(p)  # pose edits use the flow geometry (measured better), every frame
     p = plan_edits(specs, {"mouth_style": 2.0})
     assert p.regions == () and p.appearance == 1.0 and p.appearance_regions == ("mouth",)
     assert plan_edits(specs, {"smile": 1.0}).key != plan_edits(specs, {"smile": 1.5}).key
