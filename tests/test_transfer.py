@@ -283,7 +283,7 @@ def test_plan_from_edit_specs() -> None:
     p = plan_edits(specs, {"smile": 1.5, "keep_mouth": 1.0, "yaw": 0.0})
     assert p.regions == ("mouth",) and p.rigid and p.keep_gap and p.appearance == 0.0
     p = plan_edits(specs, {"mouth_open": 1.0, "eyes_open": 2.0})
-    assert p.regions == ("eyes", "mouth") and p.rigid and not p.keep_gap
+    assert p.regions == ("eyes", "mouth") and not p.rigid and not p.keep_gap
     assert p.appearance_regions == ("mouth_inner",)  # the opened mouth's interior comes from the render
     p = plan_edits(specs, {"yaw_to_15": 0.5})
     assert p.regions == ("face",) and not p.rigid and p.pose
