@@ -204,7 +204,7 @@ def to_hwc_float(face: object) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
-def _mask_bbox(mask: np.ndarray, thr: float = 1.0 / 512.0) -> tuple[int, int, int, int] | None:
+def mask_bbox(mask: np.ndarray, thr: float = 1.0 / 512.0) -> tuple[int, int, int, int] | None:
     """(u0, v0, u1, v1) crop-pixel box holding the mask's support (exclusive ends), or None."""
     step = 4
     sub = mask[::step, ::step] > thr
@@ -252,7 +252,7 @@ def paste_back(frame: np.ndarray, face: np.ndarray, to_frame: np.ndarray, mask: 
         np.copyto(out, frame)
     if alpha <= 0.0:
         return out
-    box = _mask_bbox(mask)
+    box = mask_bbox(mask)
     roi = paste_roi(to_frame, box, w, h) if box is not None else None
     if roi is None:
         return out
