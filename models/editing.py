@@ -27,6 +27,7 @@ sliders). Strength 0 is the identity. Model code: no I/O.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -392,8 +393,11 @@ class EditStack:
             known = ", ".join(self.specs) or "none (this bundle has no edits)"
             raise UserError(f"unknown edit {name!r}; available: {known}")
         lo, hi = self.specs[name].range
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise UserError(f"edit {name}: strength {value:g} is outside its range [{lo:g}, {hi:g}] "
+                            "(stylestream run --list-edits shows every edit's range)")
         with self._lock:
-            self._strength[name] = float(min(max(value, lo), hi))
+            self._strength[name] = float(value)
 
     def set_strengths(self, values: dict[str, float], reset: bool = False) -> None:
         """Several strengths at once (unknown names raise before anything changes); ``reset`` zeroes the rest."""

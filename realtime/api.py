@@ -37,6 +37,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from models.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
+from models.config import check
 from models.editing import EditStack
 from models.errors import UserError
 from realtime.engines import Engine, EngineOptions, EngineSpec, SerialEngine, make_engine
@@ -48,6 +49,7 @@ from realtime.pipeline.calibration import CalibrationConfig
 from realtime.server.media import OutputTrack
 from realtime.server.worker import post
 from realtime.vision.tracking import FaceTracker, TrackerConfig
+from realtime.vision.transfer import TransferConfig
 
 __all__ = ["Filter", "FilterResult", "FilterTrack", "load", "open_sink", "open_source"]
 
@@ -92,6 +94,9 @@ class Filter:
             ``threads=…``). ``spec`` (an :class:`EngineSpec`) replaces all of these; ``engine`` instead shares an
             existing engine (another stream).
         pipeline: latent policy, queues, view (:class:`PipelineConfig`); ``live`` selects causal stabilisation.
+        composite: "transfer" (the user's own face, moved by the edit), "regenerate" (the generator's face) or
+            "auto" (the default: transfer, except random_identity and a calibrated generator); ``transfer`` tunes
+            the transfer (:class:`TransferConfig`).
         calibration: settings of live calibration (``filter.processor.calibrate()``).
     """
 
@@ -99,7 +104,8 @@ class Filter:
                  device: str = "auto", backend: str = "auto", precision: str = "auto",
                  pipeline: PipelineConfig | None = None, calibration: CalibrationConfig | None = None,
                  spec: EngineSpec | None = None, engine: Engine | None = None, live: bool = True,
-                 tracker: TrackerConfig | None = None, **engine_options: Any):
+                 tracker: TrackerConfig | None = None, composite: str | None = None,
+                 transfer: TransferConfig | None = None, **engine_options: Any):
         self.bundle = engine.bundle if engine is not None else load(bundle)
         stack = edit_stack(self.bundle, edits)  # bad edit names fail before the engine is built
         self.owns_engine = engine is None
@@ -109,8 +115,11 @@ class Filter:
         self.engine = engine
         self.live = live
         self.tracker_config = tracker or TrackerConfig(smoothing="one_euro" if live else "none")
-        self.processor = FrameProcessor(self.engine, dataclasses.replace(pipeline or PipelineConfig()), edits=stack,
-                                        calibration=calibration)
+        cfg = dataclasses.replace(pipeline or PipelineConfig())
+        if composite is not None:
+            cfg.composite = composite
+        self.processor = FrameProcessor(self.engine, check(cfg), edits=stack, calibration=calibration,
+                                        transfer=transfer)
         self.state = StreamState()
         self._tracker: FaceTracker | None = None
         self._index = 0
@@ -130,6 +139,15 @@ class Filter:
         if self.processor.edits is None:
             raise UserError("this bundle has no edits")
         self.processor.edits.set_strength(name, float(strength))
+
+    @property
+    def composite(self) -> str:
+        """auto, transfer or regenerate (may change on every frame, from any thread)."""
+        return self.processor.composite_mode
+
+    @composite.setter
+    def composite(self, mode: str) -> None:
+        self.processor.composite_mode = mode
 
     @property
     def view(self) -> str:
@@ -161,7 +179,7 @@ class Filter:
         out = self.processor.process(frame, self._track(frame), self.state)
         return FilterResult(image=out.image, face=out.face,
                             stats={"index": frame.index, "latent": self.state.last_source or "none",
-                                   "stages_ms": dict(out.timings_ms)})
+                                   "composite": self.state.composite, "stages_ms": dict(out.timings_ms)})
 
     # -- the threaded pipeline -----------------------------------------------------------------------------
 
@@ -187,7 +205,7 @@ class Filter:
         strengths), latent state, view, tracker and calibration."""
         return Filter(engine=engine or self.engine, edits={k: v for k, v in self.edits.items() if v},
                       pipeline=self.processor.cfg, calibration=self.processor.calibration_cfg, live=self.live,
-                      tracker=self.tracker_config)
+                      tracker=self.tracker_config, composite=self.composite, transfer=self.processor.transfer_cfg)
 
     def stream_factories(self) -> tuple[Callable[[], FrameProcessor], Callable[[], FaceTracker]]:
         """(make_processor, make_tracker) for a server: each peer gets its own processor over this filter's engine,

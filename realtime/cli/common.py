@@ -14,6 +14,7 @@ from realtime.cli.options import add_config, config_from_args
 from realtime.engines import EngineOptions, EngineSpec
 from realtime.pipeline import PipelineConfig
 from realtime.pipeline.calibration import CalibrationConfig
+from realtime.vision.transfer import TransferConfig
 
 
 def add_filter_options(p: argparse.ArgumentParser) -> None:
@@ -25,6 +26,7 @@ def add_filter_options(p: argparse.ArgumentParser) -> None:
     add_config(g, EngineSpec)  # --backend, --device, --precision
     add_config(g, EngineOptions)  # --cuda-graphs, --torch-compile, --model-dir, --trt-cache, --triton-url
     add_config(p.add_argument_group("pipeline"), PipelineConfig)
+    add_config(p.add_argument_group("edit transfer (--composite transfer)"), TransferConfig, prefix="transfer_")
     p.add_argument("--stats-json", type=Path, default=None, help="write the run summary as JSON here")
 
 
@@ -44,7 +46,8 @@ def filter_from_args(args: argparse.Namespace, bundle: Bundle, live: bool) -> Fi
                    if hasattr(args, "calibrate_frames") else None)
     spec = config_from_args(EngineSpec, args, options=config_from_args(EngineOptions, args))
     return Filter(bundle, parse_edit_args(args.edit), spec=spec, pipeline=config_from_args(PipelineConfig, args),
-                  calibration=calibration, live=live)
+                  calibration=calibration, live=live,
+                  transfer=config_from_args(TransferConfig, args, prefix="transfer_"))
 
 
 def bundle_label(args: argparse.Namespace) -> str:

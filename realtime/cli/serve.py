@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
     flt = filter_from_args(args, bundle, live=True)
     make_processor, make_tracker = flt.stream_factories()
     eng = flt.engine
-    info = {"bundle": bundle.name, "engine": f"{eng.name} {eng.device} {eng.precision}"}
+    info = {"bundle": bundle.name, "engine": f"{eng.name} {eng.device} {eng.precision}", "composite": flt.composite}
     specs = list(flt.processor.edits.specs.values()) if flt.processor.edits is not None else []
     server = LiveServer(config, make_processor, make_tracker, info=info, edit_specs=specs)
 

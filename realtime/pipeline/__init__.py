@@ -11,11 +11,12 @@
 * :mod:`~realtime.pipeline.offline` — the offline editor as named, resumable phases.
 """
 
-from realtime.pipeline.config import VIEWS, PipelineConfig
+from realtime.pipeline.config import COMPOSITES, VIEWS, PipelineConfig
 from realtime.pipeline.latents import LatentPolicy, LatentState
 from realtime.pipeline.processor import Edited, FrameProcessor, StreamState
 from realtime.pipeline.runner import Pipeline, StageRunner
 from realtime.pipeline.stages import CLOSED, LookaheadSmoother, RunStats, StageQueue, StageTimes
 
-__all__ = ["CLOSED", "VIEWS", "Edited", "FrameProcessor", "LatentPolicy", "LatentState", "LookaheadSmoother",
-           "Pipeline", "PipelineConfig", "RunStats", "StageQueue", "StageRunner", "StageTimes", "StreamState"]
+__all__ = ["CLOSED", "COMPOSITES", "VIEWS", "Edited", "FrameProcessor", "LatentPolicy", "LatentState",
+           "LookaheadSmoother", "Pipeline", "PipelineConfig", "RunStats", "StageQueue", "StageRunner", "StageTimes",
+           "StreamState"]

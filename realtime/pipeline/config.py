@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from models.config import opt
 
 VIEWS = ("filtered", "side_by_side", "original")  # what a stream shows: the filter, original | filter, or the input
+COMPOSITES = ("auto", "transfer", "regenerate")  # how the filtered face is put back (DESIGN §9)
 
 
 @dataclass
@@ -26,6 +27,10 @@ class PipelineConfig:
     color_match: bool = opt(False, "match the generated face's colour statistics to the original skin")
     align: str = opt("auto", "where faces are cut out: device (grid_sample on the engine's device), cpu (OpenCV) "
                              "or auto (device on CUDA)", choices=("auto", "cpu", "device"))
+    composite: str = opt("auto", "how the face is put back: transfer (the user's own face, moved by the edit; no "
+                                 "edit leaves it untouched), regenerate (the generator's face pasted over it) or auto "
+                                 "(transfer, except for random_identity and a generator calibrated to this person)",
+                         choices=COMPOSITES)
 
     @property
     def view(self) -> str:

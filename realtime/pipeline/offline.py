@@ -7,8 +7,9 @@
 4. **edit** the latents with the bundle's edits (per frame, with the tracked landmarks as context), or
    **optimise** a per-frame Δw that keeps the original mouth dynamics and the edited eyes (:mod:`training.expression`,
    Eq. 7) → ``deltas.pt``; several edits are applied one after the other, each keeping the lips of the previous stage;
-5. **render** and paste back with the live pipeline's compositing step (:func:`realtime.pipeline.processor.
-   composite_face`); audio is copied in sync.
+5. **render**: put the faces back with the live pipeline's compositing steps — regenerate pastes the generator's face
+   (:func:`realtime.pipeline.processor.composite_face`), transfer moves the user's own face by the edit
+   (:class:`realtime.vision.transfer.EditTransfer`); audio is copied in sync.
 
 Intermediate results live in a work folder. Each phase records a key — a hash of its inputs (input file contents,
 bundle files, options, the keys of the phases it depends on) — in ``state.json``; a rerun skips every phase whose
@@ -38,8 +39,10 @@ from realtime.io.sinks import open_sink
 from realtime.io.sources import open_source
 from realtime.pipeline.processor import composite_face, layout
 from realtime.vision.align import align_crop
-from realtime.vision.composite import CompositeConfig, Compositor
+from realtime.vision.composite import CompositeConfig, Compositor, face_mask
+from realtime.vision.geometry import landmarks_to_crop
 from realtime.vision.tracking import TrackerConfig, track_sequence
+from realtime.vision.transfer import EditTransfer, plan_edits, transfer_available
 from training.adapt import AdaptConfig, adapt_generator, invert_crops, resize_to, save_adapted
 from training.expression import ExpressionConfig, optimise_expression
 from training.losses import LPIPSLoss, RandomConvPerceptual, load_face_mesh
@@ -64,6 +67,9 @@ class OfflineConfig:
                                            "edited eyes")
     expr_iters: int = opt(200, "optimisation iterations per chunk of frames", min=1)
     expr_chunk: int = opt(48, "frames optimised together", min=1)
+    composite: str = opt("auto", "how the edited face is put back: transfer (the user's own face, moved by the "
+                                 "edit), regenerate (the generator's face) or auto (regenerate after --adapt or for "
+                                 "random_identity, else transfer)", choices=("auto", "transfer", "regenerate"))
     side_by_side: bool = opt(False, "write original | edited side by side")
     threads: int = opt(1, "CPU threads for the torch loops", min=1)
 
@@ -328,10 +334,27 @@ class OfflineEdit:
                                       style_deltas={s: v[j:j + RENDER_BATCH] for s, v in style.items()} or None)
                           .clamp(-1, 1) for j in range(0, ws.shape[0], RENDER_BATCH)])
 
+    def composite_mode(self) -> str:
+        """The resolved mode: auto → regenerate for an adapted generator (calibrated to this person) or a
+        random_identity edit, else transfer (where the landmark geometry can run)."""
+        if self.cfg.composite != "auto":
+            return self.cfg.composite
+        stack = EditStack.from_bundle(self.bundle)
+        if self.cfg.adapt or any(stack.specs[n].kind == "random_identity" for n, v in self.edits.items() if v):
+            return "regenerate"
+        return "transfer" if transfer_available() else "regenerate"
+
     def render(self, tracks: Tracks, lat: Latents, ws: torch.Tensor, style: dict[str, torch.Tensor]) -> int:
-        """Paste every edited face back into its frame through the live compositing step; the number of frames."""
+        """Put every edited face back into its frame with the live compositing step (regenerate: paste the
+        generator's face; transfer: move the user's own face by the edit); the number of frames written."""
         t0 = time.perf_counter()
+        mode = self.composite_mode()
         fakes = self.render_faces(ws, style)
+        recons = self.render_faces(lat.ws, {}) if mode == "transfer" else None
+        stack = EditStack.from_bundle(self.bundle)
+        stack.set_strengths(self.edits, reset=True)
+        transfer, plan = EditTransfer(), plan_edits(stack.specs, stack.strengths())
+        size = lat.crops.shape[-1]
         row = {int(i): j for j, i in enumerate(tracks.face_idx)}
         compositor, view = Compositor(CompositeConfig()), "side_by_side" if self.cfg.side_by_side else "filtered"
         n, written = len(tracks.face), 0
@@ -343,13 +366,22 @@ class OfflineEdit:
                     if i >= n:
                         break
                     j = row.get(i)
-                    crop = None if j is None else Crop(image=lat.crops[j], to_frame=lat.to_frame[j],
-                                                      size=lat.crops.shape[-1])
-                    out = composite_face(compositor, f, tracks.track(i), crop, None if j is None else fakes[j:j + 1])
-                    sink.write(layout(view, f, out.image, face=out.face))
+                    if mode == "transfer":
+                        image = f.image
+                        if j is not None and stack.active():
+                            lm, m = tracks.landmarks[i], lat.to_frame[j]
+                            mask = face_mask(landmarks_to_crop(lm, m), size)
+                            image = transfer.apply(f.image, m, size, lm, recons[j], fakes[j], mask, plan=plan)
+                        sink.write(layout(view, f, image, face=j is not None))
+                    else:
+                        crop = None if j is None else Crop(image=lat.crops[j], to_frame=lat.to_frame[j], size=size)
+                        out = composite_face(compositor, f, tracks.track(i), crop,
+                                             None if j is None else fakes[j:j + 1])
+                        sink.write(layout(view, f, out.image, face=out.face))
                     written += 1
                     self.progress("render", written, n, "")
         self.stats["phases"]["render"] = {"seconds": round(time.perf_counter() - t0, 3), "reused": False}
+        self.stats["composite"] = mode
         self.say(f"render: {time.perf_counter() - t0:.1f} s")
         return written
 

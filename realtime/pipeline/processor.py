@@ -5,6 +5,12 @@ peer, the public :class:`realtime.api.Filter`) and by the offline editor's rende
 typed hand-off — ``Frame`` + ``Track`` → :class:`Crop` → :class:`Encoded` → :class:`Edited` → face tensor →
 :class:`Output` — and :meth:`FrameProcessor.process` chains them. Per-stream state lives in :class:`StreamState`, never
 in the processor's engine, so one engine can serve many streams.
+
+Two compositing modes (DESIGN §9, ``PipelineConfig.composite``): **regenerate** pastes the generator's face over the
+user's through the face mask; **transfer** keeps the user's own face and moves it by the edit the generator makes
+(:mod:`realtime.vision.transfer`): the generator renders G(w) and G(w+Δ) in one batch of two, and frames without an
+active edit are not touched at all (no model work). ``auto`` picks transfer, except for edits that must replace the
+face (random_identity) and for a generator calibrated to this person.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ from models.errors import UserError
 from realtime.engines import Engine, engine_like
 from realtime.frames import Crop, Encoded, Frame, Output, Track
 from realtime.pipeline.calibration import CalibrationConfig, Calibrator
-from realtime.pipeline.config import VIEWS, PipelineConfig
+from realtime.pipeline.config import COMPOSITES, VIEWS, PipelineConfig
 from realtime.pipeline.latents import LatentPolicy, LatentState
 from realtime.pipeline.stages import StageTimes
 from realtime.vision.align import align_crop, align_crops_torch
-from realtime.vision.composite import CompositeConfig, Compositor
-from realtime.vision.geometry import rescale_affine
+from realtime.vision.composite import CompositeConfig, Compositor, face_mask
+from realtime.vision.geometry import crop_affine, landmarks_to_crop, rescale_affine
+from realtime.vision.transfer import EditPlan, EditTransfer, TransferConfig, plan_edits, transfer_available
 
 
 def composite_face(compositor: Compositor, frame: Frame, track: Track, crop: Crop | None,
@@ -59,7 +66,9 @@ class StreamState:
     """Everything one video stream carries from frame to frame (never shared between streams)."""
 
     latent: LatentState = field(default_factory=LatentState)
-    compositor: Compositor | None = None  # made on the first frame from the processor's config
+    compositor: Compositor | None = None  # regenerate mode: made on the first frame from the processor's config
+    transfer: EditTransfer | None = None  # transfer mode: made on the first edited frame
+    composite: str = ""  # the compositing mode the last frame used ("transfer" / "regenerate")
     frames: int = 0
     faces: int = 0
     last_source: str = ""  # "key", "reuse" or "none" for the last frame
@@ -85,7 +94,8 @@ class FrameProcessor:
     may be changed from any thread (a UI message); they apply from the next frame."""
 
     def __init__(self, engine: Engine, config: PipelineConfig | None = None, edits: EditStack | None = None,
-                 times: StageTimes | None = None, calibration: CalibrationConfig | None = None):
+                 times: StageTimes | None = None, calibration: CalibrationConfig | None = None,
+                 transfer: TransferConfig | None = None):
         self.base_engine = engine
         self.engine = engine  # the base engine, or this stream's own after a live calibration
         self.cfg = config or PipelineConfig()
@@ -94,6 +104,9 @@ class FrameProcessor:
         self.policy = LatentPolicy(self.cfg)
         self.enabled = True  # False passes frames through untouched
         self._view = self.cfg.view
+        self._composite = self.cfg.composite
+        self.transfer_cfg = transfer or TransferConfig()
+        self._plan: tuple[object, EditPlan] | None = None  # (edit strengths, their transfer plan)
         self.calibration_cfg = calibration
         self.calibrator: Calibrator | None = None  # made on the first calibrate()
         self._revert = False
@@ -110,6 +123,29 @@ class FrameProcessor:
         if mode not in VIEWS:
             raise UserError(f"view must be one of {', '.join(VIEWS)}, got {mode!r}")
         self._view = mode
+
+    @property
+    def composite_mode(self) -> str:
+        """The compositing mode asked for: auto, transfer or regenerate (any thread may set it)."""
+        return self._composite
+
+    @composite_mode.setter
+    def composite_mode(self, mode: str) -> None:
+        if mode not in COMPOSITES:
+            raise UserError(f"composite must be one of {', '.join(COMPOSITES)}, got {mode!r}")
+        self._composite = mode
+
+    def resolve_composite(self) -> str:
+        """The mode the next frame uses: ``auto`` → regenerate for a random_identity edit and for a generator calibrated
+        to this person (its own engine), and where the landmark geometry cannot run; else transfer."""
+        if self._composite != "auto":
+            return self._composite
+        if self.engine is not self.base_engine:
+            return "regenerate"
+        if self.edits is not None and any(self.edits.specs[n].kind == "random_identity" and v
+                                          for n, v in self.edits.strengths().items()):
+            return "regenerate"
+        return "transfer" if transfer_available() else "regenerate"
 
     def wants_landmarks(self) -> bool:
         """Whether the next frame needs tracking (not when the filter is off or the original is shown)."""
@@ -192,6 +228,23 @@ class FrameProcessor:
         """The generator's face [1, 3, R, R] for an edited code."""
         return self.engine.synthesize(edited.ws, edited.style_deltas)
 
+    def generate_pair(self, encoded: Encoded, edited: Edited) -> torch.Tensor:
+        """G(w) and G(w+Δ) in one call: [2, 3, R, R] (the reconstruction first)."""
+        ws = torch.cat([encoded.ws, edited.ws])
+        deltas = None
+        if edited.style_deltas:
+            deltas = {k: torch.cat([torch.zeros_like(v), v]) for k, v in edited.style_deltas.items()}
+        return self.engine.synthesize(ws, deltas)
+
+    def transfer_plan(self) -> EditPlan:
+        """What the transfer takes from the active edits (cached until a strength changes)."""
+        assert self.edits is not None
+        strengths = self.edits.strengths()
+        key = tuple(sorted(strengths.items()))
+        if self._plan is None or self._plan[0] != key:
+            self._plan = (key, plan_edits(self.edits.specs, strengths, self.transfer_cfg))
+        return self._plan[1]
+
     def composite(self, frame: Frame, track: Track, crop: Crop | None, face: torch.Tensor | None,
                   state: StreamState) -> Output:
         """Paste ``face`` back into ``frame`` (:func:`composite_face`), laid out for the stream's view."""
@@ -216,6 +269,9 @@ class FrameProcessor:
                           capture_ns=frame.capture_ns)
         if not self.enabled:
             return self.layout(frame, frame.image)
+        state.composite = self.resolve_composite()
+        if state.composite == "transfer":
+            return self._process_transfer(frame, track, state, timings)
         if not track.has_face:
             state.latent.reset()
             state.last_source = "none"
@@ -239,5 +295,51 @@ class FrameProcessor:
         with self.times.measure("composite", timings):
             out = self.composite(frame, track, crop, face, state)
         state.last_source = encoded.source
+        out.timings_ms = timings
+        return out
+
+    def _process_transfer(self, frame: Frame, track: Track, state: StreamState, timings: dict[str, float]) -> Output:
+        """Transfer mode: the user's frame, moved by the edit; untouched without a face or an active edit. Between
+        the face mesh's refreshes a geometry-only edit needs no encoder or generator work at all."""
+        recording = self.calibrator is not None and self.calibrator.recording
+        editing = self.edits is not None and self.edits.active()
+        if not track.has_face:
+            state.latent.reset()
+            state.last_source = "none"
+            if state.transfer is not None:
+                state.transfer.reset()
+            return self.layout(frame, frame.image)
+        state.faces += 1
+        if not editing and not recording:
+            state.last_source = "pass"
+            return self.layout(frame, frame.image)  # exactly the input: no edit, nothing to do
+        if state.transfer is None:
+            state.transfer = EditTransfer(self.transfer_cfg)
+        plan = self.transfer_plan() if editing else EditPlan(regions=())
+        size = self.engine.crop_size
+        to_frame = crop_affine(np.asarray(track.quad), size)
+        recon = edited_face = None
+        state.last_source = "held"  # the edit's motion from the last face-mesh run follows the tracked face
+        if recording or (editing and state.transfer.needs_renders(plan)):
+            with self.times.measure("align", timings):
+                crop = self.align(frame, track)
+            with self.times.measure("encode", timings):
+                encoded = self.encode(crop, state)
+            state.last_source = encoded.source
+            if recording:
+                self.calibrator.record(crop.image[None], encoded.ws)
+            if editing:
+                with self.times.measure("edit", timings):
+                    edited = self.edit(encoded, track, crop)
+                with self.times.measure("generate", timings):
+                    pair = self.generate_pair(encoded, edited)
+                recon, edited_face = pair[0], pair[1]
+        if not editing:
+            return self.layout(frame, frame.image)
+        with self.times.measure("transfer", timings):
+            mask = face_mask(landmarks_to_crop(track.landmarks, to_frame), size)
+            image = state.transfer.apply(frame.image, to_frame, size, track.landmarks, recon, edited_face, mask,
+                                         plan=plan)
+        out = self.layout(frame, image, face=True)
         out.timings_ms = timings
         return out

@@ -4,6 +4,7 @@ Messages (JSON text, ≤ 4 KiB), browser → server, one handler each in :attr:`
 
     {"type": "filter", "on": true}                  {"type": "edit", "name": "smile", "value": 1.5}
     {"type": "view", "mode": "filtered" | "side_by_side" | "original"}
+    {"type": "composite", "mode": "auto" | "transfer" | "regenerate"}   (DESIGN §9: keep the user's face or replace it)
     {"type": "request", "width": 1280, "height": 720, "fps": 60}   (processing size cap and frame-rate cap)
     {"type": "calibrate", "action": "start" | "reset"}   (live calibration: record, adapt in the background, swap)
     {"type": "ping", "t": 123.4}                    {"type": "bye"}
@@ -30,7 +31,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from models.errors import UserError
 from realtime.frames import now_ns
-from realtime.pipeline import VIEWS
+from realtime.pipeline import COMPOSITES, VIEWS
 from realtime.server import rtc_tuning
 from realtime.server.media import OutputTrack, Rate
 from realtime.server.worker import PeerWorker
@@ -162,6 +163,13 @@ class Session:
         worker.view = mode
         return ...
 
+    def _composite(self, msg: dict[str, Any], worker: PeerWorker) -> Any:
+        mode = msg.get("mode")
+        if mode not in COMPOSITES:
+            raise UserError(f'"composite" mode must be one of {", ".join(COMPOSITES)}')
+        worker.processor.composite_mode = mode
+        return ...
+
     def _request(self, msg: dict[str, Any], worker: PeerWorker) -> Any:
         if self.server.broadcast is not None:
             raise UserError("viewer mode: the server's source sets the size and frame rate")
@@ -195,7 +203,8 @@ class Session:
     # message type → (needs a worker, handler); a handler returns the reply, ``...`` for a plain ack, or None
     HANDLERS: dict[str, tuple[bool, Callable[..., Any]]] = {
         "ping": (False, _ping), "bye": (False, _bye), "filter": (True, _filter), "edit": (True, _edit),
-        "view": (True, _view), "request": (True, _request), "calibrate": (True, _calibrate),
+        "view": (True, _view), "composite": (True, _composite), "request": (True, _request),
+        "calibrate": (True, _calibrate),
     }
 
     # -- stats and teardown --------------------------------------------------------------------------------

@@ -133,6 +133,7 @@ class PeerWorker:
             "drops": {"input": runner.inbox.dropped, "tracking": runner.q_device.dropped, "fps_cap": self.capped},
             "latent": st.last_source or "none", "key_frames": st.key_frames, "frames": st.frames,
             "faces": st.faces, "face": runner.face_now, "filter": proc.enabled, "view": proc.view,
+            "composite": {"mode": proc.composite_mode, "now": st.composite or None},
             "edits": proc.edits.strengths() if proc.edits is not None else {},
             "in_size": list(self.in_size), "out_size": list(self.out_size), "error": runner.error,
             "calibration": proc.calibration_status(),

@@ -34,6 +34,7 @@ generator altogether on those frames (geometry-only edits).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,8 @@ import numpy as np
 import torch
 
 from models.config import opt
-from models.face_mesh import LANDMARK_SIZE, FaceLandmarks, crop, project_landmarks
+from models.errors import UserError
+from models.face_mesh import LANDMARK_MODEL, LANDMARK_SIZE, FaceLandmarks, crop, mediapipe_model_path, project_landmarks
 from realtime.vision.composite import mask_bbox, paste_roi
 from realtime.vision.geometry import invert_affine, landmarks_to_crop
 from realtime.vision.topology import (
@@ -223,6 +225,29 @@ class RenderMesh(torch.nn.Module):
         rect = x.new_tensor([[cx * s, cy * s, side * s, side * s, 0.0]]).expand(x.shape[0], -1)
         lm, _ = self.net(crop((x.float() + 1) / 2, rect, LANDMARK_SIZE))
         return project_landmarks(lm, rect, LANDMARK_SIZE) - x.new_tensor([0.5, 0.5, 0.0])
+
+
+_SHARED_MESH: RenderMesh | None = None
+_SHARED_MESH_LOCK = threading.Lock()
+
+
+def shared_render_mesh() -> RenderMesh:
+    """One :class:`RenderMesh` for the process (a stateless network in eval mode: streams and threads share it).
+    Raises UserError where MediaPipe's .tflite weights are missing (models/face_mesh.py)."""
+    global _SHARED_MESH
+    with _SHARED_MESH_LOCK:
+        if _SHARED_MESH is None:
+            _SHARED_MESH = RenderMesh()
+        return _SHARED_MESH
+
+
+def transfer_available() -> bool:
+    """Whether the landmark geometry can run here (MediaPipe's face-mesh weights are installed)."""
+    try:
+        mediapipe_model_path(LANDMARK_MODEL)
+    except UserError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------- field helpers
@@ -432,8 +457,8 @@ class EditTransfer:
     """Per-stream edit transfer (see the module docstring). Not thread-safe: one instance per stream."""
 
     def __init__(self, config: TransferConfig | None = None, mesh: Mesh | None = None) -> None:
-        """mesh: landmarks of renders ([B, 3, R, R] in [-1, 1] → [B, 468, ≥2] render px); by default
-        :class:`RenderMesh`, built on first use."""
+        """mesh: landmarks of renders ([B, 3, R, R] in [-1, 1] → [B, 468, ≥2] render px); by default the process's
+        :func:`shared_render_mesh`, built on first use."""
         self.cfg = config or TransferConfig()
         if self.cfg.geometry not in ("landmarks", "flow", "none"):
             raise ValueError(f"unknown transfer geometry {self.cfg.geometry!r} (landmarks, flow or none)")
@@ -498,7 +523,7 @@ class EditTransfer:
     # -- geometry in render space ---------------------------------------------------------------------------
     def _mesh_fn(self) -> Mesh:
         if self._mesh is None:
-            self._mesh = RenderMesh()
+            self._mesh = shared_render_mesh()
         return self._mesh
 
     def _smooth(self, prev: np.ndarray | None, new: np.ndarray, changed: bool) -> np.ndarray:

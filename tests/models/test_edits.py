@@ -96,8 +96,11 @@ def test_strength_zero_is_identity_and_composition_adds_up():
         stack.set_strengths({name: k}, reset=True)
         single.append(stack.apply(ws)[0] - ws)
     assert torch.allclose(ws + single[0] + single[1], out, atol=1e-5)
-    # strengths are clamped to the slider range
-    stack.set_strength("random_identity", -5)
+    # a strength outside the edit's listed range is a clear error, not silently clamped
+    with pytest.raises(UserError, match=r"random_identity: strength -5 is outside its range \[0, 3\]"):
+        stack.set_strength("random_identity", -5)
+    with pytest.raises(UserError, match="outside its range"):
+        stack.set_strength("smile", float("nan"))
     assert stack.strengths()["random_identity"] == 0.0
 
 

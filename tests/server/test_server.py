@@ -55,11 +55,12 @@ def tiny(tiny_bundle_dir: Path) -> tuple[Any, Any, list[Any]]:
     return tiny_factories(tiny_bundle_dir)
 
 
-def tiny_factories(path: Path, calibration: Any = None) -> tuple[Any, Any, list[Any]]:
-    """(make_processor, make_tracker, edit specs) over the bundle at ``path`` (the session's tiny bundle)."""
+def tiny_factories(path: Path, calibration: Any = None, composite: str = "regenerate") -> tuple[Any, Any, list[Any]]:
+    """(make_processor, make_tracker, edit specs) over the bundle at ``path`` (the session's tiny bundle). The tests
+    start in regenerate mode: the random generator's face replacing the input's is what they look for."""
     bundle = load_bundle(path)
     flt = Filter(engine=make_engine(bundle, EngineSpec("torch", "cpu", "fp32")), pipeline=PipelineConfig(),
-                 calibration=calibration)
+                 calibration=calibration, composite=composite)
     make_processor, make_tracker = flt.stream_factories()
     return make_processor, make_tracker, list(flt.processor.edits.specs.values())
 
@@ -248,6 +249,16 @@ def test_processed_frames_come_back_and_respond_to_controls(tiny):
             edited = await snapshot()
             change = mean_abs(edited[-1][fy, fx], base[-1][fy, fx])
             assert change > max(4.0, 3 * jitter), (change, jitter)
+            # transfer mode without an edit: the user's own face, untouched
+            client.send({"type": "edit", "name": "brighter", "value": 0.0})
+            client.send({"type": "composite", "mode": "transfer"})
+            assert await client.wait_message("ack", 5, lambda m: m.get("of") == "composite")
+            assert await wait_until(lambda: client.stats and client.stats["composite"] == {"mode": "transfer",
+                                                                                          "now": "transfer"}, 10)
+            await asyncio.sleep(0.3)
+            kept = await snapshot()
+            assert mean_abs(kept[-1][fy, fx], src[fy, fx]) < 8, "transfer without an edit changed the face"
+            client.send({"type": "composite", "mode": "regenerate"})
             # filter off: the output is the input again
             client.send({"type": "filter", "on": False})
             await asyncio.sleep(0.5)
@@ -256,6 +267,7 @@ def test_processed_frames_come_back_and_respond_to_controls(tiny):
             # bad messages get errors, the session survives
             for bad in ("nope", json.dumps({"type": "edit", "name": "missing", "value": 1}),
                         json.dumps({"type": "view", "mode": "sideways"}), json.dumps({"type": "x" * 5000}),
+                        json.dumps({"type": "composite", "mode": "paste"}),
                         json.dumps({"type": "request", "width": -1, "height": 5})):
                 client.channel.send(bad)
             assert await client.wait_message("error", 5)

@@ -227,6 +227,8 @@ function onMessage(raw) {
     showCalibration(msg.calibration);
   } else if (msg.type === "hello") {
     if (Array.isArray(msg.edits)) buildEdits(msg.edits);
+    const mode = document.querySelector(`input[name="composite"][value="${msg.composite}"]`);
+    if (mode) mode.checked = true;
   } else if (msg.type === "pong" && typeof msg.t === "number") {
     rtt = performance.now() - msg.t;
   } else if (msg.type === "error") {
@@ -250,6 +252,7 @@ function showStats(s) {
     ["face", s.face ? "found" : "none"],
     ["faces (frames)", String(s.faces ?? "–")],
     ["latent encoder", `${s.latent ?? "–"} (key frames ${s.key_frames ?? "–"})`],
+    ["face composite", s.composite ? `${s.composite.now ?? "–"} (${s.composite.mode})` : "–"],
     ["video encoder", s.encoder ? `${s.encoder.encoder} ${s.encoder.width}×${s.encoder.height}, ` +
       `${fmt(s.encoder.bitrate / 1e6, 2)} Mbps, ${fmt(s.encoder.encode_ms)} ms` : "–"],
     ["size in → out", s.in_size ? `${s.in_size.join("×")} → ${(s.out_size || []).join("×")}` : "–"],
@@ -329,6 +332,9 @@ function wireControls() {
   $("filter").addEventListener("change", (e) => send({ type: "filter", on: e.target.checked }));
   for (const r of document.querySelectorAll('input[name="view"]')) {
     r.addEventListener("change", (e) => send({ type: "view", mode: e.target.value }));
+  }
+  for (const r of document.querySelectorAll('input[name="composite"]')) {
+    r.addEventListener("change", (e) => send({ type: "composite", mode: e.target.value }));
   }
   $("calibrate").addEventListener("click", () => send({ type: "calibrate", action: "start" }));
   $("calibrate-reset").addEventListener("click", () => send({ type: "calibrate", action: "reset" }));
