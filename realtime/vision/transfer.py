@@ -153,6 +153,7 @@ class EditPlan:
     pose: bool = False  # a pose edit: the whole-face motion is reduced to a rigid head motion
     appearance: float = 0.0  # residual weight
     appearance_regions: tuple[str, ...] = ()  # where the residual acts (APPEARANCE_REGIONS); () = the whole mask
+    gain: float = 1.0  # the active edits' own displacement gain (EditSpec.extra["transfer_gain"]; max of them)
     key: Hashable = None  # changes whenever the active edits or strengths change (refreshes the displacement)
 
 
@@ -168,6 +169,7 @@ def plan_edits(specs: dict[str, Any], strengths: dict[str, float], config: Trans
     """
     cfg = config or TransferConfig()
     active = {n: k for n, k in strengths.items() if k != 0 and n in specs}
+    gain = max((float((getattr(specs[n], "extra", {}) or {}).get("transfer_gain", 1.0)) for n in active), default=1.0)
     regions: set[str] = set()
     app_regions: set[str] = set()
     app = 0.0
@@ -202,7 +204,8 @@ def plan_edits(specs: dict[str, Any], strengths: dict[str, float], config: Trans
     return EditPlan(tuple(sorted(regions)), rigid=cfg.rigid and not pose and not opening and "face" not in regions,
                     keep_gap=cfg.keep_gap and "mouth" in regions and not opening and not pose,
                     pose=pose and cfg.pose_rigid and "face" in regions, appearance=app,
-                    appearance_regions=() if "face" in app_regions else tuple(sorted(app_regions)), key=key)
+                    appearance_regions=() if "face" in app_regions else tuple(sorted(app_regions)), gain=gain,
+                    key=key)
 
 
 class RenderMesh(torch.nn.Module):
@@ -274,7 +277,9 @@ def tps_field(points: np.ndarray, values: np.ndarray, size: int, grid: int, lam:
     a[k + 1:, :k] = p.T
     rhs = np.zeros((k + 3, 2))
     rhs[:k] = values
-    coef = np.linalg.solve(a, rhs).astype(np.float32)
+    # torch's LAPACK, not numpy's: once torch is loaded, numpy's threaded OpenBLAS takes ~200 ms for this
+    # 200² solve on a 2-core machine (its threads spin against torch's), torch's ~1 ms.
+    coef = torch.linalg.solve(torch.from_numpy(a), torch.from_numpy(rhs)).numpy().astype(np.float32)
     t = (np.arange(grid, dtype=np.float32) * np.float32((size - 1.0) / max(grid - 1, 1) / size))
     gx, gy = np.meshgrid(t, t)
     q = np.stack([gx.ravel(), gy.ravel()], 1)
@@ -503,7 +508,8 @@ class EditTransfer:
                 or float(np.abs(lm_r[idx] - self._fit[0][idx]).max()) > cfg.refit_px):
             pose = (self._mesh3, lm3_r) if plan.pose and self._mesh3 is not None else None
             target = landmark_field(lm_r, disp, r, regions=plan.regions, rigid=plan.rigid, keep_gap=plan.keep_gap,
-                                    pose=pose, gain=cfg.gain, grid=cfg.field_px, lam=cfg.tps_lambda, ring=cfg.ring)
+                                    pose=pose, gain=cfg.gain * plan.gain, grid=cfg.field_px, lam=cfg.tps_lambda,
+                                    ring=cfg.ring)
             if changed or self._shown is None:
                 self._glide = None
             elif self._fresh and cfg.mesh_every > 1:
@@ -593,7 +599,7 @@ class EditTransfer:
             f = np.zeros_like(f)
         f = self._smooth(self._field, f / r, changed) * r
         self._field = f / r
-        return (f * np.float32(cfg.gain)).astype(np.float32)
+        return (f * np.float32(cfg.gain * plan.gain)).astype(np.float32)
 
     # -- the frame ------------------------------------------------------------------------------------------
     def _geometry(self, plan: EditPlan) -> str:
@@ -732,7 +738,7 @@ class EditTransfer:
             regions = tuple(g for g in plan.appearance_regions if g != "mouth_inner")
             inner_w = None
             if "mouth_inner" in plan.appearance_regions and disp is not None:
-                inner_w = appearance_weights(lm_r, r, ("mouth_inner",), lm_r + disp * cfg.gain)
+                inner_w = appearance_weights(lm_r, r, ("mouth_inner",), lm_r + disp * cfg.gain * plan.gain)
             total = np.zeros((r, r, 4), np.float32)  # residual (3), interior weight
             if regions or not plan.appearance_regions:
                 total[..., :3] = cap_residual(res, cfg.luma_cap, cfg.chroma_cap) * np.float32(app)

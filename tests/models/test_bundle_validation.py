@@ -75,7 +75,7 @@ def test_presets_and_the_default_bundle_pass_their_own_checks():
     for cfg in [*GENERATOR_PRESETS.values(), *ENCODER_PRESETS.values()]:
         cfg.validate()
     b = load_bundle(DEFAULT)
-    assert len(b.edits) == 14 and b.generator.img_resolution == 64
+    assert len(b.edits) == 13 and b.generator.img_resolution == 64
 
 
 NAN, INF = float("nan"), float("inf")

@@ -292,6 +292,30 @@ def test_plan_from_edit_specs() -> None:
     assert p.regions == () and p.appearance == 1.0 and p.appearance_regions == ("mouth",)
     assert plan_edits(specs, {"smile": 1.0}).key != plan_edits(specs, {"smile": 1.5}).key
     assert plan_edits(specs, {"smile": 1.0}, TransferConfig(regions=False)).regions == ("face",)
+    # an edit's own displacement gain (EditSpec.extra["transfer_gain"]); the largest of the active edits wins
+    specs["smile"].extra["transfer_gain"] = 1.3
+    assert plan_edits(specs, {"smile": 1.0}).gain == 1.3 and plan_edits(specs, {"eyes_open": 1.0}).gain == 1.0
+    assert plan_edits(specs, {"smile": 1.0, "eyes_open": 1.0}).gain == 1.3
+
+
+def test_the_edit_gain_scales_the_motion() -> None:
+    """A plan's gain multiplies the landmark motion the frame gets (what transfer_gain does for weak edits)."""
+    frame, lm, tf, mask = _scene(64)
+    lm_r = _render_lm(lm, tf, 64, 64)
+    lm1 = lm_r.copy()
+    lm1[list(REGION_LANDMARKS["mouth"])] += np.array([0.6, -0.4])
+    rec, ed = _renders(64)
+    c = np.round(lm[[13, 14]].mean(0)[:2]).astype(int)  # between the lips
+    half = 14
+    moved = []
+    for gain in (1.0, 2.0):
+        mesh = FixedMesh(np.c_[lm_r, np.zeros(468)], np.c_[lm1, np.zeros(468)])
+        tr = EditTransfer(TransferConfig(smoothing=0.0), mesh=mesh)
+        out = tr.apply(frame, tf, 64, lm, rec, ed, mask, plan=EditPlan(regions=("mouth",), gain=gain, key=gain))
+        moved.append(_shift(frame[c[1] - half:c[1] + half, c[0] - half:c[0] + half],
+                            out[c[1] - half:c[1] + half, c[0] - half:c[0] + half]))
+    assert np.linalg.norm(moved[0]) > 1.0
+    assert np.linalg.norm(moved[1] - 2 * moved[0]) < 0.2 * np.linalg.norm(2 * moved[0]), moved
 
 
 def test_the_default_bundle_smile_moves_the_mouth_not_the_eyes() -> None:
