@@ -43,8 +43,8 @@ def git_commit() -> str:
 def command_line() -> str:
     """The command that is running, written so that it can be pasted to reproduce the figures."""
     prog = os.path.basename(sys.argv[0])
-    if prog == "stylestream":
-        return "stylestream " + shlex.join(sys.argv[1:])
+    if prog == "stylestream" or sys.argv[0].endswith(os.path.join("realtime", "cli", "__main__.py")):
+        return "stylestream " + shlex.join(sys.argv[1:])  # python -m realtime.cli is the same command
     if prog.endswith(".py") and "benchmarks" in os.path.abspath(sys.argv[0]):
         return f"python -m benchmarks.{prog[:-3]} " + shlex.join(sys.argv[1:])
     return shlex.join(sys.argv)

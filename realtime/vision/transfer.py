@@ -154,6 +154,7 @@ class EditPlan:
     appearance: float = 0.0  # residual weight
     appearance_regions: tuple[str, ...] = ()  # where the residual acts (APPEARANCE_REGIONS); () = the whole mask
     gain: float = 1.0  # the active edits' own displacement gain (EditSpec.extra["transfer_gain"]; max of them)
+    keep_mouth: float = 0.0  # a keep_mouth edit's strength: the lips keep k × their own place (0…1)
     key: Hashable = None  # changes whenever the active edits or strengths change (refreshes the displacement)
 
 
@@ -172,7 +173,7 @@ def plan_edits(specs: dict[str, Any], strengths: dict[str, float], config: Trans
     gain = max((float((getattr(specs[n], "extra", {}) or {}).get("transfer_gain", 1.0)) for n in active), default=1.0)
     regions: set[str] = set()
     app_regions: set[str] = set()
-    app = 0.0
+    app = keep_mouth = 0.0
     pose = opening = False
     for name in active:
         s = specs[name]
@@ -184,6 +185,7 @@ def plan_edits(specs: dict[str, Any], strengths: dict[str, float], config: Trans
             app_regions.add(region if region in APPEARANCE_REGIONS else "face")
             continue
         if kind == "keep_mouth":
+            keep_mouth = max(keep_mouth, min(max(float(active[name]), 0.0), 1.0))
             continue
         if cfg.appearance > 0:
             app = max(app, cfg.appearance)
@@ -205,7 +207,7 @@ def plan_edits(specs: dict[str, Any], strengths: dict[str, float], config: Trans
                     keep_gap=cfg.keep_gap and "mouth" in regions and not opening and not pose,
                     pose=pose and cfg.pose_rigid and "face" in regions, appearance=app,
                     appearance_regions=() if "face" in app_regions else tuple(sorted(app_regions)), gain=gain,
-                    key=key)
+                    keep_mouth=keep_mouth if "mouth" in regions or "face" in regions else 0.0, key=key)
 
 
 class RenderMesh(torch.nn.Module):
@@ -359,7 +361,8 @@ def head_motion(params: np.ndarray, pts3: np.ndarray) -> np.ndarray:
 
 def landmark_field(lm: np.ndarray, disp: np.ndarray, size: int, *, regions: tuple[str, ...] = ("face",),
                    rigid: bool = False, keep_gap: bool = False, pose: tuple[np.ndarray, np.ndarray] | None = None,
-                   gain: float = 1.0, grid: int = 32, lam: float = 1e-4, ring: float = 1.45) -> np.ndarray:
+                   gain: float = 1.0, grid: int = 32, lam: float = 1e-4, ring: float = 1.45,
+                   keep_mouth: float = 0.0) -> np.ndarray:
     """Backward displacement field of a landmark motion.
 
     Args:
@@ -375,6 +378,8 @@ def landmark_field(lm: np.ndarray, disp: np.ndarray, size: int, *, regions: tupl
             it (:func:`head_motion_fit`), re-evaluated on the face's own 3-D landmarks; the non-rigid rest is kept
             only in the expression regions among ``regions``.
         gain: multiplier on the motion.
+        keep_mouth: 0…1, the lips keep this fraction of their own place (a keep_mouth edit: the user's mouth, as
+            they speak, under a smile that still moves the cheeks and jaw).
     Returns: [grid, grid, 2] float32 field over the image (lattice over pixel centres 0…size−1): the output at
     u samples the input at u + field(u); at the displaced landmark p + d it samples p.
     """
@@ -403,6 +408,8 @@ def landmark_field(lm: np.ndarray, disp: np.ndarray, size: int, *, regions: tupl
         mean = 0.5 * (d[up] + d[lo])
         d[up] = mean
         d[lo] = mean
+    if keep_mouth > 0:
+        w[list(LIPS)] *= 1.0 - keep_mouth
     d = d * (w[:, None] * gain)
     src = src_all[idx]
     dd = d[idx]
@@ -509,7 +516,7 @@ class EditTransfer:
             pose = (self._mesh3, lm3_r) if plan.pose and self._mesh3 is not None else None
             target = landmark_field(lm_r, disp, r, regions=plan.regions, rigid=plan.rigid, keep_gap=plan.keep_gap,
                                     pose=pose, gain=cfg.gain * plan.gain, grid=cfg.field_px, lam=cfg.tps_lambda,
-                                    ring=cfg.ring)
+                                    ring=cfg.ring, keep_mouth=plan.keep_mouth)
             if changed or self._shown is None:
                 self._glide = None
             elif self._fresh and cfg.mesh_every > 1:

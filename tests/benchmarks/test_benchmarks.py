@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import bench_calibrate, bench_models, report
+from benchmarks import bench_calibrate, bench_models, bench_quality, report
 from models.bundle import DEFAULT_BUNDLE
 
 
@@ -40,3 +40,26 @@ def test_bench_calibrate_timeline_reaches_the_swap(tmp_path):
     assert tl["phases"]["after"]["frames"] > 0
     assert {"record", "start", "adapt"} <= set(tl["calibration"]["seconds"])
     assert "Live calibration" in report.build(tmp_path / "docs")
+
+
+@pytest.mark.slow
+def test_bench_quality_measures_both_modes_on_an_unseen_face(tmp_path):
+    """The quality bench on a short Grace Hopper clip: transfer without an edit returns the input bit for bit,
+    regenerate does not; a transfer smile widens the mouth; keep_mouth on top of the smile is judged on the mouth's
+    opening; the page and the pictures are written."""
+    pytest.importorskip("mediapipe")
+    out = tmp_path / "quality.json"
+    assert bench_quality.main(["--frames", "8", "--edits", "smile,keep_mouth", "--no-cost", "--no-calibration",
+                               "--json", str(out), "--docs", str(tmp_path / "docs")]) == 0
+    d = json.loads(out.read_text())
+    assert d["no_edit"]["transfer"]["identical_before_encoder"] is True
+    assert d["no_edit"]["regenerate"]["identical_before_encoder"] is False
+    rows = {(r["edit"], r["strength"], r["mode"]): r for r in d["edits"]}
+    smile = rows[("smile", 3.0, "transfer")]
+    assert smile["effect_measure"] == "mouth_width" and smile["effect"] > 0 and smile["psnr_off_target"] > 30
+    keep = rows[("keep_mouth", 1.0, "regenerate")]
+    assert keep["with"] == {"smile": 3.0} and keep["effect_measure"] == "mouth_open"
+    page = (tmp_path / "docs" / "quality.md").read_text()
+    assert "| keep_mouth | 1 | transfer | mouth_open (with smile 3); mouth " in page
+    assert (tmp_path / "docs" / "img" / "quality_before_after.jpg").stat().st_size > 10_000
+    assert (tmp_path / "docs" / "img" / "quality_keep_mouth.jpg").exists()

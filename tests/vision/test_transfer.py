@@ -281,7 +281,9 @@ def test_plan_from_edit_specs() -> None:
         EditSpec("keep_mouth", "keep_mouth"),
     ]}
     p = plan_edits(specs, {"smile": 1.5, "keep_mouth": 1.0, "yaw": 0.0})
-    assert p.regions == ("mouth",) and p.rigid and p.keep_gap and p.appearance == 0.0
+    assert p.regions == ("mouth",) and p.rigid and p.keep_gap and p.appearance == 0.0 and p.keep_mouth == 1.0
+    assert plan_edits(specs, {"smile": 1.5}).keep_mouth == 0.0
+    assert plan_edits(specs, {"eyes_open": 1.0, "keep_mouth": 0.5}).keep_mouth == 0.0  # no mouth motion to keep
     p = plan_edits(specs, {"mouth_open": 1.0, "eyes_open": 2.0})
     assert p.regions == ("eyes", "mouth") and not p.rigid and not p.keep_gap
     assert p.appearance_regions == ("mouth_inner",)  # the opened mouth's interior comes from the render
@@ -316,6 +318,26 @@ def test_the_edit_gain_scales_the_motion() -> None:
                             out[c[1] - half:c[1] + half, c[0] - half:c[0] + half]))
     assert np.linalg.norm(moved[0]) > 1.0
     assert np.linalg.norm(moved[1] - 2 * moved[0]) < 0.2 * np.linalg.norm(2 * moved[0]), moved
+
+
+def test_keep_mouth_holds_the_lips_in_place() -> None:
+    """keep_mouth=k: the lips keep k of their own place under a mouth edit (1: not moved at all)."""
+    frame, lm, tf, mask = _scene(64)
+    lm_r = _render_lm(lm, tf, 64, 64)
+    lm1 = lm_r.copy()
+    lm1[list(REGION_LANDMARKS["mouth"])] += np.array([0.6, -0.4])
+    rec, ed = _renders(64)
+    c = np.round(lm[[13, 14]].mean(0)[:2]).astype(int)
+    half = 14
+    moved = []
+    for keep in (0.0, 0.5, 1.0):
+        mesh = FixedMesh(np.c_[lm_r, np.zeros(468)], np.c_[lm1, np.zeros(468)])
+        tr = EditTransfer(TransferConfig(smoothing=0.0), mesh=mesh)
+        out = tr.apply(frame, tf, 64, lm, rec, ed, mask,
+                       plan=EditPlan(regions=("mouth",), keep_mouth=keep, key=keep))
+        moved.append(np.linalg.norm(_shift(frame[c[1] - half:c[1] + half, c[0] - half:c[0] + half],
+                                           out[c[1] - half:c[1] + half, c[0] - half:c[0] + half])))
+    assert moved[0] > 1.0 and 0.3 * moved[0] < moved[1] < 0.7 * moved[0] and moved[2] < 0.15 * moved[0], moved
 
 
 def test_the_default_bundle_smile_moves_the_mouth_not_the_eyes() -> None:
