@@ -12,6 +12,10 @@ A ``demo:`` input is first rendered to a temporary H.264 file, so "decode" is re
 
 Without ``--bundle`` the trained default bundle is used when present, else a random ``tiny-64``/``tiny`` bundle
 (speed does not depend on the weights; the JSON says which one ran).
+
+``--composite`` defaults to ``regenerate``: the model path runs on every frame, as in every figure recorded before
+the transfer mode existed. Transfer without an edit does no model work at all (the frame passes through), so
+measure it with an edit: ``--composite transfer --edit smile=1.5``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from rich.console import Console
 
 from benchmarks.provenance import command_line, provenance, write_result
 from models.bundle import DEFAULT_BUNDLE, Bundle, load_bundle, new_bundle
+from models.editing import parse_edit_args
+from realtime.api import edit_stack
 from realtime.engines import EngineSpec, make_engine
 from realtime.frames import Output
 from realtime.io.sinks import open_sink
@@ -40,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="torch")
     p.add_argument("--precision", default="auto")
     p.add_argument("--key-interval", type=int, default=30)
+    p.add_argument("--composite", default="regenerate", choices=["regenerate", "transfer", "auto"],
+                   help="compositing mode (default regenerate: the model path on every frame)")
+    p.add_argument("--edit", action="append", metavar="NAME=STRENGTH", help="apply an edit (repeatable)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None)
 
@@ -57,13 +66,15 @@ def run_once(args: argparse.Namespace, mode: str) -> dict:
     bundle, which = bundle_or_default(args.bundle)
     engine = make_engine(bundle, EngineSpec(args.backend, args.device, args.precision))
     live = mode == "live"
-    processor = FrameProcessor(engine, PipelineConfig(key_interval=args.key_interval))
+    processor = FrameProcessor(engine, PipelineConfig(key_interval=args.key_interval, composite=args.composite),
+                               edits=edit_stack(bundle, parse_edit_args(args.edit)))
     source = open_source(args.input, live=live, realtime=live)
     with source, open_sink("null:", width=source.width, height=source.height, fps=source.fps) as sink, \
             FaceTracker(TrackerConfig(smoothing="one_euro" if live else "none", fps=source.fps)) as tracker:
         stats = Pipeline(source, tracker, processor, sink, live=live).run()
     engine.close()
     return {"mode": mode, "input": args.input, "bundle": which, "source_fps": source.fps,
+            "composite": args.composite, "edits": parse_edit_args(args.edit),
             "size": [source.width, source.height], "engine": {"backend": engine.name, "device": str(engine.device),
                                                              "precision": engine.precision},
             **stats.to_dict(), "latency_samples_ms": [round(v, 2) for v in stats.latency_ms[:5000]]}
@@ -79,7 +90,9 @@ def markdown(result: dict) -> str:
     for r in result["runs"]:
         lat = r["latency"]
         e = r["engine"]
-        lines.append(f"| {r['mode']} | {r['size'][0]}×{r['size'][1]} @ {r['source_fps']:g} fps | {r['bundle']} | "
+        how = r.get("composite", "regenerate") + "".join(f", {n}={v:g}" for n, v in r.get("edits", {}).items())
+        lines.append(f"| {r['mode']} ({how}) | {r['size'][0]}×{r['size'][1]} @ {r['source_fps']:g} fps | "
+                     f"{r['bundle']} | "
                      f"{e['backend']} {e['device']} {e['precision']} | {r['fps']:.1f} | "
                      f"{r['frames_in']}/{r['frames_out']} | {sum(r['dropped'].values())} | "
                      f"{lat.get('p50_ms', 0):.0f} / {lat.get('p99_ms', 0):.0f} |")

@@ -72,6 +72,7 @@ class StreamState:
     frames: int = 0
     faces: int = 0
     last_source: str = ""  # "key", "reuse" or "none" for the last frame
+    live: bool = False  # frames arrive on a clock (camera, server): slow side work runs off the frame path
 
     @property
     def key_frames(self) -> int:
@@ -314,7 +315,7 @@ class FrameProcessor:
             state.last_source = "pass"
             return self.layout(frame, frame.image)  # exactly the input: no edit, nothing to do
         if state.transfer is None:
-            state.transfer = EditTransfer(self.transfer_cfg)
+            state.transfer = EditTransfer(self.transfer_cfg, background=state.live)
         plan = self.transfer_plan() if editing else EditPlan(regions=())
         size = self.engine.crop_size
         to_frame = crop_affine(np.asarray(track.quad), size)

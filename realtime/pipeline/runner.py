@@ -60,7 +60,7 @@ class StageRunner:
         size = (queue_size or processor.cfg.queue_size) if live else LOSSLESS_QUEUE
         self.inbox = StageQueue(size, live, "input→tracking")
         self.q_device = StageQueue(size, live, "tracking→device")
-        self.state = StreamState()
+        self.state = StreamState(live=live)
         self.times = processor.times
         self.error: str | None = None  # tolerant mode: the last failure, for the stats
         self.errors: list[BaseException] = []  # strict mode: what stopped the runner

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,6 +235,15 @@ class RenderMesh(torch.nn.Module):
 
 _SHARED_MESH: RenderMesh | None = None
 _SHARED_MESH_LOCK = threading.Lock()
+_MESH_POOL: ThreadPoolExecutor | None = None  # live streams' background face-mesh runs (one thread, shared)
+
+
+def _mesh_pool() -> ThreadPoolExecutor:
+    global _MESH_POOL
+    with _SHARED_MESH_LOCK:
+        if _MESH_POOL is None:
+            _MESH_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stylestream-render-mesh")
+        return _MESH_POOL
 
 
 def shared_render_mesh() -> RenderMesh:
@@ -468,10 +478,18 @@ def appearance_weights(lm: np.ndarray, size: int, regions: tuple[str, ...], inne
 class EditTransfer:
     """Per-stream edit transfer (see the module docstring). Not thread-safe: one instance per stream."""
 
-    def __init__(self, config: TransferConfig | None = None, mesh: Mesh | None = None) -> None:
+    def __init__(self, config: TransferConfig | None = None, mesh: Mesh | None = None, *,
+                 background: bool = False) -> None:
         """mesh: landmarks of renders ([B, 3, R, R] in [-1, 1] → [B, 468, ≥2] render px); by default the process's
-        :func:`shared_render_mesh`, built on first use."""
+        :func:`shared_render_mesh`, built on first use.
+
+        background: live streams. The periodic refresh of the face mesh on the renders (every ``mesh_every``
+        frames; ~15 ms on one CPU thread, more than the rest of the frame) runs on a background thread and its
+        result is taken on the first frame after it is ready, gliding in as usual; the frame that triggered it
+        does not wait. The first measurement of an edit and any edit change still run on the frame (there is
+        nothing to show before them). File jobs keep it off: their output must not depend on thread timing."""
         self.cfg = config or TransferConfig()
+        self.background = background
         if self.cfg.geometry not in ("landmarks", "flow", "none"):
             raise ValueError(f"unknown transfer geometry {self.cfg.geometry!r} (landmarks, flow or none)")
         self._mesh = mesh
@@ -491,6 +509,7 @@ class EditTransfer:
         self._shown: np.ndarray | None = None  # the field used on the last frame
         self._glide: tuple[np.ndarray, int] | None = None  # (field glided from, frames since) after a refresh
         self._fit: tuple[np.ndarray, np.ndarray] | None = None  # (landmarks [468, 2] render px, field) of the fit
+        self._pending: tuple[Future, int] | None = None  # background mesh run in flight: (future, render side)
         self.mesh_runs = 0
         self.field_fits = 0
 
@@ -549,21 +568,37 @@ class EditTransfer:
                                changed: bool) -> np.ndarray:
         """[468, 2] displacement edited − recon in render px (clamped, temporally low-passed, refreshed every
         ``mesh_every`` frames or when the edit changed)."""
-        cfg = self.cfg
-        if self._disp is None or changed or self._since + 1 >= max(1, cfg.mesh_every):
-            assert recon is not None and edited is not None
-            lm = self._mesh_fn()(torch.stack([recon, edited]).float())
-            lm = lm.detach().to("cpu", torch.float64).numpy()
-            self.mesh_runs += 1
-            self._mesh3 = lm[0, :, :3] if lm.shape[2] >= 3 else np.c_[lm[0, :, :2], np.zeros(lm.shape[1])]
-            d = (lm[1, :, :2] - lm[0, :, :2]) / r
-            n = np.linalg.norm(d, axis=1, keepdims=True)
-            d = d * np.minimum(1.0, cfg.max_shift / np.maximum(n, 1e-12))
-            self._disp, self._since, self._fresh = self._smooth(self._disp, d, changed), 0, True
+        if changed:
+            self._pending = None  # a run for the previous edit: its result no longer applies
+        elif self._pending is not None and self._pending[0].done():
+            future, r_then = self._pending
+            self._pending = None
+            self._take(future.result(), r_then, False)
+        if self._disp is None or changed or self._since + 1 >= max(1, self.cfg.mesh_every):
+            if self.background and self._disp is not None and not changed:
+                if self._pending is None and recon is not None and edited is not None:
+                    batch = torch.stack([recon, edited]).float()
+                    self._pending = (_mesh_pool().submit(self._mesh_fn(), batch), r)
+                    self._since = 0
+                # else: a run is still in flight (or this frame skipped the renders): the refresh waits for it
+            else:
+                assert recon is not None and edited is not None
+                self._take(self._mesh_fn()(torch.stack([recon, edited]).float()), r, changed)
+                self._since = 0
         else:
             self._since += 1
         assert self._disp is not None
         return self._disp * r
+
+    def _take(self, lm_t: torch.Tensor, r: int, changed: bool) -> None:
+        """Take one face-mesh run on (recon, edited) [2, 468, ≥2] render px as the new displacement."""
+        lm = lm_t.detach().to("cpu", torch.float64).numpy()
+        self.mesh_runs += 1
+        self._mesh3 = lm[0, :, :3] if lm.shape[2] >= 3 else np.c_[lm[0, :, :2], np.zeros(lm.shape[1])]
+        d = (lm[1, :, :2] - lm[0, :, :2]) / r
+        n = np.linalg.norm(d, axis=1, keepdims=True)
+        d = d * np.minimum(1.0, self.cfg.max_shift / np.maximum(n, 1e-12))
+        self._disp, self._fresh = self._smooth(self._disp, d, changed), True
 
     def _flow_field(self, rec: np.ndarray, edi: np.ndarray, lm_r: np.ndarray, plan: EditPlan, changed: bool
                     ) -> np.ndarray:
@@ -630,7 +665,11 @@ class EditTransfer:
             return False  # nothing to transfer
         if app > 0 or geometry == "flow":
             return True
-        return self._disp is None or plan.key != self._key or self._since + 1 >= max(1, cfg.mesh_every)
+        if plan.key != self._key or self._disp is None:
+            return True
+        if self.background and self._pending is not None:
+            return False  # a background run is in flight: this frame cannot start another one
+        return self._since + 1 >= max(1, cfg.mesh_every)
 
     def apply(self, frame: np.ndarray, to_frame: np.ndarray, crop_size: int, landmarks: np.ndarray,
               recon: torch.Tensor | None, edited: torch.Tensor | None, mask: np.ndarray, *,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import cv2
 import numpy as np
 import pytest
@@ -243,6 +246,53 @@ def test_mesh_runs_on_schedule_and_at_once_when_the_edit_changes() -> None:
     assert mesh.calls == 2
     tr.apply(frame, tf, 64, lm, rec, ed, mask, plan=b)
     assert mesh.calls == 3
+
+
+class GatedMesh(FixedMesh):
+    """A FixedMesh whose answer waits until the test opens the gate (a slow face mesh), and which says on which
+    thread it ran."""
+
+    def __init__(self, lm0: np.ndarray, lm1: np.ndarray) -> None:
+        super().__init__(lm0, lm1)
+        self.gate = threading.Event()
+        self.threads: list[str] = []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.threads.append(threading.current_thread().name)
+        if self.calls > 0:  # the first run (nothing to show before it) must not wait
+            assert self.gate.wait(10), "the gate was never opened"
+        return super().__call__(x)
+
+
+def test_live_refresh_runs_in_the_background() -> None:
+    """background=True (live streams): the first measurement runs on the frame; later refreshes run on a helper
+    thread, the frames that trigger them do not wait, and the new motion is taken once it is ready."""
+    frame, lm, tf, mask = _scene()
+    lm_r = _render_lm(lm, tf, 64, 64)
+    mesh = GatedMesh(np.c_[lm_r, np.zeros(468)], np.c_[lm_r + 0.5, np.zeros(468)])
+    tr = EditTransfer(TransferConfig(mesh_every=2, smoothing=0.0), mesh=mesh, background=True)
+    rec, ed = _renders(64)
+    plan = EditPlan(regions=("mouth",), key="k")
+    first = tr.apply(frame, tf, 64, lm, rec, ed, mask, plan=plan)
+    assert mesh.calls == 1 and mesh.threads == [threading.current_thread().name]
+    tr.apply(frame, tf, 64, lm, rec, ed, mask, plan=plan)
+    assert tr._pending is None
+    tr.apply(frame, tf, 64, lm, rec, ed, mask, plan=plan)  # due: submitted, not waited for (the gate is shut)
+    assert tr._pending is not None and tr.needs_renders(plan) is False  # a run is in flight
+    for _ in range(3):
+        out = tr.apply(frame, tf, 64, lm, None, None, mask, plan=plan)  # frames flow meanwhile
+        assert np.array_equal(out, first)
+    assert mesh.calls == 1 and tr.mesh_runs == 1
+    mesh.gate.set()
+    for _ in range(100):
+        if tr._pending is not None and tr._pending[0].done():
+            break
+        time.sleep(0.01)
+    tr.apply(frame, tf, 64, lm, None, None, mask, plan=plan)
+    assert tr.mesh_runs == 2 and mesh.threads[1].startswith("stylestream-render-mesh")
+    # an edit change measures on the frame at once, and a run still in flight for the old edit is dropped
+    tr.apply(frame, tf, 64, lm, rec, ed, mask, plan=EditPlan(regions=("mouth",), key="k2"))
+    assert tr.mesh_runs == 3
 
 
 def test_renders_are_only_needed_when_the_mesh_runs() -> None:
