@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from models.config import opt
 
 VIEWS = ("filtered", "side_by_side", "original")  # what a stream shows: the filter, original | filter, or the input
+REUSE_MODES = ("auto", "vien", "coarse", "off")  # how frames between key frames are encoded (pipeline/latents.py)
 
 
 @dataclass
@@ -26,6 +27,10 @@ class PipelineConfig:
     color_match: bool = opt(False, "match the generated face's colour statistics to the original skin")
     align: str = opt("auto", "where faces are cut out: device (grid_sample on the engine's device), cpu (OpenCV) "
                              "or auto (device on CUDA)", choices=("auto", "cpu", "device"))
+    reuse: str = opt("auto", "frames between key frames: vien (ViEN: new coarse layers from the crop and the previous "
+                             "W+), coarse (the key-frame encoder's coarse layers, fine layers carried: no ViEN needed; "
+                             "e4e / pSp skip their fine heads), off (the key-frame encoder on every frame) or auto "
+                             "(vien when the bundle has one, else coarse)", choices=REUSE_MODES)
 
     @property
     def view(self) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from benchmarks import bench_calibrate, bench_models, report
+from benchmarks import bench_calibrate, bench_fidelity, bench_models, report
 from models.bundle import DEFAULT_BUNDLE
 
 
@@ -40,3 +41,18 @@ def test_bench_calibrate_timeline_reaches_the_swap(tmp_path):
     assert tl["phases"]["after"]["frames"] > 0
     assert {"record", "start", "adapt"} <= set(tl["calibration"]["seconds"])
     assert "Live calibration" in report.build(tmp_path / "docs")
+
+
+def test_bench_fidelity_coarse_mode_is_the_runtime_coarse_reuse(tiny_bundle):
+    """The coarse modes reconstruct with the key encoder's coarse rows per frame and the last key frame's fine rows
+    (what --reuse coarse runs), refreshing them every key_every frames in coarse+key."""
+    b, c = tiny_bundle, tiny_bundle.generator.layout.num_coarse
+    x = torch.rand(5, 3, b.crop_size, b.crop_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        key = b.fren(x)
+        want = [torch.cat([key[t:t + 1, :c], key[k:k + 1, c:]], 1) for t, k in enumerate([0, 0, 0, 3, 3])]
+        want = b.generator.synthesis(torch.cat(want)).clamp(-1, 1)
+    got = bench_fidelity.reconstruct(b, x, "coarse", key_every=3)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert (bench_fidelity.reconstruct(b, x, "coarse")[4] - got[4]).abs().max() > 1e-3  # without refreshes
+    assert {"coarse", "coarse+key"} <= set(bench_fidelity.MODES)
