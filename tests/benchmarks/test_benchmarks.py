@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from benchmarks import bench_calibrate, bench_fidelity, bench_models, report
+from benchmarks import bench_calibrate, bench_fidelity, bench_models, bench_train_cost, report
 from models.bundle import DEFAULT_BUNDLE
 
 
@@ -56,3 +56,20 @@ def test_bench_fidelity_coarse_mode_is_the_runtime_coarse_reuse(tiny_bundle):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert (bench_fidelity.reconstruct(b, x, "coarse")[4] - got[4]).abs().max() > 1e-3  # without refreshes
     assert {"coarse", "coarse+key"} <= set(bench_fidelity.MODES)
+
+
+@pytest.mark.slow
+def test_bench_train_cost_counts_the_trainers_step(tmp_path):
+    """FLOPs of one --from-generator step, counted while the trainer's step runs: the generator dominates, the key
+    encoder and ViEN are there, and the GPU estimate is the count over the assumed throughput."""
+    out = tmp_path / "cost.json"
+    assert bench_train_cost.main(["--generator", "tiny-64", "--key-encoder", "tiny", "--batch", "2", "--steps", "1",
+                                  "--gpu-tflops", "50", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    parts = row["gflop_by_module"]
+    assert row["gflop_per_step"] > 0 and {"SynthesisNetwork", "FrameEncoder", "VideoEncoder"} <= set(parts)
+    assert max(parts, key=parts.get) == "SynthesisNetwork"
+    assert sum(parts.values()) == pytest.approx(row["gflop_per_step"], rel=0.05)  # the networks account for the step
+    (est,) = row["gpu_estimate"]
+    assert est["s_per_step"] == pytest.approx(row["gflop_per_step"] * 1e9 / 50e12)
+    assert row["cpu_s_per_step"] > 0
