@@ -23,8 +23,8 @@ import torch
 
 from benchmarks.provenance import provenance
 from benchmarks.timing import summarise, time_calls
-from export.artifacts import MODELS, bundle_hash, read_manifest
-from export.onnx import example_inputs, export_bundle
+from export.artifacts import bundle_hash, read_manifest
+from export.onnx import available_models, example_inputs, export_bundle
 from export.parity import format_table, randomize_heads, run_parity
 from models.bundle import Bundle, load_bundle, new_bundle
 from models.errors import UserError
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
             m = read_manifest(args.out)
             have = m.get("models", {}) if m.get("bundle_hash") == bundle_hash(bundle) else {}
         for p in precs:
-            missing = [k for k in MODELS if f"{k}.{p}" not in have]
+            missing = [k for k in available_models(bundle) if f"{k}.{p}" not in have]
             if missing:
                 export_bundle(bundle, args.out, precision=p, models=missing, progress=print)
         results = run_parity(bundle, args.out, precisions=precs, progress=print)

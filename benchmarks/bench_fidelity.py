@@ -9,6 +9,9 @@ its ground-truth landmarks (training/data.py). Modes:
 * ``fren``  — FrEN on every frame (the single-frame baseline);
 * ``vien``  — Video2StyleGAN reuse: FrEN on frame 0, then ViEN(frame t, W+ of t−1) — fine layers carried forever;
 * ``vien+key``: as ``vien`` but FrEN refreshes the fine layers every ``--key-every`` frames (the runtime's policy);
+* ``coarse`` — reuse without a ViEN (``--reuse coarse``): FrEN on frame 0, then frame t's coarse layers from the
+  key-frame encoder's coarse-only forward and the fine layers of frame 0 (no trained ViEN needed);
+* ``coarse+key`` — as ``coarse``, FrEN refreshes the fine layers every ``--key-every`` frames;
 * ``fren+smooth`` — FrEN on every frame, then a non-causal Gaussian over the W+ codes (offline baseline).
 
 Metrics per mode (crops in [0, 1]): PSNR, SSIM (Gaussian 11×11), landmark error — mean distance in crop pixels
@@ -74,11 +77,20 @@ def reconstruct(bundle, x: torch.Tensor, mode: str, key_every: int = 0, smooth_s
         if mode == "fren+smooth":
             ws = gaussian_smooth(ws, sigma=smooth_sigma)
         return torch.cat([g.synthesis(ws[t:t + 16]) for t in range(0, x.shape[0], 16)]).clamp(-1, 1)
+    nc = g.layout.num_coarse
+    if mode == "coarse":  # the key encoder's coarse layers per frame, fine layers from the last key frame
+        coarse = torch.cat([bundle.fren.forward_coarse(x[t:t + 16], nc) for t in range(0, x.shape[0], 16)])
+        ws = bundle.fren(x[:1])
+        outs = [g.synthesis(ws)]
+        for t in range(1, x.shape[0]):
+            ws = bundle.fren(x[t:t + 1]) if key_every and t % key_every == 0 else \
+                torch.cat([coarse[t:t + 1], ws[:, nc:]], 1)
+            outs.append(g.synthesis(ws))
+        return torch.cat(outs).clamp(-1, 1)
     if bundle.vien is None:
         raise SystemExit("the bundle has no ViEN")
     ws = bundle.fren(x[:1])
     outs = [g.synthesis(ws)]
-    nc = g.layout.num_coarse
     for t in range(1, x.shape[0]):
         ws = bundle.vien(x[t:t + 1], ws)
         if key_every and t % key_every == 0:
@@ -95,7 +107,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None, help="write the table (with provenance) here")
-    p.add_argument("--strip", type=Path, default=None, help="write a PNG strip: input / FrEN / ViEN rows")
+    p.add_argument("--strip", type=Path, default=None, help="write a PNG strip: input / FrEN / ViEN / coarse rows")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart of TC and warping error per mode")
     p.add_argument("--lpips-net", default="vgg", choices=["vgg", "alex"], help="LPIPS trunk (with --lpips-backbone)")
     p.add_argument("--lpips-backbone", type=Path, default=None,
@@ -103,7 +115,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lpips-lin", type=Path, default=None, help="optional LPIPS linear heads (lpips' v0.1 .pth)")
 
 
-MODES = ("fren", "vien", "vien+key", "fren+smooth")
+MODES = ("fren", "vien", "vien+key", "coarse", "coarse+key", "fren+smooth")
 
 
 def _u8(frames01: torch.Tensor) -> list[np.ndarray]:
@@ -126,8 +138,8 @@ def run(args: argparse.Namespace) -> int:
     recs = {}
     for mode in MODES:
         t0 = time.perf_counter()
-        y = reconstruct(b, x, "vien" if mode.startswith("vien") else mode,
-                        args.key_every if mode == "vien+key" else 0, args.smooth_sigma)
+        y = reconstruct(b, x, mode.removesuffix("+key"), args.key_every if mode.endswith("+key") else 0,
+                        args.smooth_sigma)
         ms = (time.perf_counter() - t0) / len(x) * 1e3
         y01 = (y + 1) / 2
         recs[mode] = y
@@ -138,8 +150,9 @@ def run(args: argparse.Namespace) -> int:
         if lpips is not None:
             with torch.no_grad():
                 rows[mode]["lpips"] = float(lpips(y, x).mean())
-    f, v = rows["fren"], rows["vien"]
-    summary = {"tc_reduction": 1 - v["tc"] / f["tc"], "psnr_cost": 1 - v["psnr"] / f["psnr"]}
+    f, v, c = rows["fren"], rows["vien"], rows["coarse"]
+    summary = {"tc_reduction": 1 - v["tc"] / f["tc"], "psnr_cost": 1 - v["psnr"] / f["psnr"],
+               "coarse_tc_reduction": 1 - c["tc"] / f["tc"], "coarse_psnr_cost": 1 - c["psnr"] / f["psnr"]}
     out = {"bundle": str(args.bundle), "clip": args.clip, "frames": len(x), "crop_size": b.crop_size,
            "smooth_sigma": args.smooth_sigma, "key_every": args.key_every,
            "rows": rows, "summary": summary, "provenance": {**provenance(), "command": command_line()}}
@@ -148,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     write_result(args.json, text + "\n")
     if args.strip:
         idx = torch.arange(0, min(len(x), 48), 6)
-        save_grid(args.strip, [x[idx], recs["fren"][idx], recs["vien"][idx]], scale=2)
+        save_grid(args.strip, [x[idx], recs["fren"][idx], recs["vien"][idx], recs["coarse"][idx]], scale=2)
     if args.plot:
         plot(out, args.plot)
     write_result(args.markdown, markdown(out))
@@ -158,14 +171,14 @@ def run(args: argparse.Namespace) -> int:
 def plot(out: dict, path: Path) -> None:
     """Bar chart: TC and warping error per mode (the input clip's own values as reference lines)."""
     r = out["rows"]
-    fig = Figure(figsize=(8, 3))  # no pyplot: no global figure state, no GUI backend
+    fig = Figure(figsize=(10, 3.4))  # no pyplot: no global figure state, no GUI backend
     axes = fig.subplots(1, 2)
     for ax, key, label in ((axes[0], "tc", "TC (mean RMSE to ±3 neighbours)"),
                            (axes[1], "warp_err", "warping error (Lai et al.)")):
         ax.bar(list(MODES), [r[m][key] for m in MODES], color=colormaps["tab10"](range(len(MODES))))
         ax.axhline(r["input"][key], color="k", ls="--", lw=1, label="input clip")
         ax.set_title(label, fontsize=9)
-        ax.tick_params(axis="x", labelsize=8)
+        ax.tick_params(axis="x", labelsize=8, labelrotation=30)
         ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,10 +217,15 @@ def markdown(out: dict) -> str:
         f"| input clip | – | – | – | {r['input']['tc']:.4f} | {r['input'].get('warp_err', float('nan')):.5f} |",
         "",
         f"ViEN vs FrEN: TC {100 * s['tc_reduction']:+.1f} % reduction (goal ≥ 40 %), PSNR cost "
-        f"{100 * s['psnr_cost']:.1f} % (goal ≤ 5 %).",
+        f"{100 * s['psnr_cost']:.1f} % (goal ≤ 5 %). Coarse reuse (no ViEN) vs FrEN: TC "
+        f"{100 * s.get('coarse_tc_reduction', float('nan')):+.1f} % reduction, PSNR cost "
+        f"{100 * s.get('coarse_psnr_cost', float('nan')):.1f} %.",
         "",
         "Modes: `fren` = FrEN on every frame; `vien` = FrEN on frame 0, then ViEN with the previous W+ (fine layers "
         "carried from frame 0); `vien+key` = as `vien`, FrEN refreshes the fine layers every key-frame interval; "
+        "`coarse` = reuse without a ViEN (`--reuse coarse`): FrEN on frame 0, then each frame's coarse layers from "
+        "the key-frame encoder's coarse-only forward with frame 0's fine layers; `coarse+key` = as `coarse`, with "
+        "the key-frame refreshes; "
         f"`fren+smooth` = FrEN on every frame, then a non-causal Gaussian (σ = {out.get('smooth_sigma', 2.0):g} "
         "frames) over the W+ codes (an offline baseline). Warping error (Lai et al. 2018): masked MSE between a "
         "reconstruction and the previous one warped by the input's optical flow (Farnebäck, forward-backward "
@@ -215,11 +233,12 @@ def markdown(out: dict) -> str:
         "Landmark error: MediaPipe runtime on the reconstruction vs on the input crop (4× upscaled for detection, "
         "measured in crop pixels). TC: mean RMSE (images in [0, 1]) between a frame and its ±1…3 neighbours.",
         "",
-        "![input / FrEN / ViEN](img/fidelity_strip.png)",
+        "![input / FrEN / ViEN / coarse reuse](img/fidelity_strip.png)",
         "",
         "![TC and warping error per mode](img/fidelity_tc.png)",
         "",
-        "Rows: input crops (every 6th frame), FrEN on every frame, ViEN with reuse. What the numbers mean and why "
+        "Rows: input crops (every 6th frame), FrEN on every frame, ViEN with reuse, coarse reuse without ViEN. "
+        "What the numbers mean and why "
         "the TC goal is not met: [training.md](training.md#fidelity-of-the-default-bundle). This file is written "
         "by the command above.",
         "",

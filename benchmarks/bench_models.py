@@ -5,7 +5,9 @@
     stylestream bench models --generator --encoder e4e psp [--backend onnx]      the released e4e / pSp encoders
 
 ``--encoder e4e`` / ``psp`` time the released IR-SE-50 encoder (256² crops → 18 × 512) as it runs in a bundle's
-key-frame slot: eagerly in torch, or (``--backend onnx``) as the exported ``fren`` graph in ONNX Runtime.
+key-frame slot: eagerly in torch, or (``--backend onnx``) as the exported ``fren`` graph in ONNX Runtime — and
+its coarse-only forward (the first 8 entries, config-f's coarse layers: ``--reuse coarse`` between key frames;
+``fren_coarse`` in ONNX), each call of one alternating with one of the other.
 
 Random weights cost the same time as trained ones, so production-scale configs (ffhq-config-f, vit-b16) can be
 measured without the real weights. Writes JSON with provenance (machine, device, versions, commit).
@@ -23,7 +25,7 @@ from rich.table import Table
 
 from benchmarks.provenance import command_line, provenance, write_result
 from benchmarks.timing import summarise, time_calls
-from export.onnx import FrenExport, export_module
+from export.onnx import CoarseExport, FrenExport, export_module
 from export.parity import ort_runner
 from models.bundle import new_bundle
 from models.e4e import PRESETS, StyleEncoder
@@ -143,34 +145,53 @@ def _style_encoder_rows(args: argparse.Namespace, console, names: list[str], dty
     if names and not (args.backend == "torch" or (args.backend == "onnx" and not args.device.startswith("cuda"))):
         raise UserError("--encoder e4e / psp are timed with --backend torch (any device) or onnx (CPU)")
     rows = []
+    nc = GENERATOR_PRESETS["ffhq-config-f"].layout().num_coarse  # 8
     for name in names:
         cfg = PRESETS[name]
         enc = StyleEncoder(cfg).eval().requires_grad_(False)
         label = {"e4e": "e4e", "psp": "pSp"}[cfg.kind]
         config = f"{name} IR-SE-50 → {cfg.n_styles}×{cfg.w_dim}"
         with tempfile.TemporaryDirectory(prefix="stylestream-bench-") as tmp:
+            runs = {}  # "full" / "coarse" → function of the crops
             if args.backend == "onnx":
-
-                path = f"{tmp}/fren.fp32.onnx"
-                with console.status(f"exporting {label} to ONNX"):
-                    export_module(FrenExport(enc), {"crops": torch.zeros(1, 3, cfg.img_size, cfg.img_size)}, path,
-                                  ["ws"])
-                run, _ = ort_runner(path, threads=args.threads or torch.get_num_threads())
+                threads = args.threads or torch.get_num_threads()
+                for what, module, out in (("full", FrenExport(enc), "ws"),
+                                          ("coarse", CoarseExport(enc, nc), "ws_coarse")):
+                    path = f"{tmp}/{what}.fp32.onnx"
+                    with console.status(f"exporting {label} ({what}) to ONNX"):
+                        export_module(module, {"crops": torch.zeros(1, 3, cfg.img_size, cfg.img_size)}, path, [out])
+                    run, _ = ort_runner(path, threads=threads)
+                    runs[what] = lambda x, run=run: run({"crops": x.numpy()})
             else:
                 enc.to(args.device, dtype)
+                runs = {"full": lambda x, enc=enc: enc(x.to(args.device, dtype)),
+                        "coarse": lambda x, enc=enc: enc.forward_coarse(x.to(args.device, dtype), nc)}
             for b in args.batch:
                 x = torch.rand(b, 3, cfg.img_size, cfg.img_size) * 2 - 1
-                with console.status(f"{label} batch {b} ({args.backend})"), torch.inference_mode():
-                    if args.backend == "onnx":
-                        feed = {"crops": x.numpy()}
-                        ms = time_calls(lambda run=run, feed=feed: run(feed), "cpu", args.warmup, args.iters)
-                    else:
-                        xd = x.to(args.device, dtype)
-                        ms = time_calls(lambda e=enc, x=xd: e(x), args.device, args.warmup, args.iters)
-                rows.append({"model": label, "config": config, "resolution": cfg.img_size,
-                             "params": count_parameters(enc), "batch": b, **summarise(ms)})
+                calls = {what: (lambda r=r, x=x: r(x)) for what, r in runs.items()}
+                with console.status(f"{label} batch {b} ({args.backend}), whole and coarse-only"), \
+                        torch.inference_mode():
+                    times = time_alternating(calls, "cpu" if args.backend == "onnx" else args.device, args.warmup,
+                                             args.iters)
+                for what, ms in times.items():
+                    rows.append({"model": label if what == "full" else f"{label} coarse",
+                                 "config": config if what == "full" else f"{config}, entries 0–{nc - 1} only",
+                                 "resolution": cfg.img_size, "params": count_parameters(enc), "batch": b,
+                                 **summarise(ms)})
         del enc
     return rows
+
+
+def time_alternating(calls: dict, device: str, warmup: int, iters: int) -> dict[str, list[float]]:
+    """Per-call ms of each of ``calls`` (name → no-argument function), one call of each in turn, so a change of
+    machine load hits them alike."""
+    out: dict[str, list[float]] = {k: [] for k in calls}
+    for fn in calls.values():
+        time_calls(fn, device, warmup, 0)
+    for _ in range(iters):
+        for k, fn in calls.items():
+            out[k] += time_calls(fn, device, 0, 1)
+    return out
 
 
 def _engine_rows(args: argparse.Namespace, console, encoders: list[str]) -> list[dict]:

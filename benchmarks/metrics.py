@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from realtime.vision.geometry import apply_affine, invert_affine
+from training.losses import mean_frame_psnr, temporal_consistency  # noqa: F401 - one definition, re-exported
 from training.losses import ssim as _ssim
 
 
@@ -40,31 +41,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> float:
     return 10.0 * math.log10(data_range**2 / mse)
 
 
-def mean_frame_psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> float:
-    """Video PSNR: the mean over frames of each frame's PSNR. a, b: [T, C, H, W]."""
-    mse = (a.float() - b.float()).square().flatten(1).mean(1).clamp_min(1e-10)
-    return float((10 * torch.log10(data_range**2 / mse)).mean())
-
-
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> float:
     """Mean SSIM of image batches [B, C, H, W] (training/losses.py: one definition)."""
     return float(_ssim(a.float(), b.float(), data_range=data_range).mean())
-
-
-def temporal_consistency(frames: torch.Tensor, radius: int = 3, data_range: float = 2.0) -> float:
-    """frames [T, C, H, W] (aligned crops) → mean RMSE (in units of ``data_range``) to neighbours within ±radius."""
-    t = frames.shape[0]
-    if t < 2:
-        return 0.0
-    errs = []
-    for k in range(1, radius + 1):
-        if k >= t:
-            break
-        d = (frames[k:].float() - frames[:-k].float()) / data_range
-        rmse = d.square().flatten(1).mean(1).sqrt()  # [T-k]
-        errs.append(rmse)
-        errs.append(rmse)  # the pair counts for both frames (i→i+k and i+k→i)
-    return float(torch.cat(errs).mean())
 
 
 def _to_gray_u8(img: np.ndarray) -> np.ndarray:

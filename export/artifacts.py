@@ -4,7 +4,8 @@ Both sides use this module: the exporters (:mod:`export.onnx`, :mod:`export.tens
 these files, the engines (:mod:`realtime.engines`) find and check them. Nothing here runs a model.
 
     DIR/manifest.json            format, bundle name + hash, shapes, opset, one entry per exported model × precision
-    DIR/{model}.{precision}.onnx model ∈ fren | vien | synthesis, precision ∈ fp32 | fp16
+    DIR/{model}.{precision}.onnx model ∈ fren | vien | synthesis | fren_coarse, precision ∈ fp32 | fp16
+                                 (fren_coarse: e4e / pSp key encoders only, see export.onnx.available_models)
     $STYLESTREAM_CACHE/onnx/{bundle hash[:16]}/   default export folder of the onnx / tensorrt engines
     $STYLESTREAM_CACHE/tensorrt/                  default TensorRT engine cache (ONNX Runtime's TensorRT provider: ort/)
 
@@ -25,7 +26,7 @@ from models.bundle import Bundle
 from models.errors import UserError
 from models.files import atomic_write_text
 
-MODELS: tuple[str, ...] = ("fren", "vien", "synthesis")
+MODELS: tuple[str, ...] = ("fren", "vien", "synthesis", "fren_coarse")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16")  # precisions of exported files (the interface is float32 in both)
 
 # model → (input names, output names): the graph I/O every runtime (ONNX Runtime, TensorRT, Triton) sees
@@ -33,6 +34,7 @@ IO_NAMES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "fren": (("crops",), ("ws",)),
     "vien": (("crops", "prev_ws"), ("ws",)),
     "synthesis": (("ws",), ("image",)),
+    "fren_coarse": (("crops",), ("ws_coarse",)),  # the key encoder's first num_coarse W+ entries only
 }
 
 MANIFEST_NAME = "manifest.json"

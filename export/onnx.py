@@ -1,11 +1,18 @@
-"""Export a bundle's three networks to ONNX: FrEN, ViEN and the synthesis network.
+"""Export a bundle's networks to ONNX: the key-frame encoder (FrEN or e4e / pSp), ViEN, the synthesis network,
+and for an e4e / pSp key encoder its coarse-only forward.
 
 Each model is one self-contained ``.onnx`` file (weights inside, no external data), opset ≥ 17, a dynamic batch
 dimension and named inputs/outputs (the same names the engines, TensorRT and Triton use):
 
-    fren       crops [B, 3, S, S] float32 in [-1, 1]                      → ws    [B, num_ws, w_dim] float32
-    vien       crops [B, 3, S, S], prev_ws [B, num_ws, w_dim] float32     → ws    [B, num_ws, w_dim] float32
-    synthesis  ws    [B, num_ws, w_dim] float32                           → image [B, 3, R, R] float32
+    fren         crops [B, 3, S, S] float32 in [-1, 1]                    → ws        [B, num_ws, w_dim] float32
+    vien         crops [B, 3, S, S], prev_ws [B, num_ws, w_dim] float32   → ws        [B, num_ws, w_dim] float32
+    synthesis    ws    [B, num_ws, w_dim] float32                         → image     [B, 3, R, R] float32
+    fren_coarse  crops [B, 3, S, S]                                       → ws_coarse [B, num_coarse, w_dim]
+
+``fren_coarse`` is the key encoder without the heads of the fine entries (coarse reuse without a ViEN: the
+pipeline's ``--reuse coarse``). It is exported only where that saves work — an e4e / pSp encoder, whose fine heads
+are 44 % of its MACs at the released size; a ViT FrEN's cost is its backbone, and the engines slice ``fren``'s
+output for it instead.
 
 The synthesis network is exported with ``noise_mode="const"`` (the constant noise buffers baked in as
 initialisers) and the export form of the modulated convolution. StyleSpace ``style_deltas`` are *not* inputs of
@@ -55,6 +62,7 @@ from export.artifacts import (
     write_manifest,
 )
 from models.bundle import Bundle
+from models.e4e import StyleEncoder
 from models.errors import UserError
 from models.files import atomic_path
 
@@ -96,6 +104,18 @@ class VienExport(nn.Module):
         if self.dtype == torch.float32:
             return ws
         return torch.cat([ws[:, : self.num_coarse], prev_ws[:, self.num_coarse:]], dim=1)
+
+
+class CoarseExport(nn.Module):
+    """crops [B, 3, S, S] → ws_coarse [B, num_coarse, w_dim]: the key encoder's coarse-only forward
+    (``forward_coarse``), float32 in and out."""
+
+    def __init__(self, fren: nn.Module, num_coarse: int, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.net, self.num_coarse, self.dtype = fren, num_coarse, dtype
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_coarse(crops.to(self.dtype), self.num_coarse).to(torch.float32)
 
 
 class SynthesisExport(nn.Module):
@@ -153,7 +173,7 @@ class Tapped(nn.Module):
 class ModelSpec:
     """One exportable model of a bundle."""
 
-    name: str  # "fren" | "vien" | "synthesis"
+    name: str  # "fren" | "vien" | "synthesis" | "fren_coarse"
     module: nn.Module  # float32 interface wrapper
     inputs: tuple[str, ...]  # input names, in call order
     outputs: tuple[str, ...]  # output names
@@ -189,14 +209,29 @@ def model_spec(bundle: Bundle, name: str, precision: str = "fp32") -> ModelSpec:
     elif name == "synthesis":
         module = SynthesisExport(prep(g.synthesis), dtype)
         shapes = {"ws": wsh, "image": ["batch", g.img_channels, r, r]}
+    elif name == "fren_coarse":
+        if not has_coarse_model(bundle):
+            raise UserError(f"bundle {bundle.name!r} has no e4e / pSp key encoder: a coarse-only model would cost "
+                            "what fren costs (the engines slice fren's output instead)")
+        assert bundle.fren is not None
+        module = CoarseExport(prep(bundle.fren), g.layout.num_coarse, dtype)
+        shapes = {"crops": crops, "ws_coarse": ["batch", g.layout.num_coarse, wd]}
     else:
         raise UserError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
     ins, outs = IO_NAMES[name]
     return ModelSpec(name, module.eval(), ins, outs, shapes)
 
 
+def has_coarse_model(bundle: Bundle) -> bool:
+    """Whether ``fren_coarse`` is worth its own model: an e4e / pSp key encoder (whose fine heads it skips) with
+    fewer coarse entries than entries."""
+    return isinstance(bundle.fren, StyleEncoder) and bundle.generator.layout.num_coarse < bundle.fren.cfg.n_styles
+
+
 def available_models(bundle: Bundle) -> list[str]:
-    return [m for m in MODELS if m == "synthesis" or getattr(bundle, m) is not None]
+    """The models ``bundle`` exports to: fren, vien (when it has one), synthesis, fren_coarse (e4e / pSp)."""
+    out = [m for m in ("fren", "vien", "synthesis") if m == "synthesis" or getattr(bundle, m) is not None]
+    return out + (["fren_coarse"] if has_coarse_model(bundle) else [])
 
 
 def tap_points(spec: ModelSpec) -> list[tuple[str, nn.Module]]:
@@ -225,7 +260,7 @@ def example_inputs(bundle: Bundle, name: str, batch: int = 2, seed: int = 0) -> 
     g = bundle.generator
     s = bundle.crop_size
     out: dict[str, torch.Tensor] = {}
-    if name in ("fren", "vien"):
+    if name in ("fren", "vien", "fren_coarse"):
         low = torch.rand(batch, 3, max(1, s // 8), max(1, s // 8), generator=gen) * 2 - 1
         fine = (torch.rand(batch, 3, s, s, generator=gen) * 2 - 1) * 0.2
         crop = torch.nn.functional.interpolate(low, size=(s, s), mode="bilinear", align_corners=False) + fine

@@ -246,18 +246,29 @@ class _PyramidEncoder(nn.Module):
         c1, c2, c3 = (taps[i] for i in self.stage_ends[1:])
         return c1, c2, c3
 
+    def first(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """x [B, C, S, S] → the first ``n`` W+ entries [B, n, w_dim] (pSp / e4e define it)."""
+        raise NotImplementedError
+
 
 class GradualStyleEncoder(_PyramidEncoder):
     """pSp: x [B, C, S, S] → codes [B, n_styles, w_dim], each entry from its own head."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.first(x, self.cfg.n_styles)
+
+    def first(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The first ``n`` entries only [B, n, w_dim]: the backbone runs whole (the coarse heads read its deepest
+        map), but the heads of entries ≥ n are skipped, and so are the lateral convs no remaining head reads."""
         c1, c2, c3 = self.pyramid(x)
         cfg = self.cfg
-        codes = [self.styles[i](c3) for i in range(cfg.coarse_ind)]
-        p2 = _upsample_add(c3, self.latlayer1(c2))
-        codes += [self.styles[i](p2) for i in range(cfg.coarse_ind, cfg.middle_ind)]
-        p1 = _upsample_add(p2, self.latlayer2(c1))
-        codes += [self.styles[i](p1) for i in range(cfg.middle_ind, cfg.n_styles)]
+        codes = [self.styles[i](c3) for i in range(min(n, cfg.coarse_ind))]
+        if n > cfg.coarse_ind:
+            p2 = _upsample_add(c3, self.latlayer1(c2))
+            codes += [self.styles[i](p2) for i in range(cfg.coarse_ind, min(n, cfg.middle_ind))]
+            if n > cfg.middle_ind:
+                p1 = _upsample_add(p2, self.latlayer2(c1))
+                codes += [self.styles[i](p1) for i in range(cfg.middle_ind, min(n, cfg.n_styles))]
         return torch.stack(codes, dim=1)
 
 
@@ -267,13 +278,18 @@ class Encoder4Editing(_PyramidEncoder):
     saved at that stage (training unlocks the deltas progressively; inference uses all of them)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.first(x, self.cfg.n_styles)
+
+    def first(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The first ``n`` entries only [B, n, w_dim] (head 0 always runs: every entry is w + Δ_i); as pSp's, the
+        backbone runs whole and the heads and laterals of entries ≥ n are skipped."""
         c1, c2, c3 = self.pyramid(x)
         cfg = self.cfg
         w = self.styles[0](c3)  # [B, w_dim]
         codes = [w]
         feats = c3
         p2 = None
-        for i in range(1, cfg.n_styles):
+        for i in range(1, min(n, cfg.n_styles)):
             if i == cfg.coarse_ind:
                 p2 = _upsample_add(c3, self.latlayer1(c2))
                 feats = p2
@@ -308,6 +324,21 @@ class StyleEncoder(nn.Module):
         codes = self.encoder(x)  # [B, n_styles, w_dim]
         if self.cfg.start_from_latent_avg:
             codes = codes + self.latent_avg.to(codes.dtype)
+        return codes
+
+    def forward_coarse(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The first ``n`` W+ entries [B, n, w_dim] (= ``forward(x)[:, :n]``) at less cost: the heads of entries
+        ≥ n and the lateral convs only they read are skipped (the backbone runs whole: head 0 reads its deepest
+        map). At the released size, 8 entries (a 1024² generator's coarse layers) cost 40.3 of 72.5 GMAC
+        (docs/bench/models-cpu-e4e.md)."""
+        s, c = self.cfg.img_size, self.cfg.in_channels
+        if x.ndim != 4 or x.shape[1:] != (c, s, s):
+            raise ValueError(f"encoder input must be [B, {c}, {s}, {s}], got {tuple(x.shape)}")
+        if not 1 <= n <= self.cfg.n_styles:
+            raise ValueError(f"n must be in 1…{self.cfg.n_styles}, got {n}")
+        codes = self.encoder.first(x, n)
+        if self.cfg.start_from_latent_avg:
+            codes = codes + self.latent_avg[:n].to(codes.dtype)
         return codes
 
     def tap_points(self) -> list[tuple[str, nn.Module]]:

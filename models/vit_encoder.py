@@ -168,6 +168,18 @@ class FrameEncoder(nn.Module):
         out = self.head(f).reshape(-1, self.layout.num_ws, self.layout.w_dim)
         return out + self.w_avg.to(out.dtype)
 
+    def forward_coarse(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The first ``n`` W+ entries [B, n, w_dim] (= ``forward(x)[:, :n]`` up to rounding). Only the output
+        rows of the last head layer are dropped: the backbone is the whole cost, so this saves ~nothing (an
+        e4e / pSp key encoder saves its fine heads, :meth:`models.e4e.StyleEncoder.forward_coarse`)."""
+        num_ws, wd = self.layout.num_ws, self.layout.w_dim
+        if not 1 <= n <= num_ws:
+            raise ValueError(f"n must be in 1…{num_ws}, got {n}")
+        h = self.head[1](self.head[0](self.backbone(x)))
+        last = self.head[2]
+        out = F.linear(h, last.weight[: n * wd], last.bias[: n * wd]).reshape(-1, n, wd)
+        return out + self.w_avg.to(out.dtype)
+
 
 class VideoEncoder(nn.Module):
     """ViEN: (crop [B, 3, S, S], previous W+ [B, num_ws, w_dim]) → W+ [B, num_ws, w_dim].

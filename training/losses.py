@@ -289,6 +289,33 @@ class LPIPSLoss(nn.Module):
 # ------------------------------------------------------------------------------------- landmarks & mesh
 
 
+# ------------------------------------------------------------------------------------------------ video metrics
+# (benchmarks/metrics.py re-exports them; the training loops evaluate with them too)
+
+
+def mean_frame_psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> float:
+    """Video PSNR: the mean over frames of each frame's PSNR. a, b: [T, C, H, W]."""
+    mse = (a.float() - b.float()).square().flatten(1).mean(1).clamp_min(1e-10)
+    return float((10 * torch.log10(data_range**2 / mse)).mean())
+
+
+def temporal_consistency(frames: torch.Tensor, radius: int = 3, data_range: float = 2.0) -> float:
+    """frames [T, C, H, W] (aligned crops) → mean RMSE (in units of ``data_range``) to neighbours within ±radius
+    (Video2StyleGAN's TC)."""
+    t = frames.shape[0]
+    if t < 2:
+        return 0.0
+    errs = []
+    for k in range(1, radius + 1):
+        if k >= t:
+            break
+        d = (frames[k:].float() - frames[:-k].float()) / data_range
+        rmse = d.square().flatten(1).mean(1).sqrt()  # [T-k]
+        errs.append(rmse)
+        errs.append(rmse)  # the pair counts for both frames (i→i+k and i+k→i)
+    return float(torch.cat(errs).mean())
+
+
 class LandmarkLoss(nn.Module):
     """Landmark term on continuous face-mesh outputs.
 

@@ -1,7 +1,7 @@
 """`stylestream export BUNDLE --to onnx|tensorrt|triton -o DIR`: export the networks for accelerated runtimes.
 
-* ``--to onnx``      DIR gets fren/vien/synthesis ``.{precision}.onnx`` + manifest.json, then a parity check against
-                     torch in ONNX Runtime (CPU) whose table is printed and saved as DIR/parity.json.
+* ``--to onnx``      DIR gets fren/vien/synthesis(/fren_coarse) ``.{precision}.onnx`` + manifest.json, then a parity
+                     check against torch in ONNX Runtime (CPU) whose table is printed and saved as DIR/parity.json.
 * ``--to tensorrt``  as onnx, then TensorRT engines (``*.plan``, cached by model hash/shapes/precision/GPU/version)
                      built into DIR; needs TensorRT and a CUDA device (checked first, one clear message).
 * ``--to triton``    DIR becomes a Triton model repository (config.pbtxt, version folders, dynamic batching, a
@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=8, help="largest batch the engines / Triton accept (default 8)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (≥ 17, default 18)")
     p.add_argument("--models", default=None,
-                   help="comma-separated subset of fren,vien,synthesis (default: all the bundle has)")
+                   help="comma-separated subset of fren,vien,synthesis,fren_coarse (default: all the bundle has; "
+                        "fren_coarse for e4e / pSp key encoders)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check after exporting")
     p.add_argument("--instance-kind", choices=("gpu", "cpu"), default="gpu",
                    help="triton: run model instances on the GPU (default) or CPU")

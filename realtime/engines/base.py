@@ -129,7 +129,10 @@ class Engine(Protocol):
 
     ``encode_key(crops)``: crops [B, 3, S, S] float in [-1, 1] → W+ [B, num_ws, w_dim] float32 (FrEN).
     ``encode_reuse(crops, prev_ws)``: + prev W+ [B, num_ws, w_dim] → W+ with new coarse layers and the fine layers
-    of ``prev_ws`` exactly (ViEN; FrEN for the coarse layers when the bundle has no ViEN).
+    of ``prev_ws`` exactly (ViEN; ``encode_coarse`` when the bundle has no ViEN).
+    ``encode_coarse(crops, prev_ws)``: the same contract without ViEN — the coarse layers are the key-frame
+    encoder's for these crops (its coarse-only forward: an e4e / pSp encoder skips its fine heads), the fine layers
+    are ``prev_ws``'s exactly. The pipeline's ``--reuse coarse``.
     ``synthesize(ws, style_deltas=None)``: W+ [B, num_ws, w_dim] → image [B, 3, R, R] float32, roughly [-1, 1].
     ``close()``: free what the engine holds (sessions, graphs, device memory); the bundle is the caller's."""
 
@@ -142,12 +145,14 @@ class Engine(Protocol):
     num_ws: int  # W+ entries
     w_dim: int  # width of one W+ entry
     num_coarse: int  # leading W+ entries ViEN predicts; the rest are reused from the previous frame
-    has_vien: bool  # False: encode_reuse runs FrEN for the coarse layers
+    has_vien: bool  # False: encode_reuse is encode_coarse
     bundle: Bundle  # the models it runs, as given (never modified by the engine)
 
     def encode_key(self, crops: torch.Tensor) -> torch.Tensor: ...
 
     def encode_reuse(self, crops: torch.Tensor, prev_ws: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_coarse(self, crops: torch.Tensor, prev_ws: torch.Tensor) -> torch.Tensor: ...
 
     def synthesize(self, ws: torch.Tensor, style_deltas: dict[str, torch.Tensor] | None = None) -> torch.Tensor: ...
 
@@ -189,6 +194,12 @@ class BaseEngine:
         s = self.crop_size
         if crops.ndim != 4 or crops.shape[1:] != (3, s, s):
             raise ValueError(f"crops must be [B, 3, {s}, {s}], got {tuple(crops.shape)}")
+
+    def _with_fine(self, coarse: torch.Tensor, prev_ws: torch.Tensor) -> torch.Tensor:
+        """W+ [B, num_ws, w_dim] float32 on ``device``: ``coarse`` [B, ≥ num_coarse, w_dim] for the coarse entries,
+        ``prev_ws``'s fine entries exactly."""
+        c = self.num_coarse
+        return torch.cat([coarse[:, :c].float(), prev_ws[:, c:].to(self.device, torch.float32)], dim=1)
 
     def _check_ws(self, ws: torch.Tensor, what: str = "ws", batch: int | None = None) -> None:
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim) or (batch is not None and ws.shape[0] != batch):

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from export.artifacts import default_export_dir, exported_models
-from export.onnx import export_bundle
+from export.onnx import available_models, export_bundle
 from models.bundle import Bundle
 from models.errors import UserError
 from realtime.engines.base import BaseEngine
@@ -32,11 +32,18 @@ def exported_precision(precision: str, device: torch.device, backend: str) -> st
     return precision
 
 
+def engine_models(bundle: Bundle) -> tuple[list[str], list[str]]:
+    """(required, optional) exported models of an engine for ``bundle``: fren, synthesis and ViEN when the bundle
+    has one; optionally ``fren_coarse`` (e4e / pSp key encoders: without it ``encode_coarse`` runs ``fren``)."""
+    required = ["fren", "synthesis"] + (["vien"] if bundle.vien is not None else [])
+    return required, [m for m in available_models(bundle) if m not in required]
+
+
 def ensure_onnx(bundle: Bundle, model_dir: str | os.PathLike | None, precision: str, models: Sequence[str],
-                progress: ProgressFn | None = None) -> Path:
+                progress: ProgressFn | None = None, optional: Sequence[str] = ()) -> Path:
     """The ONNX export folder for ``bundle`` at ``precision``: ``model_dir`` when given (checked to belong to this
-    bundle and to hold ``models``), else the cache folder (:func:`export.artifacts.default_export_dir`), exporting
-    what is missing there."""
+    bundle and to hold ``models``; ``optional`` ones may be missing there), else the cache folder
+    (:func:`export.artifacts.default_export_dir`), exporting what is missing there, ``optional`` included."""
     if model_dir is not None:
         d = Path(model_dir)
         have = exported_models(d, bundle, precision)
@@ -50,12 +57,18 @@ def ensure_onnx(bundle: Bundle, model_dir: str | os.PathLike | None, precision: 
         have = exported_models(d, bundle, precision)
     except UserError:  # no cache yet, or an unreadable one: export over it
         have = {}
-    missing = [n for n in models if n not in have]
+    missing = [n for n in [*models, *optional] if n not in have]
     if missing:
         say = progress or (lambda msg: print(f"stylestream: {msg}", file=sys.stderr, flush=True))
         say(f"exporting {', '.join(missing)} ({precision}) to {d} (once per bundle)")
         export_bundle(bundle, d, precision=precision, models=missing, progress=say)
     return d
+
+
+def present_models(model_dir: Path, bundle: Bundle, precision: str, models: Sequence[str]) -> list[str]:
+    """The subset of ``models`` exported at ``precision`` in ``model_dir``."""
+    have = exported_models(model_dir, bundle, precision)
+    return [m for m in models if m in have]
 
 
 class StyleFallback:
@@ -78,9 +91,11 @@ class StyleFallback:
 
 
 class ExportedEngine(BaseEngine):
-    """The Engine methods of every backend that runs the exported graphs: subclasses set ``has_vien`` and
-    ``_style_fallback`` and provide ``_call(model, feed)`` → the model's single output, float32 on ``device``."""
+    """The Engine methods of every backend that runs the exported graphs: subclasses set ``has_vien``,
+    ``coarse_model`` and ``_style_fallback`` and provide ``_call(model, feed)`` → the model's single output, float32
+    on ``device``."""
 
+    coarse_model: bool  # fren_coarse is loaded (e4e / pSp); otherwise encode_coarse runs fren and keeps its coarse rows
     _style_fallback: StyleFallback
 
     def _call(self, model: str, feed: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -95,10 +110,16 @@ class ExportedEngine(BaseEngine):
     def encode_reuse(self, crops: torch.Tensor, prev_ws: torch.Tensor) -> torch.Tensor:
         self._check_crops(crops)
         if not self.has_vien:
-            ws = self.encode_key(crops)
-            return torch.cat([ws[:, : self.num_coarse], prev_ws[:, self.num_coarse:].to(ws)], dim=1)
+            return self.encode_coarse(crops, prev_ws)
         self._check_ws(prev_ws, "prev_ws", crops.shape[0])
         return self._call("vien", {"crops": crops, "prev_ws": prev_ws})
+
+    @torch.inference_mode()
+    def encode_coarse(self, crops: torch.Tensor, prev_ws: torch.Tensor) -> torch.Tensor:
+        self._check_crops(crops)
+        self._check_ws(prev_ws, "prev_ws", crops.shape[0])
+        coarse = self._call("fren_coarse", {"crops": crops}) if self.coarse_model else self.encode_key(crops)
+        return self._with_fine(coarse, prev_ws)
 
     @torch.inference_mode()
     def synthesize(self, ws: torch.Tensor, style_deltas: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

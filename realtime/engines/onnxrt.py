@@ -1,4 +1,4 @@
-"""OrtEngine: ONNX Runtime on the exported FrEN / ViEN / synthesis graphs (export/onnx.py)."""
+"""OrtEngine: ONNX Runtime on the exported FrEN / ViEN / synthesis (/ fren_coarse) graphs (export/onnx.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,15 @@ from export.artifacts import default_trt_cache, onnx_filename
 from models.bundle import Bundle
 from models.errors import UserError
 from realtime.engines.base import EngineOptions, resolve_device
-from realtime.engines.exported import ExportedEngine, ProgressFn, StyleFallback, ensure_onnx, exported_precision
+from realtime.engines.exported import (
+    ExportedEngine,
+    ProgressFn,
+    StyleFallback,
+    engine_models,
+    ensure_onnx,
+    exported_precision,
+    present_models,
+)
 
 
 class OrtEngine(ExportedEngine):
@@ -56,8 +64,9 @@ class OrtEngine(ExportedEngine):
             unknown = [p for p in providers if p not in available]
             if unknown:
                 raise UserError(f"ONNX Runtime providers {unknown} are not available (have {', '.join(available)})")
-        models = ["fren", "synthesis"] + (["vien"] if bundle.vien is not None else [])
-        self.model_dir = ensure_onnx(bundle, model_dir, self.precision, models, progress)
+        required, optional = engine_models(bundle)
+        self.model_dir = ensure_onnx(bundle, model_dir, self.precision, required, progress, optional)
+        models = required + present_models(self.model_dir, bundle, self.precision, optional)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -88,6 +97,7 @@ class OrtEngine(ExportedEngine):
                 raise UserError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
         self.providers = self.sessions["fren"].get_providers()
         self.has_vien = "vien" in self.sessions
+        self.coarse_model = "fren_coarse" in self.sessions
         self._style_fallback = StyleFallback(bundle, self.device, self.name)
 
     def _run(self, model: str, feed: dict[str, torch.Tensor], out_shape: tuple[int, ...]) -> torch.Tensor:
@@ -112,7 +122,8 @@ class OrtEngine(ExportedEngine):
 
     def _call(self, model: str, feed: dict[str, torch.Tensor]) -> torch.Tensor:
         b, r = next(iter(feed.values())).shape[0], self.resolution
-        shape = (b, 3, r, r) if model == "synthesis" else (b, self.num_ws, self.w_dim)
+        shape = ((b, 3, r, r) if model == "synthesis" else (b, self.num_coarse, self.w_dim) if model == "fren_coarse"
+                 else (b, self.num_ws, self.w_dim))
         return self._run(model, feed, shape)
 
     def close(self) -> None:

@@ -77,6 +77,10 @@ class SerialEngine:
         with self._lock:
             return self._engine.encode_reuse(crops, prev_ws)
 
+    def encode_coarse(self, crops: torch.Tensor, prev_ws: torch.Tensor) -> torch.Tensor:
+        with self._lock:
+            return self._engine.encode_coarse(crops, prev_ws)
+
     def synthesize(self, ws: torch.Tensor, style_deltas: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         with self._lock:
             return self._engine.synthesize(ws, style_deltas)

@@ -16,13 +16,21 @@ import numpy as np
 import onnx
 import torch
 
-from export.artifacts import onnx_filename
+from export.artifacts import IO_NAMES, onnx_filename
 from export.parity import Runner, RunnerFactory
 from export.tensorrt import TrtLogger, build_engine, require_tensorrt
 from models.bundle import Bundle
 from models.errors import UserError
 from realtime.engines.base import EngineOptions, resolve_device
-from realtime.engines.exported import ExportedEngine, ProgressFn, StyleFallback, ensure_onnx, exported_precision
+from realtime.engines.exported import (
+    ExportedEngine,
+    ProgressFn,
+    StyleFallback,
+    engine_models,
+    ensure_onnx,
+    exported_precision,
+    present_models,
+)
 
 
 def _torch_dtype(trt: Any, dt: Any) -> torch.dtype:
@@ -144,8 +152,9 @@ class TrtEngine(ExportedEngine):
         self._set_spec(EngineOptions(model_dir=Path(model_dir) if model_dir is not None else None,
                                      cache_dir=Path(cache_dir) if cache_dir is not None else None,
                                      max_batch=max_batch))
-        models = ["fren", "synthesis"] + (["vien"] if bundle.vien is not None else [])
-        self.model_dir = ensure_onnx(bundle, model_dir, self.precision, models, progress)
+        required, optional = engine_models(bundle)
+        self.model_dir = ensure_onnx(bundle, model_dir, self.precision, required, progress, optional)
+        models = required + present_models(self.model_dir, bundle, self.precision, optional)
         self.models: dict[str, TrtModel] = {}
         with torch.cuda.device(self.device):
             for m in models:
@@ -153,11 +162,12 @@ class TrtEngine(ExportedEngine):
                                     cache_dir=cache_dir, max_batch=max_batch, progress=progress)
                 self.models[m] = TrtModel(plan, self.device)
         self.has_vien = "vien" in self.models
+        self.coarse_model = "fren_coarse" in self.models
         self._style_fallback = StyleFallback(bundle, self.device, self.name)
 
     def _call(self, model: str, feed: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.models[model]({k: v.to(self.device, torch.float32) for k, v in feed.items()})
-        return out["image" if model == "synthesis" else "ws"].float()
+        return out[IO_NAMES[model][1][0]].float()
 
     def close(self) -> None:
         self.models.clear()

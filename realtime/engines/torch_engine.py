@@ -97,9 +97,9 @@ class _GraphCache:
 class TorchEngine(BaseEngine):
     """PyTorch on CPU (fp32, eager) or CUDA (fp16 by default, channels-last; optional CUDA graphs / compile).
 
-    ``cuda_graphs=True`` captures FrEN, ViEN and the synthesis network once per batch size and replays them (a
-    frame's encode + synthesize then costs a few graph launches instead of hundreds of kernel launches); calls with
-    ``style_deltas`` run eagerly. ``compile=True`` wraps the three networks in ``torch.compile`` first. Both are
+    ``cuda_graphs=True`` captures FrEN (whole and coarse-only), ViEN and the synthesis network once per batch size
+    and replays them (a frame's encode + synthesize then costs a few graph launches instead of hundreds of kernel
+    launches); calls with ``style_deltas`` run eagerly. ``compile=True`` wraps them in ``torch.compile`` first. Both are
     CUDA-only and off by default; the plain eager path is the reference they are tested against.
 
     ``fren`` / ``vien`` / ``synthesis`` are the networks it runs: the bundle's own modules when they are ready as
@@ -138,6 +138,11 @@ class TorchEngine(BaseEngine):
         def fren_fn(crops: torch.Tensor) -> torch.Tensor:
             return self.fren(crops).float()
 
+        num_coarse = self.num_coarse
+
+        def coarse_fn(crops: torch.Tensor) -> torch.Tensor:
+            return self.fren.forward_coarse(crops, num_coarse).float()
+
         def vien_fn(crops: torch.Tensor, prev_ws: torch.Tensor) -> torch.Tensor:
             assert self.vien is not None
             return self.vien(crops, prev_ws).float()
@@ -145,13 +150,13 @@ class TorchEngine(BaseEngine):
         def synth_fn(ws: torch.Tensor) -> torch.Tensor:
             return synthesis(ws, noise_mode="const").float()
 
-        fns: list[Callable[..., torch.Tensor]] = [fren_fn, vien_fn, synth_fn]
+        fns: list[Callable[..., torch.Tensor]] = [fren_fn, vien_fn, synth_fn, coarse_fn]
         if compile:
             fns = [torch.compile(f, mode="max-autotune-no-cudagraphs", dynamic=False) for f in fns]
         if cuda_graphs:
             pool = torch.cuda.graph_pool_handle()
             fns = [_GraphCache(f, self.device, pool=pool) for f in fns]
-        self._fren_fn, self._vien_fn, self._synth_fn = fns
+        self._fren_fn, self._vien_fn, self._synth_fn, self._coarse_fn = fns
 
     def _crops(self, crops: torch.Tensor) -> torch.Tensor:
         self._check_crops(crops)
@@ -163,13 +168,16 @@ class TorchEngine(BaseEngine):
 
     @torch.inference_mode()
     def encode_reuse(self, crops: torch.Tensor, prev_ws: torch.Tensor) -> torch.Tensor:
-        if self.vien is None:  # no ViEN: FrEN for the coarse layers, fine layers still reused
-            ws = self.encode_key(crops)
-            return torch.cat([ws[:, : self.num_coarse], prev_ws[:, self.num_coarse:].to(ws)], dim=1)
+        if self.vien is None:  # no ViEN: the key encoder's coarse layers, fine layers still reused
+            return self.encode_coarse(crops, prev_ws)
         self._check_ws(prev_ws, "prev_ws", crops.shape[0])
         out = self._vien_fn(self._crops(crops), prev_ws.to(self.device, self.dtype))
-        # fine layers are the previous frame's exactly (no fp16 round trip)
-        return torch.cat([out[:, : self.num_coarse], prev_ws[:, self.num_coarse:].to(self.device).float()], dim=1)
+        return self._with_fine(out, prev_ws)  # fine layers are the previous frame's exactly (no fp16 round trip)
+
+    @torch.inference_mode()
+    def encode_coarse(self, crops: torch.Tensor, prev_ws: torch.Tensor) -> torch.Tensor:
+        self._check_ws(prev_ws, "prev_ws", crops.shape[0])
+        return self._with_fine(self._coarse_fn(self._crops(crops)), prev_ws)
 
     @torch.inference_mode()
     def synthesize(self, ws: torch.Tensor, style_deltas: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -181,7 +189,7 @@ class TorchEngine(BaseEngine):
         return self._synth_fn(ws)
 
     def close(self) -> None:
-        for fn in (self._fren_fn, self._vien_fn, self._synth_fn):
+        for fn in (self._fren_fn, self._vien_fn, self._synth_fn, self._coarse_fn):
             if isinstance(fn, _GraphCache):
                 fn.graphs.clear()
         if self.device.type == "cuda":

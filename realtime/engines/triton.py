@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.artifacts import MODELS, TRITON_PREFIX, triton_model_name
+from export.artifacts import IO_NAMES, MODELS, TRITON_PREFIX, triton_model_name
+from export.onnx import has_coarse_model
 from models.bundle import Bundle
 from models.errors import UserError
 from realtime.engines.base import EngineOptions, resolve_device
@@ -31,8 +32,8 @@ class TritonEngine(ExportedEngine):
 
     ``triton_url``: ``http://host:8000`` (default scheme; default ``localhost:8000``) or ``grpc://host:8001``. Model
     names follow :func:`export.artifacts.triton_model_name` (``{prefix}fren``, ``{prefix}vien``,
-    ``{prefix}synthesis`` with ``_fp16`` for fp16 variants). Tensors travel as float32 numpy arrays; results come
-    back on ``device``."""
+    ``{prefix}synthesis``, ``{prefix}fren_coarse`` for e4e / pSp, with ``_fp16`` for fp16 variants). Tensors
+    travel as float32 numpy arrays; results come back on ``device``."""
 
     name = "triton"
 
@@ -76,7 +77,7 @@ class TritonEngine(ExportedEngine):
         if not live:
             raise UserError(f"the Triton server at {url} is not live")
         self.model_names = {m: triton_model_name(m, self.precision, model_prefix) for m in MODELS}
-        self.has_vien = False
+        self.has_vien = self.coarse_model = False
         try:
             for m in ("fren", "synthesis"):
                 if not self.client.is_model_ready(self.model_names[m], **self._kw):
@@ -84,6 +85,8 @@ class TritonEngine(ExportedEngine):
                                     f"from `stylestream export BUNDLE --to triton` (precision {self.precision})")
             self.has_vien = (bool(self.client.is_model_ready(self.model_names["vien"], **self._kw))
                              and bundle.vien is not None)
+            self.coarse_model = (has_coarse_model(bundle)
+                                 and bool(self.client.is_model_ready(self.model_names["fren_coarse"], **self._kw)))
         except UserError:
             raise
         except Exception as exc:
@@ -129,7 +132,7 @@ class TritonEngine(ExportedEngine):
         return torch.from_numpy(np.array(res.as_numpy(output), dtype=np.float32)).to(self.device)
 
     def _call(self, model: str, feed: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._infer(model, feed, "image" if model == "synthesis" else "ws")
+        return self._infer(model, feed, IO_NAMES[model][1][0])
 
     def close(self) -> None:
         with self._clients_lock:

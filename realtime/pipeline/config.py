@@ -8,6 +8,7 @@ from models.config import opt
 
 VIEWS = ("filtered", "side_by_side", "original")  # what a stream shows: the filter, original | filter, or the input
 COMPOSITES = ("auto", "transfer", "regenerate")  # how the filtered face is put back (DESIGN §9)
+REUSE_MODES = ("auto", "vien", "coarse", "off")  # how frames between key frames are encoded (pipeline/latents.py)
 
 
 @dataclass
@@ -31,6 +32,10 @@ class PipelineConfig:
                                  "edit leaves it untouched), regenerate (the generator's face pasted over it) or auto "
                                  "(transfer, except for random_identity and a generator calibrated to this person)",
                          choices=COMPOSITES)
+    reuse: str = opt("auto", "frames between key frames: vien (ViEN: new coarse layers from the crop and the previous "
+                             "W+), coarse (the key-frame encoder's coarse layers, fine layers carried: no ViEN needed; "
+                             "e4e / pSp skip their fine heads), off (the key-frame encoder on every frame) or auto "
+                             "(vien when the bundle has one, else coarse)", choices=REUSE_MODES)
 
     @property
     def view(self) -> str:

@@ -103,6 +103,7 @@ class FrameProcessor:
         self.edits = edits
         self.times = times or StageTimes()
         self.policy = LatentPolicy(self.cfg)
+        self.policy.mode(engine)  # --reuse vien without a ViEN fails here, not at the first face
         self.enabled = True  # False passes frames through untouched
         self._view = self.cfg.view
         self._composite = self.cfg.composite

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from benchmarks import bench_calibrate, bench_models, bench_quality, report
+from benchmarks import bench_calibrate, bench_fidelity, bench_models, bench_quality, bench_train_cost, report
 from models.bundle import DEFAULT_BUNDLE
 
 
@@ -63,3 +64,33 @@ def test_bench_quality_measures_both_modes_on_an_unseen_face(tmp_path):
     assert "| keep_mouth | 1 | transfer | mouth_open (with smile 3); mouth " in page
     assert (tmp_path / "docs" / "img" / "quality_before_after.jpg").stat().st_size > 10_000
     assert (tmp_path / "docs" / "img" / "quality_keep_mouth.jpg").exists()
+def test_bench_fidelity_coarse_mode_is_the_runtime_coarse_reuse(tiny_bundle):
+    """The coarse modes reconstruct with the key encoder's coarse rows per frame and the last key frame's fine rows
+    (what --reuse coarse runs), refreshing them every key_every frames in coarse+key."""
+    b, c = tiny_bundle, tiny_bundle.generator.layout.num_coarse
+    x = torch.rand(5, 3, b.crop_size, b.crop_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        key = b.fren(x)
+        want = [torch.cat([key[t:t + 1, :c], key[k:k + 1, c:]], 1) for t, k in enumerate([0, 0, 0, 3, 3])]
+        want = b.generator.synthesis(torch.cat(want)).clamp(-1, 1)
+    got = bench_fidelity.reconstruct(b, x, "coarse", key_every=3)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert (bench_fidelity.reconstruct(b, x, "coarse")[4] - got[4]).abs().max() > 1e-3  # without refreshes
+    assert {"coarse", "coarse+key"} <= set(bench_fidelity.MODES)
+
+
+@pytest.mark.slow
+def test_bench_train_cost_counts_the_trainers_step(tmp_path):
+    """FLOPs of one --from-generator step, counted while the trainer's step runs: the generator dominates, the key
+    encoder and ViEN are there, and the GPU estimate is the count over the assumed throughput."""
+    out = tmp_path / "cost.json"
+    assert bench_train_cost.main(["--generator", "tiny-64", "--key-encoder", "tiny", "--batch", "2", "--steps", "1",
+                                  "--gpu-tflops", "50", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    parts = row["gflop_by_module"]
+    assert row["gflop_per_step"] > 0 and {"SynthesisNetwork", "FrameEncoder", "VideoEncoder"} <= set(parts)
+    assert max(parts, key=parts.get) == "SynthesisNetwork"
+    assert sum(parts.values()) == pytest.approx(row["gflop_per_step"], rel=0.05)  # the networks account for the step
+    (est,) = row["gpu_estimate"]
+    assert est["s_per_step"] == pytest.approx(row["gflop_per_step"] * 1e9 / 50e12)
+    assert row["cpu_s_per_step"] > 0

@@ -11,7 +11,8 @@ import time
 import pytest
 import torch
 
-from export.parity import randomize_heads
+from export.onnx import available_models, export_bundle
+from export.parity import check_model, randomize_heads
 from models.bundle import new_bundle
 from models.config import fields
 from models.errors import UserError
@@ -26,7 +27,7 @@ from realtime.engines import (
     engine_like,
     make_engine,
 )
-from tests.bundles import make_tiny_bundle
+from tests.bundles import make_tiny_bundle, make_tiny_e4e_bundle
 
 DECLARED = ("name", "device", "precision", "spec", "crop_size", "resolution", "num_ws", "w_dim", "num_coarse",
             "has_vien", "bundle")
@@ -221,3 +222,58 @@ def test_atomic_writes_leave_nothing_half_written(tmp_path):
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["m.json"]
     atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+# ---------------------------------------------------------------------------------------------- coarse reuse
+
+
+def test_encode_coarse_is_the_key_encoders_coarse_rows_with_the_fine_rows_carried(bundle):
+    """Torch, ViT FrEN and e4e key encoders: encode_coarse = (key encoder's coarse rows for these crops, prev_ws's fine
+    rows exactly); without a ViEN encode_reuse is encode_coarse; the serial wrapper forwards it."""
+    e4e = make_tiny_e4e_bundle()
+    for b in (bundle, e4e):
+        eng = make_engine(b, EngineSpec("torch", "cpu"))
+        c = eng.num_coarse
+        crops = torch.rand(2, 3, b.crop_size, b.crop_size) * 2 - 1
+        prev = eng.encode_key(torch.rand(2, 3, b.crop_size, b.crop_size) * 2 - 1)
+        out = eng.encode_coarse(crops, prev)
+        with torch.no_grad():
+            key = b.fren(crops)
+        torch.testing.assert_close(out[:, :c], key[:, :c], rtol=1e-5, atol=1e-6)
+        assert torch.equal(out[:, c:], prev[:, c:])
+        assert (out[:, :c] - prev[:, :c]).abs().max() > 1e-3  # the crops' own coarse rows, not prev's
+        assert torch.equal(SerialEngine(eng).encode_coarse(crops, prev), out)
+        if not eng.has_vien:
+            assert torch.equal(eng.encode_reuse(crops, prev), out)
+        with pytest.raises(ValueError, match="prev_ws must be"):
+            eng.encode_coarse(crops, prev[:1])
+
+
+@pytest.mark.slow
+def test_onnx_engine_runs_the_exported_coarse_model_and_falls_back_without_it(tmp_path, monkeypatch):
+    """An e4e bundle exports fren_coarse (and only an e4e / pSp one does); the ONNX engine runs it for
+    encode_coarse, matching torch; a model folder without it still works (fren, sliced)."""
+    monkeypatch.setenv("STYLESTREAM_CACHE", str(tmp_path / "cache"))
+    b = make_tiny_e4e_bundle()
+    assert available_models(b) == ["fren", "synthesis", "fren_coarse"]
+    assert "fren_coarse" not in available_models(make_tiny_bundle())
+    crops = torch.rand(2, 3, b.crop_size, b.crop_size) * 2 - 1
+    ref = TorchEngine(b, device="cpu")
+    prev = ref.encode_key(torch.rand(2, 3, b.crop_size, b.crop_size) * 2 - 1)
+    want = ref.encode_coarse(crops, prev)
+    eng = make_engine(b, EngineSpec("onnx", "cpu"))  # exports into the cache, fren_coarse included
+    assert eng.coarse_model and "fren_coarse" in eng.sessions
+    calls = []
+    real = eng._call
+    monkeypatch.setattr(eng, "_call", lambda model, feed: calls.append(model) or real(model, feed))
+    got = eng.encode_coarse(crops, prev)
+    assert calls == ["fren_coarse"]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert torch.equal(got[:, eng.num_coarse:], prev[:, eng.num_coarse:])
+    r = check_model(b, eng.model_dir, "fren_coarse", "fp32")
+    assert r.ok, r.message()
+    only = tmp_path / "only"  # an export folder made before fren_coarse existed
+    export_bundle(b, only, models=["fren", "synthesis"])
+    old = make_engine(b, EngineSpec("onnx", "cpu", options=EngineOptions(model_dir=only)))
+    assert not old.coarse_model
+    torch.testing.assert_close(old.encode_coarse(crops, prev), want, rtol=1e-4, atol=1e-5)

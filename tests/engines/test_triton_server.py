@@ -28,6 +28,7 @@ from models.errors import UserError
 from realtime.engines import EngineOptions, EngineSpec, TorchEngine, TritonEngine, make_engine
 from realtime.engines import triton_server as ts
 from realtime.engines.triton_server import TritonServer
+from tests.bundles import make_tiny_e4e_bundle
 
 QUEUE_DELAY_US = 20_000  # long enough that concurrent requests reliably meet in the queue on a loaded CPU
 
@@ -291,3 +292,24 @@ def test_model_py_is_self_contained():
     imports = [ln.split()[1] for ln in MODEL_PY.read_text().splitlines() if ln.startswith(("import ", "from "))]
     assert set(imports) <= {"__future__", "json", "os", "typing", "numpy", "onnxruntime", "torch",
                             "triton_python_backend_utils"}, imports
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_e4e_bundle_serves_its_coarse_model(tmp_path):
+    """An e4e bundle's repository holds fren_coarse; the engine uses it for encode_coarse (coarse reuse without a
+    ViEN), matching torch, with the fine rows passed through."""
+    b = make_tiny_e4e_bundle()
+    repo = tmp_path / "repo"
+    names = write_python_repository(b, repo, max_batch=4, ensemble=False)
+    assert sorted(names) == ["stylestream_fren", "stylestream_fren_coarse", "stylestream_synthesis"]
+    ref = TorchEngine(b, device="cpu")
+    with TritonServer(repo).start() as srv:
+        eng = make_engine(b, EngineSpec("triton", "cpu", options=EngineOptions(triton_url=srv.http_url)))
+        assert eng.coarse_model and not eng.has_vien
+        crops = example_inputs(b, "fren_coarse", batch=2, seed=5)["crops"]
+        prev = ref.encode_key(crops.flip(0))
+        got = eng.encode_coarse(crops, prev)
+        torch.testing.assert_close(got, ref.encode_coarse(crops, prev), atol=1e-4, rtol=1e-4)
+        assert torch.equal(got[:, eng.num_coarse:], prev[:, eng.num_coarse:])
+        eng.close()

@@ -25,17 +25,19 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import bench_models
 from export.onnx import export_bundle
 from export.parity import check_model, ort_runner
 from models.bundle import DEFAULT_BUNDLE, load_bundle
-from models.e4e import StyleEncoder
+from models.e4e import PRESETS, StyleEncoder
 from models.editing import EditStack
 from models.errors import BundleError, CheckpointError, UnsafePickleError
 from models.legacy import import_bundle, import_encoder, import_generator
 from realtime import cli
 from tests import REPO
+from tests.bundles import make_tiny_e4e_bundle
 from tests.official_formats import (
     flat_state,
     official_generator_tree,
@@ -589,11 +591,12 @@ def test_bench_models_times_the_released_size_encoder(tmp_path):
     out = tmp_path / "e4e.json"
     assert bench_models.main(["--generator", "--encoder", "e4e", "--iters", "1", "--warmup", "0", "--threads", "1",
                               "--json", str(out)]) == 0
-    (row,) = json.loads(out.read_text())["results"]
+    row, coarse = json.loads(out.read_text())["results"]
     # IR-SE-50 + 18 map2style heads + laterals at the released widths: 267 M parameters (with a 30 M decoder, the
     # ≈1.2 GB of e4e_ffhq_encode.pt)
     assert row["model"] == "e4e" and row["resolution"] == 256 and row["params"] == 267_136_704
     assert row["median_ms"] > 0
+    assert coarse["model"] == "e4e coarse" and "entries 0–7 only" in coarse["config"] and coarse["median_ms"] > 0
 
 
 def test_training_a_vit_encoder_from_an_e4e_bundle_is_refused_clearly(tmp_path, files, capsys):
@@ -601,3 +604,45 @@ def test_training_a_vit_encoder_from_an_e4e_bundle_is_refused_clearly(tmp_path, 
     rc = cli.main(["train", "encoder", "--out", str(tmp_path / "run"), "--bundle", str(tmp_path / "b")])
     err = capsys.readouterr().err
     assert rc == 2 and "key-frame encoder is e4e" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Coarse-only forward (--reuse coarse without a ViEN)
+
+
+@pytest.mark.parametrize("kind", ["e4e", "psp"])
+def test_coarse_forward_is_the_first_entries_without_the_other_heads(kind):
+    """forward_coarse(x, n) == forward(x)[:, :n] exactly; only heads 0…n−1 run, and a lateral conv only when a
+    remaining head reads its map (latlayer1 → /8 heads 3…6, latlayer2 → /4 heads 7…)."""
+    enc = make_tiny_e4e_bundle(kind=kind).fren
+    e = enc.encoder
+    ran: set[str] = set()
+    watched = [(f"styles.{i}", h) for i, h in enumerate(e.styles)] + [("latlayer1", e.latlayer1),
+                                                                       ("latlayer2", e.latlayer2)]
+    for name, m in watched:
+        m.register_forward_hook(lambda _m, _i, _o, name=name: ran.add(name))
+    x = _crops(2, size=64)
+    with torch.no_grad():
+        full = enc(x)
+        for n, lats in ((1, set()), (3, set()), (5, {"latlayer1"}), (8, {"latlayer1", "latlayer2"}),
+                        (10, {"latlayer1", "latlayer2"})):
+            ran.clear()
+            out = enc.forward_coarse(x, n)
+            assert torch.equal(out, full[:, :n]), n
+            assert ran == {f"styles.{i}" for i in range(n)} | lats, n
+    with pytest.raises(ValueError, match="n must be in 1…10"):
+        enc.forward_coarse(x, 11)
+
+
+def test_coarse_forward_of_the_released_size_skips_44_percent_of_the_macs():
+    """At the released size (IR-SE-50, 256², 18 heads) the 8 coarse entries of a 1024² generator cost 40.3 GMAC of
+    the whole encoder's 72.5 (counted on the meta device: no weights allocated)."""
+    with torch.device("meta"):
+        enc = StyleEncoder(PRESETS["e4e"]).eval()
+        x = torch.zeros(1, 3, 256, 256)
+    with FlopCounterMode(display=False) as whole:
+        enc(x)
+    with FlopCounterMode(display=False) as coarse:
+        enc.forward_coarse(x, 8)
+    assert round(whole.get_total_flops() / 2e9, 1) == 72.5
+    assert round(coarse.get_total_flops() / 2e9, 1) == 40.3

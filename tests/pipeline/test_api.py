@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-import realtime
 from models.errors import UserError
+from realtime import Filter, FilterTrack, open_sink, open_source  # the lazy re-exports the docstring promises
 from realtime.io.stills import load_still
 from tests.media import probe
 
@@ -28,8 +28,6 @@ def portrait(size: tuple[int, int] = (320, 240)) -> np.ndarray:
 
 
 def test_filter_one_frame_edits_and_bad_input(tiny_bundle):
-    from realtime import Filter  # the lazy re-export the docstring promises
-
     frame = portrait()
     with Filter(tiny_bundle, {"brighter": 1.0}, backend="torch", composite="regenerate") as f:
         assert "brighter" in f.edit_names and f.edits["brighter"] == 1.0
@@ -52,10 +50,9 @@ def test_filter_one_frame_edits_and_bad_input(tiny_bundle):
 
 def test_filter_run_source_into_sink(tiny_bundle, tmp_path):
     out = tmp_path / "out.mp4"
-    with realtime.Filter(tiny_bundle, backend="torch") as f:
-        with realtime.open_source("demo:?seconds=1&fps=10&size=160x120") as src, \
-                realtime.open_sink(str(out), width=160, height=120, fps=10) as sink:
-            stats = f.run(src, sink)
+    with Filter(tiny_bundle, backend="torch") as f, open_source("demo:?seconds=1&fps=10&size=160x120") as src, \
+            open_sink(str(out), width=160, height=120, fps=10) as sink:
+        stats = f.run(src, sink)
     assert stats.frames_out == 10
     info = probe(out)
     assert info.frames == 10 and set(info.sizes) == {(160, 120)} and info.decode_error is None
@@ -87,8 +84,8 @@ def test_filter_track_filters_an_aiortc_track(tiny_bundle):
     frame = portrait()
 
     async def main() -> list[av.VideoFrame]:
-        flt = realtime.Filter(tiny_bundle, backend="torch", composite="regenerate")
-        track = realtime.FilterTrack(StillTrack(frame, 12), flt)
+        flt = Filter(tiny_bundle, backend="torch", composite="regenerate")
+        track = FilterTrack(StillTrack(frame, 12), flt)
         got = []
         try:
             while True:

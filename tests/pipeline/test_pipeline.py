@@ -37,6 +37,7 @@ from realtime.pipeline import (
 )
 from realtime.vision.tracking import FaceTracker, TrackerConfig
 from tests import REPO
+from tests.bundles import make_tiny_e4e_bundle
 from tests.media import (
     probe,
     write_audio_only,
@@ -88,7 +89,7 @@ def test_lookahead_smoother_releases_every_frame_in_order_and_smooths():
 class _CountingEngine(TorchEngine):
     def __init__(self, *a, delay_s: float = 0.0, **k):
         super().__init__(*a, **k)
-        self.keys = self.reuses = 0
+        self.keys = self.reuses = self.coarses = 0
         self.delay_s = delay_s
 
     def encode_key(self, crops):
@@ -98,6 +99,10 @@ class _CountingEngine(TorchEngine):
     def encode_reuse(self, crops, prev_ws):
         self.reuses += 1
         return super().encode_reuse(crops, prev_ws)
+
+    def encode_coarse(self, crops, prev_ws):
+        self.coarses += 1
+        return super().encode_coarse(crops, prev_ws)
 
     def synthesize(self, ws, style_deltas=None):
         if self.delay_s:
@@ -121,6 +126,43 @@ def test_key_frame_policy_interval_drift_and_fine_blend(tiny_bundle_dir):
     for _ in range(2):
         proc.encode(other, st)
     assert st.latent.blend_to is None  # blend finished after fine_blend_frames
+
+
+def test_reuse_modes_pick_the_encoder_and_carry_the_fine_layers(tiny_bundle):
+    """--reuse: auto is ViEN with one and coarse reuse without; coarse reuse carries the key frame's fine rows
+    exactly and a refresh runs the key encoder once (its own coarse rows); off encodes every frame; vien without a
+    ViEN is one UserError before any frame."""
+    crops = [Crop(image=torch.rand(3, 64, 64) * 2 - 1, to_frame=np.eye(2, 3), size=64) for _ in range(7)]
+
+    def run(engine, **cfg):
+        proc = FrameProcessor(engine, PipelineConfig(key_interval=4, fine_blend_frames=0, drift_threshold=0, **cfg))
+        st = StreamState()
+        return [proc.encode(c, st) for c in crops]
+
+    eng = _CountingEngine(tiny_bundle, device="cpu")
+    run(eng)  # auto, the bundle has a ViEN
+    assert (eng.keys, eng.reuses, eng.coarses) == (2, 6, 0)  # frames 0 and 5 are key frames, a refresh runs ViEN too
+    eng = _CountingEngine(tiny_bundle, device="cpu")
+    enc = run(eng, reuse="coarse")
+    assert (eng.keys, eng.reuses, eng.coarses) == (2, 0, 5)  # the refresh at frame 5: one key-encoder run, nothing else
+    assert [e.source for e in enc] == ["key", "reuse", "reuse", "reuse", "reuse", "key", "reuse"]
+    c = eng.num_coarse
+    for t in (1, 2, 3, 4):
+        assert torch.equal(enc[t].ws[:, c:], enc[0].ws[:, c:])  # the key frame's fine rows, exactly
+        torch.testing.assert_close(enc[t].ws[:, :c], eng.encode_key(crops[t].image[None])[:, :c])
+    assert torch.equal(enc[6].ws[:, c:], enc[5].ws[:, c:]) and not torch.equal(enc[5].ws[:, c:], enc[0].ws[:, c:])
+    eng = _CountingEngine(tiny_bundle, device="cpu")
+    enc = run(eng, reuse="off")
+    assert (eng.keys, eng.reuses, eng.coarses) == (7, 0, 0)
+    assert [e.why for e in enc] == ["start"] + ["every"] * 6
+    torch.testing.assert_close(enc[3].ws, eng.encode_key(crops[3].image[None]))
+
+    e4e = _CountingEngine(make_tiny_e4e_bundle(), device="cpu")
+    assert not e4e.has_vien
+    run(e4e)  # auto without a ViEN: coarse reuse
+    assert (e4e.keys, e4e.coarses) == (2, 5)
+    with pytest.raises(UserError, match="--reuse vien: bundle 'tiny-e4e' has no ViEN; use --reuse coarse"):
+        FrameProcessor(e4e, PipelineConfig(reuse="vien"))
 
 
 def test_edit_stack_composition_identity_and_unknown_names(tiny_bundle_dir):

@@ -21,15 +21,21 @@ from skimage.metrics import structural_similarity
 
 from models.bundle import DEFAULT_BUNDLE as BUILTIN_BUNDLE
 from models.bundle import load_bundle, new_bundle
+from models.editing import EditSpec, tensor_key
 from models.errors import UserError
 from models.stylegan2 import GeneratorConfig
 from models.vit_encoder import ViTConfig
 from realtime.cli import main
+from realtime.engines import TorchEngine
+from realtime.frames import Crop
+from realtime.pipeline import FrameProcessor, PipelineConfig, StreamState
 from tests import REPO
+from tests.bundles import make_tiny_bundle, make_tiny_e4e_bundle
 from training import losses as L
 from training.autoencode import AutoencodeConfig, train_autoencoder
 from training.data import CropSet, load_crops
 from training.networks import Discriminator, MinibatchStd
+from training.rendered import RenderedSequences, edit_directions, pool_base
 from training.train_encoder import EncoderTrainConfig, train_encoder
 from training.train_generator import GeneratorTrainConfig, train_generator
 
@@ -371,3 +377,87 @@ def test_default_bundle_reconstructs_better_than_untrained(held_out_crops):
     # training sample grids first showed a recognisable face (docs/training.md); the 5 dB margin absorbs BLAS /
     # platform differences but fails on any bundle that does not reconstruct.
     assert p_trained > 20.0 and p_trained > p_base + 10.0, (p_trained, p_base)
+
+
+# ------------------------------------------------------------------------- a ViEN from the generator's own video
+
+
+def _with_motion_edits(b):
+    """The tiny bundle plus two motion edits (yaw on every entry, smile on the fine ones only)."""
+    g = torch.Generator().manual_seed(3)
+    for name in ("yaw", "smile"):
+        b.extra[tensor_key(name)] = torch.randn(b.generator.num_ws, b.generator.w_dim, generator=g)
+        b.edits.append(EditSpec(name, "w_direction", name, range=(-3.0, 3.0)).to_dict())
+    b.extra[tensor_key("smile")][: b.generator.layout.num_coarse] = 0
+    return b
+
+
+def test_rendered_sequences_move_only_the_coarse_layers_smoothly():
+    b = _with_motion_edits(make_tiny_bundle())
+    g, nc = b.generator, b.generator.layout.num_coarse
+    dirs = edit_directions(b)
+    assert set(dirs) == {"yaw"}  # smile moves no coarse entry; "brighter" is not a motion edit
+    assert torch.equal(dirs["yaw"][:nc], b.extra[tensor_key("yaw")][:nc]) and not dirs["yaw"][nc:].any()
+    pool = torch.randn(5, g.num_ws, g.w_dim, generator=torch.Generator().manual_seed(0))
+    for motion in ("edits", "interpolate"):
+        r = RenderedSequences(g, 64, pool_base(pool), dirs if motion == "edits" else {}, motion, scale=2.0)
+        assert r.motion == motion
+        ws, x = r.sequences(3, 12, torch.Generator().manual_seed(1))
+        assert ws.shape == (3, 12, g.num_ws, g.w_dim) and x.shape == (3, 12, 3, 64, 64)
+        assert torch.equal(ws[:, :, nc:], ws[:, :1, nc:].expand_as(ws[:, :, nc:]))  # fine entries never move
+        steps = (ws[:, 1:, :nc] - ws[:, :-1, :nc]).norm(dim=(-1, -2))
+        span = (ws[:, :, :nc] - ws[:, :1, :nc]).norm(dim=(-1, -2)).amax(1)
+        assert (span > 0).all() and (steps.amax(1) < 0.6 * span).all()  # it moves, a little per frame
+        if motion == "edits":  # along the direction only: every change is a multiple of it
+            d = (ws[:, :, :nc] - ws[:, :1, :nc]).flatten(2)
+            u = dirs["yaw"][:nc].flatten() / dirs["yaw"][:nc].norm()
+            torch.testing.assert_close(d, (d @ u)[..., None] * u, rtol=1e-4, atol=1e-4)
+        wp, xp = r.pairs(2, torch.Generator().manual_seed(2), gap=3.0)
+        assert wp.shape == (2, 2, g.num_ws, g.w_dim) and xp.shape == (2, 2, 3, 64, 64)
+    with pytest.raises(UserError, match="none of the pose/expression W directions"):
+        RenderedSequences(g, 64, pool_base(pool), {}, "edits")
+
+
+@pytest.mark.slow
+def test_vien_from_the_generator_for_an_e4e_bundle_resumes_and_runs(tmp_path):
+    """An imported-style bundle (e4e key encoder, no ViEN, no data set): `train encoder --from-generator` trains a
+    ViT ViEN on rendered sequences (mapping codes), evaluates it on held-out ones, resumes bit-exactly, leaves the
+    e4e encoder as it was, and the bundle it writes runs with --reuse vien."""
+    src = make_tiny_e4e_bundle()
+    src.save(tmp_path / "e4e")
+    argv = ["train", "encoder", "--from-generator", "--bundle", str(tmp_path / "e4e"), "--w-source", "mapping",
+            "--vien-preset", "tiny", "--batch", "2", "--eval-every", "2", "--eval-sequences", "2",
+            "--eval-frames", "4", "--sample-every", "1000", "--ckpt-every", "1000", "--threads", "0", "--cache", ""]
+    assert main([*argv, "--out", str(tmp_path / "s"), "--vien-steps", "4"]) == 0
+    rec = [json.loads(x) for x in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rec) == 5 and rec[0]["step"] == 0 and "vien/eval/vien_psnr" in rec[0]  # before the first step
+    assert "vien/latent" in rec[1] and "vien/eval/vien_psnr" in rec[2]
+    assert {"vien/eval/off_psnr", "vien/eval/coarse_tc", "vien/eval/vien_coarse_err"} <= set(rec[4])
+    assert (tmp_path / "s" / "best" / "bundle.json").exists()
+    assert main([*argv, "--out", str(tmp_path / "r"), "--vien-steps", "2"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "r"), "--vien-steps", "4"]) == 0  # resumes at step 2
+    a = torch.load(tmp_path / "s" / "state.pt", weights_only=True)
+    r = torch.load(tmp_path / "r" / "state.pt", weights_only=True)
+    assert "fren" not in a and a["step"] == r["step"] == 4  # the frozen e4e is not checkpointed
+    for name, v in a["vien"].items():
+        assert torch.equal(v, r["vien"][name]), name
+    b = load_bundle(tmp_path / "s" / "bundle")
+    assert b.vien is not None and b.trained["vien"] and b.vien.cfg.img_size == b.crop_size
+    assert b.provenance["encoder_training"]["config"]["from_generator"]
+    for k, v in src.fren.state_dict().items():
+        assert torch.equal(b.fren.state_dict()[k], v), k
+    eng = TorchEngine(b, device="cpu")
+    proc = FrameProcessor(eng, PipelineConfig(reuse="vien"))
+    st = StreamState()
+    crop = Crop(image=torch.rand(3, 64, 64) * 2 - 1, to_frame=np.eye(2, 3), size=64)
+    assert [proc.encode(crop, st).source for _ in range(2)] == ["key", "reuse"]
+
+
+def test_from_generator_errors_are_one_line(tmp_path, capsys):
+    make_tiny_e4e_bundle().save(tmp_path / "e4e")
+    rc = main(["train", "encoder", "--from-generator", "--stage", "fren", "--bundle", str(tmp_path / "e4e"),
+               "--out", str(tmp_path / "o")])
+    assert rc == 2 and "--from-generator trains ViEN only" in capsys.readouterr().err
+    rc = main(["train", "encoder", "--from-generator", "--motion", "edits", "--w-source", "mapping", "--bundle",
+               str(tmp_path / "e4e"), "--out", str(tmp_path / "o2"), "--cache", "", "--landmark", "0", "--mesh", "0"])
+    assert rc == 2 and "stylestream edits fit BUNDLE" in capsys.readouterr().err
