@@ -566,7 +566,7 @@ def test_cli_bundle_from_official_files_runs_end_to_end_with_an_edit(tmp_path, f
     for strength in (0.0, 3.0):
         o = tmp_path / f"out{strength}.mp4"
         rc = cli.main(["run", "demo:?seconds=1&fps=10&size=320x240", "-o", str(o), "--bundle", str(bundle),
-                       "--backend", "torch", "--edit", f"smile={strength}"])
+                       "--backend", "torch", "--composite", "regenerate", "--edit", f"smile={strength}"])
         assert rc == 0, capsys.readouterr().err
         report = json.loads(Path(str(o) + ".stylestream.json").read_text())
         assert report["stats"]["frames_out"] == 10 and report["stats"]["faces"] >= 8

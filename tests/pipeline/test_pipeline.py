@@ -224,7 +224,8 @@ def test_resolution_change_mid_stream_keeps_going(tmp_path, tiny_bundle_dir, cap
 @pytest.mark.slow
 def test_overload_drops_frames_and_keeps_latency_bounded(tiny_bundle_dir):
     eng = _CountingEngine(load_bundle(tiny_bundle_dir), device="cpu", delay_s=0.15)
-    proc = FrameProcessor(eng, PipelineConfig(queue_size=1))
+    # regenerate: every frame does model work (transfer with no edit passes frames through untouched)
+    proc = FrameProcessor(eng, PipelineConfig(queue_size=1, composite="regenerate"))
     src = open_source("demo:?seconds=3&fps=30&size=480x360", realtime=True)
     assert src.is_live
     with src, open_sink("null:", width=480, height=360, fps=30) as sink, \
