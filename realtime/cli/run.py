@@ -87,7 +87,8 @@ def write_report(path: Path, args: argparse.Namespace, stats: RunStats, flt: Fil
     report = {"input": args.input, "output": args.output, "bundle": bundle_label(args),
               "engine": {"backend": eng.name, "device": str(eng.device), "precision": eng.precision},
               "edits": {k: v for k, v in flt.edits.items() if v}, "pipeline_config": asdict(flt.processor.cfg),
-              "source": {"fps": source.fps, "width": source.width, "height": source.height, "live": source.is_live},
+              "source": {"fps": source.fps, "width": source.width, "height": source.height, "live": source.is_live,
+                         "rotation": source.rotation, "mirrored": source.mirrored},
               "stats": stats.to_dict()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -44,6 +44,7 @@ from tests.media import (
     write_empty,
     write_garbage,
     write_resolution_change,
+    write_rotated_clip,
     write_truncated_mp4,
 )
 
@@ -284,6 +285,23 @@ def test_bad_input_is_one_clear_line_and_nonzero_exit(tmp_path, tiny_bundle_dir,
     assert len(lines) == 1 and "Traceback" not in err
 
     assert re.search(message, lines[0], re.IGNORECASE), lines[0]
+
+
+def test_portrait_phone_video_is_tracked_and_written_upright(tmp_path, tiny_bundle_dir, capsys):
+    """Issue 17.5: a portrait phone recording (stored sideways, rotate -90 in its display matrix) came out sideways,
+    exit 0, no warning, and the face tracker saw a sideways face. Now the frames are turned upright when decoded,
+    so the output is the upright picture (no display matrix needed) and the face is tracked on every frame."""
+    with open_source("demo:astronaut?seconds=1&fps=10&size=240x320") as demo:  # portrait, face upright
+        upright = [f.image for f in demo]
+    phone = write_rotated_clip(tmp_path / "phone.mp4", upright, degrees=-90)
+    out = tmp_path / "out.mp4"
+    rc, _, err = _run_cli(["run", str(phone), "-o", str(out), "--bundle", str(tiny_bundle_dir)], capsys)
+    assert rc == 0, err
+    info = probe(out)
+    assert info.frames == 10 and set(info.sizes) == {(240, 320)} and info.rotations == {0}
+    report = json.loads((tmp_path / "out.mp4.stylestream.json").read_text())
+    assert report["stats"]["faces"] == 10, report["stats"]
+    assert (report["source"]["rotation"], report["source"]["mirrored"]) == (-90, False)
 
 
 def test_truncated_recording_with_index_first_is_filtered_up_to_the_cut(tmp_path, tiny_bundle_dir, capsys):
