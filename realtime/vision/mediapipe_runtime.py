@@ -122,6 +122,19 @@ def import_mediapipe(purpose: str = "face tracking") -> ModuleType:
     return mediapipe
 
 
+def unusable(purpose: str, exc: BaseException) -> BaseException:
+    """What to raise when importing MediaPipe failed with ``exc``: KeyboardInterrupt when a Ctrl-C / SIGTERM struck
+    inside a compiled module's initialisation (pybind11 reports it as ``ImportError: initialization failed`` caused
+    by the KeyboardInterrupt), else a one-line UserError naming ``purpose``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return KeyboardInterrupt()
+        seen = seen.__cause__ or seen.__context__
+    return UserError(f"{purpose} needs MediaPipe 0.10.21 ({type(exc).__name__}: {exc}); "
+                     "install it with: pip install --no-deps mediapipe==0.10.21")
+
+
 def _first_import(purpose: str) -> ModuleType:
     # MediaPipe's bindings call PyErr_Print → sys.excepthook(AttributeError, …, None) for the GetPrototype error.
     # The hook is wrapped for the one import only (under _import_lock) and passes anything else on.
@@ -136,8 +149,7 @@ def _first_import(purpose: str) -> ModuleType:
     try:
         import mediapipe  # noqa: PLC0415 - optional, heavy, and noisy at import
     except Exception as exc:  # ImportError, or a broken protobuf/numpy combination
-        raise UserError(f"{purpose} needs MediaPipe 0.10.21 ({type(exc).__name__}: {exc}); "
-                        "install it with: pip install --no-deps mediapipe==0.10.21") from None
+        raise unusable(purpose, exc) from None
     finally:
         if sys.excepthook is hook:
             sys.excepthook = previous
@@ -152,8 +164,7 @@ def _face_mesh_solution() -> ModuleType:
     try:
         from mediapipe.python.solutions import face_mesh  # noqa: PLC0415 - optional, heavy
     except Exception as exc:  # a broken protobuf/numpy combination
-        raise UserError(f"finding face landmarks needs MediaPipe 0.10.21 ({type(exc).__name__}: {exc}); "
-                        "install it with: pip install --no-deps mediapipe==0.10.21") from None
+        raise unusable("finding face landmarks", exc) from None
     return face_mesh
 
 

@@ -27,10 +27,9 @@ import cv2
 import numpy as np
 
 from models.config import opt
-from models.errors import UserError
 from realtime.frames import Frame, Track
 from realtime.vision.align import quad_from_landmarks, quad_size, warp_to_crop
-from realtime.vision.mediapipe_runtime import import_mediapipe
+from realtime.vision.mediapipe_runtime import import_mediapipe, unusable
 from realtime.vision.topology import EYE_LEFT, EYE_RIGHT, NUM_LANDMARKS
 
 log = logging.getLogger(__name__)
@@ -99,10 +98,7 @@ def _import_mediapipe():  # noqa: ANN202 - returns modules
         from mediapipe.python.solution_base import SolutionBase  # noqa: PLC0415 - optional, heavy
         from mediapipe.python.solutions import face_detection, face_mesh  # noqa: PLC0415
     except Exception as exc:  # a broken protobuf/numpy combination
-        raise UserError(
-            f"face tracking needs MediaPipe 0.10.21 ({type(exc).__name__}: {exc}); "
-            "install it with: pip install --no-deps mediapipe==0.10.21"
-        ) from None
+        raise unusable("face tracking", exc) from None
     return SolutionBase, face_detection, face_mesh
 
 

@@ -227,6 +227,62 @@ def test_sigint_leaves_a_playable_file_with_every_processed_frame(tmp_path, tiny
     assert "Traceback" not in err
 
 
+def _signal_at(argv: list[str], sig: int, moment: Callable[[str], bool], env: dict[str, str],
+               timeout: float = 90) -> tuple[int, str]:
+    """Start ``python -m realtime.cli ARGV``, send ``sig`` as soon as ``moment(stderr so far)`` is true (polled
+    every 2 ms) → (exit code, stderr)."""
+    err_path = Path(env["STYLESTREAM_CACHE"]).parent / f"stderr-{time.monotonic_ns()}.txt"
+    with err_path.open("w") as err_file:
+        p = subprocess.Popen([sys.executable, "-m", "realtime.cli", *argv], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=err_file)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and p.poll() is None and not moment(err_path.read_text()):
+                time.sleep(0.002)
+            assert p.poll() is None, "the command ended before the moment came: " + err_path.read_text()[-2000:]
+            p.send_signal(sig)
+            p.wait(60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+    return p.returncode, err_path.read_text()
+
+
+@pytest.mark.slow
+def test_a_signal_during_start_up_is_one_line_exit_130_and_no_broken_file(tmp_path, tiny_bundle_dir):
+    """Issue 17.6: Ctrl-C at ~1 s printed a KeyboardInterrupt traceback (the command was still importing) and
+    SIGTERM at ~2 s could leave a 48-byte unplayable mp4. At every moment of start-up — loading the command,
+    during the first run's ONNX export, right after the output file is created — one line, exit 130, and no
+    file or a playable one; the interrupted export leaves a cache the next run can use."""
+    out = tmp_path / "out.mp4"
+    env = {k: v for k, v in os.environ.items() if k != "STYLESTREAM_MEDIAPIPE_LOGS"}
+    env.update(PYTHONUNBUFFERED="1", STYLESTREAM_CACHE=str(tmp_path / "cache"))
+    run = ["run", "demo:?seconds=30&fps=15&size=320x240", "-o", str(out), "--bundle", str(tiny_bundle_dir)]
+    started = 0.0
+    trials = [  # (what, signal, backend, moment)
+        ("loading the command", signal.SIGINT, "onnx", lambda err: time.monotonic() - started > 1.0),
+        ("exporting to ONNX", signal.SIGTERM, "onnx", lambda err: "exporting fren" in err),
+        ("the output file was just created", signal.SIGINT, "torch", lambda err: out.exists()),
+        ("the output file was just created", signal.SIGTERM, "torch", lambda err: out.exists()),
+    ]
+    for what, sig, backend, moment in trials:
+        started = time.monotonic()
+        rc, err = _signal_at([*run, "--backend", backend], sig, moment, env)
+        lines = [ln for ln in err.splitlines() if ln.strip() and "━" not in ln and "stylestream: " not in ln
+                 and not ln.startswith(" ")]
+        assert rc == 130 and "Traceback" not in err, (what, sig, rc, err)
+        assert lines and re.fullmatch(r"stylestream run: interrupted|interrupted: \d+ frames written to .*",
+                                      lines[-1]), (what, sig, err)
+        if out.exists():  # nothing, or a video with every frame it says
+            info = probe(out)
+            assert info.frames > 0 and info.decode_error is None, (what, sig, info)
+            out.unlink()
+    r = subprocess.run([sys.executable, "-m", "realtime.cli", "run", "demo:?seconds=0.6&fps=5&size=320x240", "-o",
+                        str(out), "--bundle", str(tiny_bundle_dir), "--backend", "onnx"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and probe(out).frames == 3, r.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
     "kind,message",
     [
