@@ -401,6 +401,29 @@ def test_camera_into_a_registered_virtual_camera_backend(tiny_bundle_dir, capsys
 
 
 @pytest.mark.slow
+def test_camera_finishes_a_calibration_the_source_outran_or_fails_clearly(tmp_path, tiny_bundle_dir, capsys):
+    """Issue 17.12: `camera --source FILE --calibrate --save-calibrated DIR` with a file that ends before the
+    calibration finishes saved nothing, said nothing and exited 0. Now a calibration that is adapting is finished
+    and saved after the source ends; one that cannot finish (too few face frames) is one clear line, exit 2."""
+    with open_source("demo:astronaut?seconds=1.5&fps=10&size=320x240") as demo:
+        clip = write_rotated_clip(tmp_path / "short.mp4", [f.image for f in demo], degrees=0, fps=10)
+    saved = tmp_path / "calibrated"
+    common = ["camera", "--source", str(clip), "-o", "null:", "--bundle", str(tiny_bundle_dir), "--backend", "torch",
+              "--calibrate", "--calibrate-stride", "1", "--save-calibrated", str(saved)]
+    rc, _, err = _run_cli([*common, "--calibrate-frames", "4", "--calibrate-iters", "20"], capsys)
+    assert rc == 0, err
+    assert "the source ended; finishing the calibration" in err and "saved the calibrated bundle" in err, err
+    cal = load_bundle(saved)
+    assert cal.provenance["calibrated"]["frames"] == 4 and cal.name.startswith(f"{load_bundle(tiny_bundle_dir).name}"
+                                                                               "+calibrated-")
+    shutil.rmtree(saved)
+    rc, _, err = _run_cli([*common, "--calibrate-frames", "100"], capsys)
+    assert rc == 2 and not saved.exists(), err
+    lines = [ln for ln in err.splitlines() if ln.startswith("stylestream camera: error")]
+    assert len(lines) == 1 and "of the 100 face frames" in lines[0] and "nothing saved" in lines[0], err
+
+
+@pytest.mark.slow
 def test_camera_calibrates_live_saves_the_bundle_and_keeps_streaming(tmp_path, tiny_bundle_dir):
     """`camera --calibrate --save-calibrated`: the stream keeps being written while the generator adapts in the
     background; the calibrated bundle is saved and loads; Ctrl-C still leaves a playable file."""
