@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from realtime import cli
+from realtime.cli.common import PhaseProgress, status
 from realtime.vision.mediapipe_runtime import NOISE
 from tests import REPO
 
@@ -52,3 +56,46 @@ def test_list_edits_is_one_aligned_row_per_edit(tmp_path, capsys):
     starts = {tuple(m.start(k) for k in (2, 3, 4)) for m in cells}
     assert len(starts) == 1, rows  # every column starts at the same place on every row
     assert {m.group(1) for m in cells} >= {"smile", "yaw", "random_identity"}
+
+
+def test_phase_progress_off_a_terminal_is_a_line_per_interval_and_one_at_the_end():
+    """Issue 17.13: `edit --adapt` ran 50–60 s without a word when stderr was not a terminal (rich bars only draw on
+    one). PhaseProgress prints a plain line every ``every_s`` seconds of a phase and one when it ends."""
+    buf = io.StringIO()
+    progress = PhaseProgress(Console(file=buf, force_terminal=False, width=200), every_s=0.05)
+    with progress:
+        for i in range(1, 13):
+            progress("adapt", i, 12, f"loss {1 / i:.3f}")
+            time.sleep(0.01)
+        progress("adapt", 12, 12, "loss 0.083")  # repeated: no second end line
+        progress.advance("track")
+    lines = buf.getvalue().splitlines()
+    adapt = [ln for ln in lines if ln.startswith("adapt: ")]
+    assert 2 <= len(adapt) <= 5, lines  # ~120 ms of a phase at one line per 50 ms, plus the end
+    assert adapt[-1].startswith("adapt: 12/12, loss 0.083 (") and adapt[-1].endswith(", done)"), adapt
+    assert sum(ln.endswith("done)") for ln in adapt) == 1
+    assert not [ln for ln in lines if ln.startswith("track")]  # 1 item so far, no interval passed
+
+
+@pytest.mark.slow
+def test_piped_edit_adapt_reports_its_phases(tmp_path, tiny_bundle_dir):
+    """Issue 17.13: `edit --adapt` with stderr to a file: the adaptation and the render say how far they are."""
+    rc, out, err = run_cli(["edit", "demo:portrait?seconds=1&fps=8&size=320x240", "-o", str(tmp_path / "e.mp4"),
+                            "--bundle", str(tiny_bundle_dir), "--adapt", "--adapt-iters", "30", "--edit",
+                            "brighter=1"], tmp_path)
+    assert rc == 0, err
+    assert re.search(r"^adapt: 30/30, loss [\d.]+ \(\d+ s, done\)$", err, re.MULTILINE), err
+    assert re.search(r"^render: 8/8 \(\d+ s, done\)$", err, re.MULTILINE), err
+
+
+def test_status_off_a_terminal_says_the_step_and_its_time_until_it_ends():
+    """Issue 17.13: a spinner shows nothing in a pipe; a long step (the first run's ONNX export) gets a plain line at
+    its start and one with the time so far every ``every_s`` seconds."""
+    buf = io.StringIO()
+    with status(Console(file=buf, force_terminal=False, width=200), "preparing the engine", every_s=0.05):
+        time.sleep(0.18)
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "preparing the engine …" and 2 <= len(lines) <= 5, lines
+    assert all(re.fullmatch(r"preparing the engine … \d+ s", ln) for ln in lines[1:]), lines
+    time.sleep(0.1)
+    assert buf.getvalue().splitlines() == lines  # nothing after the step ended
