@@ -109,6 +109,10 @@ class CalibrationControls:
                     engine.close()
         if self._saver is not None:
             self._saver.join()
+        if self.save_to is None and cal.phase == "recording":
+            self.console.print(f"calibration: the source ended after {cal.status().get('recorded', 0)} of the "
+                               f"{cal.cfg.frames} face frames it records; it was not used")
+            cal.cancel()
         if self.save_to is None or self._saved is not None:
             return
         if cal.phase == "recording":
