@@ -27,9 +27,11 @@ from typing import Any
 
 import torch
 
+from export.artifacts import read_manifest, write_manifest
 from export.onnx import available_models, export_bundle
 from models.bundle import derived_name
 from models.config import opt
+from models.errors import UserError
 from training.adapt import AdaptConfig, adapt_generator, reconstruction
 
 
@@ -52,6 +54,37 @@ def phase_summary(seconds: dict[str, float]) -> str:
     parts = ", ".join(f"{label} {seconds[k]:.1f} s" for k, label in names if k in seconds)
     total = f": {seconds['total']:.1f} s from the request" if "total" in seconds else ""
     return parts + total
+
+
+ADAPTED_MODELS = ("synthesis",)  # what a calibration changes; the encoders' exports stay valid
+
+
+def exported_dir_of(engine: Any) -> Path | None:
+    """The ONNX export folder an engine runs from (through a :class:`realtime.engines.SerialEngine`), if any."""
+    inner = getattr(engine, "engine", engine)
+    d = getattr(inner, "model_dir", None)
+    return Path(d) if d is not None else None
+
+
+def reuse_exports(src: Path | None, dst: str, precision: str) -> dict[str, Any]:
+    """Copy the ``precision`` exports of the models a calibration does not change from the export folder ``src``
+    into ``dst`` → their manifest entries ({} when there is nothing usable: everything is exported then)."""
+    if src is None:
+        return {}
+    try:
+        entries = read_manifest(src).get("models", {})
+    except UserError:
+        return {}
+    out: dict[str, Any] = {}
+    for key, entry in entries.items():
+        if entry.get("precision") != precision or entry.get("model") in ADAPTED_MODELS:
+            continue
+        try:
+            shutil.copyfile(Path(src) / entry["file"], Path(dst) / entry["file"])
+        except (OSError, KeyError, TypeError):
+            continue
+        out[key] = entry
+    return out
 
 
 class _Cancelled(Exception):
@@ -84,11 +117,13 @@ def background_niceness() -> int:
 
 
 def _calibration_child(conn: Any, payload: bytes, cfg: CalibrationConfig, device: str, export_dir: str | None,
-                       export_precision: str, niceness: int) -> None:
+                       export_precision: str, niceness: int, reused: dict[str, Any]) -> None:
     """The calibration worker process: adapt the bundle's generator on the pairs (``payload``: the bundle, crops and
     latents, ``torch.save``d by the parent), optionally export the adapted bundle to ONNX. It reports each phase over
     ``conn`` as it begins: ``("started", None)`` (loaded, ready to adapt), ``("progress", p)`` while adapting,
-    ``("exporting", p)`` while exporting, then ``("done", result)`` (or ``("error", msg)``)."""
+    ``("exporting", p)`` while exporting, then ``("done", result)`` (or ``("error", msg)``). Only the generator
+    changes, so only the models not in ``reused`` (manifest entries of the stream's own exports, already copied into
+    ``export_dir``: the encoders) are exported; their entries join the new manifest."""
 
     warnings.filterwarnings("ignore")
     become_background_worker(max(1, cfg.threads) if device == "cpu" else 0, niceness)
@@ -119,7 +154,7 @@ def _calibration_child(conn: Any, payload: bytes, cfg: CalibrationConfig, device
         if export_dir is not None:
             conn.send(("exporting", 0.0))
             bundle.to("cpu")
-            models = available_models(bundle)
+            models = [m for m in available_models(bundle) if f"{m}.{export_precision}" not in reused]
             done = [0]
 
             def exported(msg: str) -> None:
@@ -127,7 +162,10 @@ def _calibration_child(conn: Any, payload: bytes, cfg: CalibrationConfig, device
                     done[0] += 1
                     conn.send(("exporting", done[0] / max(1, len(models))))
 
-            export_bundle(bundle, export_dir, precision=export_precision, models=models, progress=exported)
+            manifest = export_bundle(bundle, export_dir, precision=export_precision, models=models, progress=exported)
+            if reused:
+                manifest["models"].update(reused)
+                write_manifest(export_dir, manifest)
         buf = io.BytesIO()  # plain bytes: tensors sent as multiprocessing objects die with this process's memory
         torch.save({k: v.detach().cpu() for k, v in bundle.generator.state_dict().items()}, buf)
         conn.send(("done", {"state": buf.getvalue(), "psnr": psnr}))
@@ -166,13 +204,15 @@ class Calibrator:
     PHASES = ("recording", "starting", "adapting", "exporting", "building")
 
     def __init__(self, cfg: CalibrationConfig | None = None, device: torch.device | str = "cpu",
-                 build: Callable[[Any, Path | None], Any] | None = None, export_precision: str | None = None):
+                 build: Callable[[Any, Path | None], Any] | None = None, export_precision: str | None = None,
+                 export_from: Path | None = None):
         self.cfg = cfg or CalibrationConfig()
         if self.cfg.frames < 1 or self.cfg.iters < 1 or self.cfg.stride < 1 or self.cfg.batch < 1:
             raise ValueError(f"calibration needs frames, iters, stride and batch ≥ 1, got {self.cfg}")
         self.device = torch.device(device)
         self.build = build
         self.export_precision = export_precision
+        self.export_from = export_from  # the stream's own export folder: its encoders are reused, not re-exported
         self.state = "idle"
         self.phase = "idle"  # the finer view of ``state`` (class doc)
         self.error = ""
@@ -276,9 +316,11 @@ class Calibrator:
             parent, child = ctx.Pipe(duplex=False)
             device = "cpu" if self.device.type == "cpu" else str(self.device)
             niceness = background_niceness()
+            reused = reuse_exports(self.export_from, export_dir, self.export_precision or "fp32") \
+                if export_dir is not None else {}
             proc = ctx.Process(target=_calibration_child, name="stylestream-calibrate", daemon=True,
                                args=(child, buf.getvalue(), self.cfg, device, export_dir,
-                                     self.export_precision or "fp32", niceness))
+                                     self.export_precision or "fp32", niceness, reused))
             del buf
             proc.start()
             # Lower its priority now, not when its function runs: importing torch & co. takes seconds of CPU.

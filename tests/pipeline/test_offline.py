@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from export.artifacts import exported_models
+from export.onnx import export_bundle
 from models.bundle import DEFAULT_BUNDLE, load_bundle
 from models.editing import EditStack
 from realtime.cli import main
+from realtime.engines import EngineOptions, EngineSpec, make_engine
 from realtime.io.sources import open_source
 from realtime.pipeline.calibration import CalibrationConfig, Calibrator
 from realtime.vision.align import align_crop
@@ -317,7 +320,7 @@ def test_calibrator_stride_cancel_and_failure(clip: tuple[object, torch.Tensor])
 
 
 @pytest.mark.slow
-def test_calibrator_reports_every_phase_it_spends(tiny_bundle) -> None:
+def test_calibrator_reports_every_phase_it_spends(tiny_bundle, tmp_path: Path) -> None:
     """Issue 17.11: on a loaded machine request → swap took ≈ 53 s while the camera printed "adapted 19.4 s, engine
     built 0.3 s": the worker's start (shown as "adapting 0 %") and the ONNX export (shown as "building 0 %") were
     missing. Every phase is now a named phase with its own wall time, and the parts add up to the total the
@@ -327,12 +330,21 @@ def test_calibrator_reports_every_phase_it_spends(tiny_bundle) -> None:
     crops = torch.rand(4, 3, s, s, generator=g) * 2 - 1
     ws = invert_crops(tiny_bundle, crops)
 
+    base_dir = tmp_path / "base-onnx"  # the stream's own export: its encoders are copied, not exported again
+    export_bundle(tiny_bundle, base_dir, precision="fp32")
+    built: list[dict[str, float]] = []
+
     def build(bundle: object, model_dir: object) -> object:
-        assert model_dir is not None and (Path(model_dir) / "synthesis.fp32.onnx").exists()
+        assert set(exported_models(model_dir, bundle, "fp32")) == {"fren", "vien", "synthesis"}
+        eng = make_engine(bundle, EngineSpec("onnx", "cpu", "fp32", options=EngineOptions(model_dir=model_dir)))
+        ref = make_engine(tiny_bundle, EngineSpec("onnx", "cpu", "fp32", options=EngineOptions(model_dir=base_dir)))
+        built.append({"fren": float((eng.encode_key(crops[:1]) - ref.encode_key(crops[:1])).abs().max()),
+                      "synthesis": float((eng.synthesize(ws[:1]) - ref.synthesize(ws[:1])).abs().max())})
         time.sleep(0.3)
         return bundle
 
-    cal = Calibrator(CalibrationConfig(frames=4, stride=1, iters=60), build=build, export_precision="fp32")
+    cal = Calibrator(CalibrationConfig(frames=4, stride=1, iters=60), build=build, export_precision="fp32",
+                     export_from=base_dir)
     t0 = time.perf_counter()
     assert cal.start(tiny_bundle)
     for i in range(4):
@@ -355,3 +367,4 @@ def test_calibrator_reports_every_phase_it_spends(tiny_bundle) -> None:
     parts = sum(v for k, v in sec.items() if k != "total")
     assert abs(parts - sec["total"]) < 0.1 and abs(sec["total"] - waited) < 0.2, (sec, waited)
     assert cal.take().name.startswith(f"{tiny_bundle.name}+calibrated-20")
+    assert built[0]["fren"] == 0.0 and built[0]["synthesis"] > 1e-3, built  # encoders reused, generator adapted
