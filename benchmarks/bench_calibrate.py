@@ -41,6 +41,7 @@ from realtime.io.sinks import open_sink
 from realtime.io.sources import open_source
 from realtime.pipeline import FrameProcessor, Pipeline, PipelineConfig
 from realtime.pipeline.calibration import CalibrationConfig, become_background_worker
+from realtime.vision.mediapipe_runtime import install_native_stderr_filter
 from realtime.vision.tracking import FaceTracker, TrackerConfig
 from training.adapt import AdaptConfig, adapt_generator
 
@@ -255,4 +256,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    install_native_stderr_filter()  # MediaPipe's start-up lines, as the CLI does
     raise SystemExit(main())
