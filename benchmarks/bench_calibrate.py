@@ -209,7 +209,8 @@ def markdown(result: dict) -> str:
     for name, ph in tl["phases"].items():
         if ph:
             lines.append(f"| {name} | {ph['seconds'] if ph['seconds'] is not None else '-'} | {ph['fps']} | "
-                         f"{ph['latency_p50_ms']} / {ph['latency_p99_ms']} | {ph['drops']} ({ph['drops_pct']} %) |")
+                         f"{ph['latency_p50_ms']} / {ph['latency_p99_ms']} | {ph['drops']}"
+                         + (f" ({ph['drops_pct']} %)" if ph.get("drops_pct") is not None else "") + " |")
     if "isolation" in result:
         iso = result["isolation"]["iterations_per_s"]
         lines += ["", "Model loop (FrEN + synthesis, 1 thread) iterations/s: alone "
