@@ -5,8 +5,10 @@
 1. **Timeline.** The live pipeline (a file released at its frame rate like a camera → tracking → device worker →
    null sink) runs the bundle; after ``--warmup`` seconds a calibration starts (``FrameProcessor.calibrate()``, as
    the camera's ``c`` key or the page's button do). Per second: output fps, drops, mean latency and the calibration
-   state. Summary: fps / latency before, during and after; the calibration's phases (record, worker start, adapt,
-   export, engine build) and the reconstruction PSNR on the recorded frames before / after adaptation.
+   phase. Summary: fps / latency / drops before, during each phase of the calibration (recording, starting the
+   worker, adapting, exporting, building the engine) and after; the phases' wall times as the calibrator reports
+   them (they add up to the request → swap time) and the reconstruction PSNR on the recorded frames before / after.
+   ``--compete N`` runs N CPU-bound processes (a busy loop at normal priority) next to it for the whole run.
 2. **Isolation** (``--isolation``): why the adaptation runs in a worker process. A tight encode + synthesize loop
    (the device worker's model work, one thread) is timed alone, next to the same adaptation in a *thread* of the same
    process, and next to it in a *spawned process* at nice +10.
@@ -22,6 +24,7 @@ import contextlib
 import copy
 import dataclasses
 import multiprocessing
+import os
 import tempfile
 import threading
 import time
@@ -38,6 +41,7 @@ from realtime.io.sinks import open_sink
 from realtime.io.sources import open_source
 from realtime.pipeline import FrameProcessor, Pipeline, PipelineConfig
 from realtime.pipeline.calibration import CalibrationConfig, become_background_worker
+from realtime.vision.mediapipe_runtime import install_native_stderr_filter
 from realtime.vision.tracking import FaceTracker, TrackerConfig
 from training.adapt import AdaptConfig, adapt_generator
 
@@ -53,6 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=30, help="calibration: recorded pairs")
     p.add_argument("--iters", type=int, default=200, help="calibration: adaptation steps")
     p.add_argument("--isolation", action="store_true", help="also time the model loop next to a thread/process")
+    p.add_argument("--compete", type=int, default=0, help="CPU-bound processes to run next to the live run")
     p.add_argument("--json", type=Path, default=None)
 
 
@@ -74,7 +79,7 @@ def timeline(args: argparse.Namespace, path: str) -> dict:
             events["start"] = t
             processor.calibrate()
         cal = processor.calibrator
-        state = cal.state if cal is not None else "idle"
+        state = cal.phase if cal is not None else "idle"
         if cal is not None and state not in events:
             events[state] = t
         rows.append({"t": t, "latency_ms": (now_ns() - out.capture_ns) / 1e6, "state": state,
@@ -101,21 +106,33 @@ def timeline(args: argparse.Namespace, path: str) -> dict:
         sec = [r for r in rows if lo <= r["t"] < hi]
         span = (sec[-1]["t"] - sec[0]["t"]) if len(sec) > 1 else 0.0
         lat = sorted(r["latency_ms"] for r in sec)
+        before = [r["drops"] for r in rows if r["t"] < lo]  # drops counted up to the last frame before the phase
+        drops = (sec[-1]["drops"] - (before[-1] if before else 0)) if sec else 0
         return {"seconds": round(hi - lo, 1) if hi < 1e9 else None, "frames": len(sec),
                 "fps": round((len(sec) - 1) / span, 1) if span > 0 else None,
                 "latency_p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
                 "latency_p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
-                "drops": (sec[-1]["drops"] - sec[0]["drops"]) if sec else 0}
+                "drops": drops, "drops_pct": round(100 * drops / (drops + len(sec)), 2) if sec else None}
 
     start, active = events.get("start", 0.0), events.get("active", float("inf"))
+    order = [k for k in ("recording", "starting", "adapting", "exporting", "building") if k in events]
+    ends = [events[k] for k in order[1:]] + [active]
+    by_phase = {k: phase(events[k], end) for k, end in zip(order, ends, strict=True)}
     return {"input": args.input, "bundle": which, "engine": {"backend": engine.name, "device": str(engine.device),
                                                              "precision": engine.precision},
             "calibration": {"frames": args.frames, "iters": args.iters, **status},
             "events_s": {k: round(v, 2) for k, v in events.items()},
             "time_to_active_s": round(active - start, 2) if active < float("inf") else None,
-            "phases": {"before": phase(0.5, start), "calibrating": phase(start, active),
+            "phases": {"before": phase(0.5, start), **by_phase, "calibrating": phase(start, active),
                        "after": phase(active, float("inf")) if active < float("inf") else None},
             "per_second": per_second, "run": {k: v for k, v in stats.to_dict().items() if k != "stages"}}
+
+
+def _busy() -> None:
+    """A CPU-bound process at normal priority (``--compete``): what another program on the machine costs."""
+    x = 0
+    while True:
+        x = (x * 1103515245 + 12345) % 2**31
 
 
 class _Stop(Exception):
@@ -182,15 +199,18 @@ def markdown(result: dict) -> str:
     lines = [f"Measured {p['date']} on {p.get('gpu') or p['cpu']} ({p['cpu_count']} cores), torch {p['torch']}, "
              f"commit {p['git_commit']}, load average {p.get('load_avg', ['?'])[0]}.", "",
              f"Command: `{result['command']}`", "",
+             f"Competing CPU-bound processes: {result.get('compete', 0)}; load average after the run "
+             f"{result.get('load_avg_after', '?')}.", "",
              f"Engine {tl['engine']['backend']} {tl['engine']['device']} {tl['engine']['precision']}, bundle "
              f"{tl['bundle']}, {cal['frames']} recorded pairs, {cal['iters']} steps. Time from the request to the "
              f"swap: **{tl['time_to_active_s']} s**; phases (s): {cal.get('seconds', {})}; reconstruction PSNR on the "
              f"recorded frames: {cal.get('psnr', {})}.", "",
-             "| phase | seconds | fps | latency p50 / p99 ms | drops |", "|---|---|---|---|---|"]
+             "| phase | seconds | fps | latency p50 / p99 ms | drops (% of frames) |", "|---|---|---|---|---|"]
     for name, ph in tl["phases"].items():
         if ph:
             lines.append(f"| {name} | {ph['seconds'] if ph['seconds'] is not None else '-'} | {ph['fps']} | "
-                         f"{ph['latency_p50_ms']} / {ph['latency_p99_ms']} | {ph['drops']} |")
+                         f"{ph['latency_p50_ms']} / {ph['latency_p99_ms']} | {ph['drops']}"
+                         + (f" ({ph['drops_pct']} %)" if ph.get("drops_pct") is not None else "") + " |")
     if "isolation" in result:
         iso = result["isolation"]["iterations_per_s"]
         lines += ["", "Model loop (FrEN + synthesis, 1 thread) iterations/s: alone "
@@ -209,8 +229,18 @@ def run(args: argparse.Namespace) -> int:
             with console.status(f"rendering {spec} to a temporary H.264 file"):
                 render_to_file(spec, Path(tmp) / "input.mp4")
             path = str(Path(tmp) / "input.mp4")
-        with console.status(f"live run with a calibration after {args.warmup:g} s"):
-            result["timeline"] = timeline(args, path)
+        result["compete"] = args.compete
+        hogs = [multiprocessing.get_context("spawn").Process(target=_busy, daemon=True) for _ in range(args.compete)]
+        for h in hogs:
+            h.start()
+        try:
+            with console.status(f"live run with a calibration after {args.warmup:g} s"):
+                result["timeline"] = timeline(args, path)
+        finally:
+            for h in hogs:
+                h.terminate()
+                h.join()
+        result["load_avg_after"] = [round(v, 2) for v in os.getloadavg()]
     if args.isolation:
         with console.status("model loop alone / next to an adaptation thread / next to a worker process"):
             result["isolation"] = isolation(args)
@@ -227,4 +257,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    install_native_stderr_filter()  # MediaPipe's start-up lines, as the CLI does
     raise SystemExit(main())

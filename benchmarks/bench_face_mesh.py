@@ -33,7 +33,7 @@ from skimage import data
 from benchmarks.provenance import command_line, provenance, write_result
 from benchmarks.timing import summarise, time_calls
 from models.face_mesh import DETECTOR_MODEL, LANDMARK_MODEL, FaceMesh, crop, mediapipe_model_path, roi_from_detection
-from realtime.vision.mediapipe_runtime import import_mediapipe
+from realtime.vision.mediapipe_runtime import import_mediapipe, install_native_stderr_filter
 
 
 class MediaPipeRuntime:
@@ -256,4 +256,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    install_native_stderr_filter()  # MediaPipe's start-up lines, as the CLI does
     raise SystemExit(main())

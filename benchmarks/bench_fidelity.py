@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 from benchmarks.metrics import landmark_error, mean_frame_psnr, temporal_consistency, warping_error
 from benchmarks.provenance import command_line, provenance, write_result
 from models.bundle import DEFAULT_BUNDLE, load_bundle
-from realtime.vision.mediapipe_runtime import detect_landmarks
+from realtime.vision.mediapipe_runtime import detect_landmarks, install_native_stderr_filter
 from training.common import save_grid
 from training.data import load_crops
 from training.losses import LPIPSLoss, ssim
@@ -250,4 +250,5 @@ def markdown(out: dict) -> str:
 
 
 if __name__ == "__main__":
+    install_native_stderr_filter()  # MediaPipe's start-up lines, as the CLI does
     raise SystemExit(main())

@@ -33,6 +33,7 @@ from models.bundle import DEFAULT_BUNDLE, new_bundle
 from models.editing import EditSpec, tensor_key
 from realtime.server import rtc_tuning
 from realtime.server.client import LiveClient, clip_frames
+from realtime.vision.mediapipe_runtime import install_native_stderr_filter
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,4 +153,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    install_native_stderr_filter()  # MediaPipe's start-up lines, as the CLI does
     sys.exit(main())

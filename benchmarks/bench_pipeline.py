@@ -35,6 +35,7 @@ from realtime.frames import Output
 from realtime.io.sinks import open_sink
 from realtime.io.sources import open_source
 from realtime.pipeline import FrameProcessor, Pipeline, PipelineConfig
+from realtime.vision.mediapipe_runtime import install_native_stderr_filter
 from realtime.vision.tracking import FaceTracker, TrackerConfig
 
 
@@ -144,4 +145,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    install_native_stderr_filter()  # MediaPipe's start-up lines, as the CLI does
     raise SystemExit(main())

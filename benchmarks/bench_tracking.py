@@ -33,7 +33,7 @@ from realtime.io import stills
 from realtime.vision.align import align_crop, align_crops_torch, quad_from_landmarks
 from realtime.vision.composite import face_mask, paste_back, paste_back_torch
 from realtime.vision.geometry import landmarks_to_crop
-from realtime.vision.mediapipe_runtime import import_mediapipe
+from realtime.vision.mediapipe_runtime import import_mediapipe, install_native_stderr_filter
 from realtime.vision.tracking import FaceTracker, TrackerConfig, track_sequence
 
 
@@ -219,4 +219,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    install_native_stderr_filter()  # MediaPipe's start-up lines, as the CLI does
     raise SystemExit(main())

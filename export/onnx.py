@@ -31,7 +31,6 @@ fp32 and fp16 exports can share a folder.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 import io
@@ -294,14 +293,19 @@ def export_module(module: nn.Module, inputs: dict[str, torch.Tensor], path: str 
     params = inspect.signature(module.forward).parameters.values()
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
         dyn = (dyn,)  # forward(*inputs): one top-level argument holding the tuple (Tapped)
+    # The exporter prints nothing with verbose=False; what it logs goes to a buffer for the error message. Never
+    # redirect sys.stdout / sys.stderr here: they are the whole process's, and other threads write to them.
     log = io.StringIO()
+    handler = logging.StreamHandler(log)
     torch_onnx_log = logging.getLogger("torch.onnx")
-    level = torch_onnx_log.level
+    level, propagate = torch_onnx_log.level, torch_onnx_log.propagate
     try:
         with atomic_path(path) as tmp:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch_onnx_log.setLevel(logging.ERROR)  # e.g. "torchvision is not installed. Skipping …"
+                torch_onnx_log.addHandler(handler)
+                torch_onnx_log.propagate = False
                 torch.onnx.export(module.eval(), tuple(inputs.values()), str(tmp), dynamo=True, external_data=False,
                                   input_names=list(inputs), output_names=list(output_names), opset_version=opset,
                                   dynamic_shapes=dyn, verbose=False)
@@ -321,7 +325,9 @@ def export_module(module: nn.Module, inputs: dict[str, torch.Tensor], path: str 
         raise ExportError(f"ONNX export of {path.name} failed: {type(exc).__name__}: {first}"
                           + (f" (exporter: {tail})" if tail else "")) from exc
     finally:
+        torch_onnx_log.removeHandler(handler)
         torch_onnx_log.setLevel(level)
+        torch_onnx_log.propagate = propagate
     return path
 
 

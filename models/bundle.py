@@ -34,7 +34,9 @@ from __future__ import annotations
 import importlib.resources
 import json
 import os
+import re
 import shutil
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,6 +278,18 @@ class Part:
 
 def _check_nothing(value: Any, ck: Checked) -> None:
     """format / format_version: _read_manifest checked them first (they decide whether this is a bundle at all)."""
+
+
+_DERIVED = re.compile(r"(\+(calibrated|adapted)-\d{4}-\d\d-\d\dT\d\d:\d\dZ?)+$")
+
+
+def derived_name(name: str, how: str, when: float | None = None) -> str:
+    """The name of a bundle made from ``name`` by ``how`` ("calibrated", "adapted") at ``when`` (epoch seconds,
+    default now), e.g. ``default+calibrated-2026-12-01T08:00Z`` (UTC); an earlier such suffix is replaced."""
+    base = _DERIVED.sub("", name) or "bundle"
+    stamp = time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(when))
+    suffix = f"+{how}-{stamp}"
+    return base[: 200 - len(suffix)] + suffix
 
 
 def _check_name(value: Any, ck: Checked) -> None:

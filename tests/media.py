@@ -51,6 +51,7 @@ class Probe:
     audio_start_s: float | None = None  # pts of the first decoded audio frame, seconds
     format_name: str = ""
     first_rgb: np.ndarray | None = None  # [H, W, 3] uint8 of the first video frame
+    rotations: set[int] = field(default_factory=set)  # display-matrix rotation of the frames (0: none)
     decode_error: str | None = None  # set if decoding stopped on an error
 
     @property
@@ -167,6 +168,28 @@ def write_clip(
     return Clip(path, width, height, fps, n, n / fps, a_written / sample_rate)
 
 
+def write_rotated_clip(path: str | Path, upright: list[np.ndarray], *, degrees: int, hflip: bool = False,
+                       fps: int = 10) -> Path:
+    """Write frames the way a phone does: stored sideways, with a display matrix (PyAV's
+    ``set_display_rotation``: ``degrees`` counter-clockwise, then ``hflip``) that shows ``upright`` ([H, W, 3]
+    uint8 RGB, even sizes) as they are. A phone held upright records ``degrees=-90``."""
+    path = Path(path)
+    k = (degrees // 90) % 4
+    stored = [np.ascontiguousarray(np.rot90(f[:, ::-1] if hflip else f, -k)) for f in upright]
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.height, vs.width = stored[0].shape[:2]
+        vs.pix_fmt = "yuv420p"
+        vs.options = {"preset": "ultrafast", "crf": "12"}
+        vs.set_display_rotation(degrees, hflip=hflip)
+        for i, img in enumerate(stored):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode(None))
+    return path
+
+
 def write_audio_only(path: str | Path, *, seconds: float = 1.0, sample_rate: int = AUDIO_RATE) -> Path:
     """An .m4a/.mp4/.mka file holding only an AAC tone (no video stream)."""
     path = Path(path)
@@ -265,6 +288,7 @@ def probe(path: str | Path, *, keep_first: bool = False) -> Probe:
                         info.frames += 1
                         info.pts_s.append(float(frame.pts * frame.time_base) if frame.pts is not None else 0.0)
                         info.sizes.append((frame.width, frame.height))
+                        info.rotations.add(int(frame.rotation))
                         if keep_first and info.first_rgb is None:
                             info.first_rgb = frame.to_ndarray(format="rgb24")
                     elif isinstance(frame, av.AudioFrame):

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from models.bundle import derived_name
 from models.config import opt
 from models.editing import EditStack
 from realtime.vision.topology import LIPS_INNER_LOOP
@@ -162,9 +163,11 @@ def edit_response(bundle: Any, ws: torch.Tensor, mesh: Any, name: str = "smile",
 
 
 def save_adapted(bundle: Any, path: str | Path, summary: dict[str, Any], source: str = "") -> Path:
-    """Save the adapted bundle (generator fine-tuned, encoders and edits unchanged)."""
+    """Save the adapted bundle (generator fine-tuned, encoders and edits unchanged) under a name of its own
+    (``default+adapted-2026-12-01T08:00Z``: it is no longer the bundle it came from)."""
     bundle.provenance = {**bundle.provenance,
-                         "adapted": {"source": source, "iters": summary.get("iters"),
+                         "adapted": {"from": bundle.name, "source": source, "iters": summary.get("iters"),
                                      "loss_first": summary.get("loss_first"), "loss_last": summary.get("loss_last"),
                                      "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+    bundle.name = derived_name(bundle.name, "adapted")
     return bundle.save(path)

@@ -3,17 +3,23 @@
 Every subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args) -> int``; this file
 only lists them, so ``stylestream --help`` stays fast (modules import lazily) and one error policy applies:
 a :class:`models.errors.UserError` ends in one clear line on stderr and a non-zero exit, never a traceback.
+
+This module imports only the standard library and ``models.errors``, so ``main`` takes over SIGINT and SIGTERM
+(one line, exit 130) a few milliseconds after the interpreter starts; everything heavy (numpy, the command's
+module, MediaPipe's stderr filter, the package metadata) is loaded after that, with ``importlib``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
-from importlib.metadata import PackageNotFoundError, version
+import threading
+from collections.abc import Callable
+from typing import Any
 
 from models.errors import UserError
-from realtime.vision.mediapipe_runtime import install_native_stderr_filter
 
 # (name, module, one-line help). Order is the order shown in --help.
 SUBCOMMANDS: list[tuple[str, str, str]] = [
@@ -47,9 +53,10 @@ def build_parser(load_all: bool = True) -> argparse.ArgumentParser:
 
 
 def _version() -> str:
+    metadata = importlib.import_module("importlib.metadata")  # 50 ms: only for --version's help text
     try:
-        return version("stylestream")
-    except PackageNotFoundError:  # not installed (running from a checkout)
+        return str(metadata.version("stylestream"))
+    except metadata.PackageNotFoundError:  # not installed (running from a checkout)
         return "0+checkout"
 
 
@@ -58,24 +65,47 @@ def main(argv: list[str] | None = None) -> int:
     # Only import the chosen subcommand's module (keeps --help and startup fast).
     chosen = next((a for a in argv if not a.startswith("-")), None)
     names = {n for n, _, _ in SUBCOMMANDS}
-    if chosen in names:
-        parser = build_parser(load_all=False)
-        sub_parser = parser._subparsers._group_actions[0].choices[chosen]  # type: ignore[union-attr]
-        importlib.import_module(sub_parser.get_default("_module")).add_arguments(sub_parser)
-    else:
-        parser = build_parser(load_all=False)
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return 0
-    install_native_stderr_filter()  # MediaPipe's native start-up logs never reach the user
-    module = importlib.import_module(args._module)
+    restore = _interrupt_on_signals()  # Ctrl-C / SIGTERM while the command loads: one line, exit 130
     try:
-        return int(module.main(args) or 0)
-    except UserError as exc:
-        print(f"stylestream {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        if chosen in names:
+            parser = build_parser(load_all=False)
+            sub_parser = parser._subparsers._group_actions[0].choices[chosen]  # type: ignore[union-attr]
+            importlib.import_module(sub_parser.get_default("_module")).add_arguments(sub_parser)
+        else:
+            parser = build_parser(load_all=False)
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return 0
+        # MediaPipe's native start-up logs never reach the user (the module imports numpy: loaded after the handlers)
+        importlib.import_module("realtime.vision.mediapipe_runtime").install_native_stderr_filter()
+        module = importlib.import_module(args._module)
+        try:
+            return int(module.main(args) or 0)
+        except UserError as exc:
+            print(f"stylestream {args.command}: error: {exc}", file=sys.stderr)
+            return exc.exit_code
     except KeyboardInterrupt:
-        print(f"stylestream {args.command}: interrupted", file=sys.stderr)
+        print(f"stylestream{' ' + chosen if chosen in names else ''}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        restore()
 
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _interrupt_on_signals() -> Callable[[], None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt (SIGTERM would otherwise kill the process mid-write) until the
+    returned function puts the previous handlers back. Commands install their own (a graceful stop) while they run.
+    Only the main thread can set handlers; elsewhere (an in-process caller's thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+    return restore

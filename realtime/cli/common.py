@@ -4,8 +4,15 @@ built from their config dataclasses, and composing a :class:`realtime.api.Filter
 from __future__ import annotations
 
 import argparse
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from models.bundle import DEFAULT_BUNDLE, Bundle
 from models.editing import EditStack, parse_edit_args
@@ -65,3 +72,76 @@ def print_edits(bundle: Any) -> int:
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
     return 0
+
+
+class PhaseProgress:
+    """Progress of named phases: rich bars on a terminal; anywhere else (a pipe, a log file, CI) one plain line per
+    phase every ``every_s`` seconds and one when it ends, so a long phase is never silent.
+
+    ``progress(phase, done, total, note)`` is also the callback :class:`realtime.pipeline.offline.OfflineEdit`
+    takes; ``advance(phase, total)`` counts one more. Use it as a context manager (the bars' live display)."""
+
+    def __init__(self, console: Console, every_s: float = 5.0, width: int = 22):
+        self.console, self.every_s = console, every_s
+        self.live = console.is_terminal
+        self.bar = Progress(TextColumn(f"[bold]{{task.description:<{width}}}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console,
+                            transient=False, disable=not self.live)
+        self._tasks: dict[str, TaskID] = {}
+        self._done: dict[str, int] = {}
+        self._t0: dict[str, float] = {}
+        self._said: dict[str, float] = {}
+        self._ended: set[str] = set()
+
+    def __enter__(self) -> PhaseProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
+
+    def __call__(self, phase: str, done: int, total: int | None = None, note: str = "") -> None:
+        now = time.monotonic()
+        if phase not in self._tasks:
+            self._tasks[phase] = self.bar.add_task(phase, total=total, note="")
+            self._t0[phase] = self._said[phase] = now
+        self._done[phase] = done
+        self.bar.update(self._tasks[phase], completed=done, total=total, note=note)
+        if self.live or phase in self._ended:
+            return
+        ended = total is not None and done >= total
+        if ended or now - self._said[phase] >= self.every_s:
+            self._said[phase] = now
+            if ended:
+                self._ended.add(phase)
+            count = f"{done}/{total}" if total else str(done)
+            self.console.print(f"{phase}: {count}{', ' + note if note else ''} ({now - self._t0[phase]:.0f} s"
+                               f"{', done' if ended else ''})", highlight=False, soft_wrap=True)
+
+    def advance(self, phase: str, total: int | None = None) -> None:
+        self(phase, self._done.get(phase, 0) + 1, total)
+
+
+@contextlib.contextmanager
+def status(console: Console, text: str, every_s: float = 5.0) -> Iterator[None]:
+    """A spinner with ``text`` on a terminal; elsewhere (where a spinner shows nothing) the text as a plain line,
+    and again with the time so far every ``every_s`` seconds while the step runs."""
+    if console.is_terminal:
+        with console.status(text):
+            yield
+        return
+    console.print(text + " …", highlight=False, soft_wrap=True)
+    done = threading.Event()
+    t0 = time.monotonic()
+
+    def beat() -> None:
+        while not done.wait(every_s):
+            console.print(f"{text} … {time.monotonic() - t0:.0f} s", highlight=False, soft_wrap=True)
+
+    ticker = threading.Thread(target=beat, name="stylestream-status", daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()

@@ -25,12 +25,12 @@ import cv2
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from models.bundle import Bundle
 from models.editing import EditStack, parse_edit_args
 from models.errors import UserError
 from realtime.api import Filter, load, open_sink, open_source
+from realtime.cli.common import PhaseProgress, status
 from realtime.frames import Frame, Output
 from realtime.pipeline import PipelineConfig
 from realtime.vision.align import align_crop
@@ -137,18 +137,12 @@ def _label_row(labels: tuple[str, ...], width: int, height: int = 30) -> np.ndar
     return row
 
 
-def _bar(console: Console) -> Progress:
-    return Progress(TextColumn("[bold]{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False, disable=not console.is_terminal)
-
-
 def _render_input(spec: str, path: Path, console: Console) -> None:
-    with open_source(spec, live=False) as src, _bar(console) as bar, \
+    with open_source(spec, live=False) as src, PhaseProgress(console) as bar, \
             open_sink(str(path), width=src.width, height=src.height, fps=src.fps, crf=14) as sink:
-        task = bar.add_task("writing input.mp4", total=src.frame_count or None)
         for f in src:
             sink.write(Output(f.image, f.index, f.pts, f.time_base, f.capture_ns))
-            bar.advance(task)
+            bar.advance("writing input.mp4", src.frame_count or None)
 
 
 def _edits(bundle: Bundle, given: list[str] | None) -> dict[str, float]:
@@ -163,35 +157,35 @@ def _edits(bundle: Bundle, given: list[str] | None) -> dict[str, float]:
 def main(args: argparse.Namespace) -> int:
     console = Console(stderr=True, soft_wrap=True)
     out: Path = args.output
+    spec = f"demo:portrait?seconds={args.seconds:g}&fps={args.fps:g}&size={args.size}&seed={args.seed}"
+    console.print(f"stylestream demo: filtering a {args.seconds:g} s synthetic talking-head clip ({args.size}, "
+                  f"{args.fps:g} fps, seed {args.seed}).\n"
+                  f"It writes {out}/: input.mp4 (the clip), side_by_side.mp4 (original | filtered), "
+                  "contact_sheet.png and metrics.json.", highlight=False)
     bundle = load(args.bundle)
     edits = _edits(bundle, args.edit)
     caption = ", ".join(f"{k}={v:g}" for k, v in edits.items()) or "no edit (reconstruction)"
-    spec = f"demo:portrait?seconds={args.seconds:g}&fps={args.fps:g}&size={args.size}&seed={args.seed}"
-    console.print(f"stylestream demo: filtering a {args.seconds:g} s synthetic talking-head clip ({args.size}, "
-                  f"{args.fps:g} fps, seed {args.seed}) with bundle {bundle.name!r} and {caption}.\n"
-                  f"It writes {out}/: input.mp4 (the clip), side_by_side.mp4 (original | filtered), "
-                  "contact_sheet.png and metrics.json.", highlight=False)
+    console.print(f"bundle {bundle.name!r}, {caption}", highlight=False)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create {out}: {exc.strerror}") from None
     _render_input(spec, out / "input.mp4", console)
-    with console.status("preparing the engine (the first run exports the bundle to ONNX, ≈ 15 s)"):
+    with status(console, "preparing the engine (the first run exports the bundle to ONNX, ≈ 15 s)"):
         flt = Filter(bundle, edits, device=args.device, pipeline=PipelineConfig(side_by_side=True), live=False)
-    with flt, open_source(str(out / "input.mp4"), live=False) as src, _bar(console) as bar, \
+    with flt, open_source(str(out / "input.mp4"), live=False) as src, PhaseProgress(console) as bar, \
             open_sink(str(out / "side_by_side.mp4"), width=2 * src.width, height=src.height, fps=src.fps,
                       audio_from=src) as sink:
-        task = bar.add_task("filtering", total=src.frame_count or None)
-        stats = flt.run(src, sink, live=False, on_output=lambda o, s: bar.advance(task))
+        stats = flt.run(src, sink, live=False, on_output=lambda o, s: bar.advance("filtering", src.frame_count))
         engine = {"backend": flt.engine.name, "device": str(flt.engine.device), "precision": flt.engine.precision}
-    with av.open(str(out / "side_by_side.mp4")) as c:
-        out_frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    with av.open(str(out / "input.mp4")) as c:
-        in_frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    with console.status("measuring encoder fidelity on the aligned crops"):
+    with status(console, "measuring encoder fidelity on the aligned crops, drawing the contact sheet"):
+        with av.open(str(out / "side_by_side.mp4")) as c:
+            out_frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        with av.open(str(out / "input.mp4")) as c:
+            in_frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
         fid = _crop_fidelity(bundle, in_frames)
-    strip = fid.pop("_strip", None)
-    _contact_sheet(out_frames, strip, out / "contact_sheet.png", args.fps, caption)
+        strip = fid.pop("_strip", None)
+        _contact_sheet(out_frames, strip, out / "contact_sheet.png", args.fps, caption)
     metrics = {"clip": spec, "bundle": bundle.name, "bundle_trained": bundle.trained, "edits": edits,
                "run": stats.to_dict(), "engine": engine, "crop_fidelity": fid}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from models.bundle import DEFAULT_BUNDLE
 from models.editing import parse_edit_args
 from models.errors import UserError
+from realtime.cli.common import PhaseProgress
 from realtime.cli.options import add_config, config_from_args
 from realtime.pipeline.offline import OfflineConfig, OfflineEdit
 
@@ -34,33 +34,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config(p.add_argument_group("offline editing"), OfflineConfig)
 
 
-class _Bars:
-    """Rich progress bars, one per phase, for OfflineEdit's progress callback."""
-
-    def __init__(self, console: Console):
-        self.bar = Progress(TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console,
-                            transient=False, disable=not console.is_terminal)
-        self.tasks: dict[str, TaskID] = {}
-
-    def __call__(self, phase: str, done: int, total: int | None, note: str) -> None:
-        if phase not in self.tasks:
-            self.tasks[phase] = self.bar.add_task(phase, total=total, note="")
-        self.bar.update(self.tasks[phase], completed=done, total=total, note=note)
-
-
 def main(args: argparse.Namespace) -> int:
     if not args.input:
         raise UserError("no input given (a video file or demo: spec)")
     if not args.output:
         raise UserError("no output given: -o FILE.mp4")
     cfg = config_from_args(OfflineConfig, args)
-    console = Console(stderr=True)
-    bars = _Bars(console)
+    console = Console(stderr=True, soft_wrap=True)
+    bars = PhaseProgress(console, width=10)  # rich bars on a terminal, a plain line every 5 s elsewhere
     job = OfflineEdit(args.input, Path(args.output), args.bundle or DEFAULT_BUNDLE, parse_edit_args(args.edit), cfg,
                       work=args.work or Path(str(args.output) + ".work"), progress=bars,
                       say=lambda msg: print(msg, flush=True))
-    with bars.bar:
+    with bars:
         stats = job.run()
     print(f"wrote {stats['frames_written']} frames to {args.output} (work folder {job.work.path})", flush=True)
     if args.stats_json:

@@ -87,7 +87,8 @@ def write_report(path: Path, args: argparse.Namespace, stats: RunStats, flt: Fil
     report = {"input": args.input, "output": args.output, "bundle": bundle_label(args),
               "engine": {"backend": eng.name, "device": str(eng.device), "precision": eng.precision},
               "edits": {k: v for k, v in flt.edits.items() if v}, "pipeline_config": asdict(flt.processor.cfg),
-              "source": {"fps": source.fps, "width": source.width, "height": source.height, "live": source.is_live},
+              "source": {"fps": source.fps, "width": source.width, "height": source.height, "live": source.is_live,
+                         "rotation": source.rotation, "mirrored": source.mirrored},
               "stats": stats.to_dict()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -97,7 +98,9 @@ def run_filter(args: argparse.Namespace, live_default: bool | None, progress: bo
                source_options: dict[str, Any] | None = None, controls: Any = None) -> int:
     """Shared body of `run` and `camera`: progress bar for file jobs, a status line for live sources.
     ``controls(filter, console)`` (camera) returns a context manager with ``status() -> str`` (appended to the
-    status line) and ``on_output()`` (called in the sink thread after each frame)."""
+    status line), ``on_output()`` (called in the sink thread after each frame), a ``pipeline`` attribute (set when
+    the run starts) and an ``error`` attribute: a message there after the run makes the command fail (exit 2) once
+    the summary and report are written."""
     console = Console(stderr=True, soft_wrap=True)
     with Interrupts() as interrupts:  # Ctrl-C during start-up: one line, nothing half-written
         bundle = bundle_from_args(args)
@@ -108,12 +111,13 @@ def run_filter(args: argparse.Namespace, live_default: bool | None, progress: bo
         if not args.output:
             raise UserError("no output given: -o FILE.mp4 | rtmp://… | virtualcam: | null:")
         flt = filter_from_args(args, bundle, live=bool(live_default))
+        ctl = controls(flt, console) if controls is not None else None
         try:
             source = open_source(args.input, live=live_default, realtime=getattr(args, "realtime", False) or None,
                                  start=getattr(args, "start", None), duration=getattr(args, "duration", None),
                                  **(source_options or {}))
             with source:
-                stats = _run(args, flt, source, progress, console, controls, interrupts)
+                stats = _run(args, flt, source, progress, console, ctl, interrupts)
         finally:
             flt.close()
     console.print(summary_table(stats, f"stylestream {'camera' if source.is_live else 'run'}: "
@@ -126,10 +130,12 @@ def run_filter(args: argparse.Namespace, live_default: bool | None, progress: bo
     if stats.interrupted:
         console.print(f"interrupted: {stats.frames_out} frames written to {args.output}")
         return 130
+    if ctl is not None and getattr(ctl, "error", None):
+        raise UserError(ctl.error)
     return 0
 
 
-def _run(args: argparse.Namespace, flt: Filter, source: Source, progress: bool, console: Console, controls: Any,
+def _run(args: argparse.Namespace, flt: Filter, source: Source, progress: bool, console: Console, ctl: Any,
          interrupts: Interrupts) -> RunStats:
     live = source.is_live
     width = source.width * (2 if flt.processor.cfg.side_by_side else 1)
@@ -143,7 +149,6 @@ def _run(args: argparse.Namespace, flt: Filter, source: Source, progress: bool, 
     task = bar.add_task("stylestream", total=total, fps=0.0)
     started = time.perf_counter()
     last_status = [started]
-    ctl = controls(flt, console) if controls is not None else None
 
     def on_output(out: Any, stats: RunStats) -> None:
         if ctl is not None:
@@ -162,6 +167,8 @@ def _run(args: argparse.Namespace, flt: Filter, source: Source, progress: bool, 
 
     def attach(p: Pipeline) -> None:
         interrupts.pipeline = p
+        if ctl is not None:
+            ctl.pipeline = p
 
     with open_sink(args.output, width=width, height=source.height, fps=source.fps or 30.0,
                    audio_from=None if live else source) as sink, bar, \

@@ -17,7 +17,14 @@ from realtime.cli.common import (
     print_edits,
 )
 from realtime.cli.options import add_config, config_from_args
-from realtime.server.app import LiveServer, ServeConfig, check_bind, parse_ice_server, run_server
+from realtime.server.app import (
+    LiveServer,
+    ServeConfig,
+    check_bind,
+    normalize_origin,
+    parse_ice_server,
+    run_server,
+)
 from realtime.server.rtc_tuning import RtcTuning
 
 
@@ -36,6 +43,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         raise UserError("--tls-cert and --tls-key go together (PEM files)")
     for url in config.ice_servers:
         parse_ice_server(url)
+    for origin in config.allowed_origins:
+        normalize_origin(origin)
     return config
 
 

@@ -47,6 +47,7 @@ import logging
 import os
 import re
 import time
+import weakref
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -349,6 +350,9 @@ class AVSink(Sink):
             self._out = av.open(target, "w", format=fmt, options=options, timeout=timeout)
         except (av.error.FFmpegError, OSError) as e:
             raise self._open_error(e) from e
+        # A sink dropped (or still open at exit) before its first frame: a Ctrl-C between open_sink() returning and
+        # the caller's `with` taking it, or inside this constructor. Its file would be a bare header: remove it.
+        self._unstarted = weakref.finalize(self, _discard_unstarted, self._out, target if kind == "file" else None)
         try:
             codec = video_codec or ("libvpx-vp9" if fmt == "webm" else "libx264")
             vs = self._out.add_stream(codec, rate=frame_rate)
@@ -405,6 +409,7 @@ class AVSink(Sink):
 
     def _abort(self) -> None:
         """Undo a failed open: close without trailer and remove a file we created."""
+        self._unstarted.detach()
         with contextlib.suppress(Exception):
             if self._audio is not None:
                 self._audio.close()
@@ -445,11 +450,14 @@ class AVSink(Sink):
             what = "RTMP connection lost" if self.kind == "rtmp" else "cannot write output"
             raise UserError(f"{what} ({self.spec}): {_one_line(e)}") from e
         self.frames_written += 1
+        if self.frames_written == 1:
+            self._unstarted.detach()
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        self._unstarted.detach()
         error: BaseException | None = None
         try:
             if self.frames_written:
@@ -469,6 +477,15 @@ class AVSink(Sink):
                 os.unlink(self._target)  # a header without frames is not a video: leave nothing behind
         if error is not None:
             raise UserError(f"could not finish {self.spec}: {_one_line(error)}") from error
+
+
+def _discard_unstarted(container: av.container.OutputContainer, path: str | None) -> None:
+    """Close the container of a sink that was never closed and got no frame, and remove its file (a header)."""
+    with contextlib.suppress(Exception):
+        container.close()
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 # ===================================================================================== virtual cam ==

@@ -31,6 +31,11 @@ Decisions (documented so the pipeline and the CLI can rely on them)
   decodes every frame that is decodable, then ends cleanly: no exception, ``source.truncated`` is True,
   ``source.end_reason`` says why and a warning is logged. A partial recording is still worth filtering.
 - Undecodable packets in the middle of a stream are skipped and counted (``decode_errors``), as FFmpeg does.
+- Frames come out upright: a display matrix (a phone's portrait recording is stored sideways with "rotate -90";
+  front cameras may mirror) is applied when decoding, as players and FFmpeg's autorotate do, so the face
+  tracker sees an upright face and sinks write the upright picture (with no matrix). ``width``/``height`` are
+  the upright size (files are peeked at open); ``rotation`` / ``mirrored`` say what was applied. Angles that are
+  not a multiple of 90° are logged once and left as stored.
 - A resolution change mid-stream is not an error: frames simply change size; ``width``/``height`` follow
   the most recent frame and ``size_changes`` counts the changes. Sinks resize (see ``realtime.sinks``).
 - ``Frame.index`` counts the frames this source yielded (0, 1, 2, … after any ``start`` seek). ``Frame.pts``
@@ -49,6 +54,7 @@ import logging
 import math
 import os
 import re
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -106,6 +112,8 @@ class Source:
     duration_s: float | None = None  # length that will be read, seconds, when known
     frame_count: int | None = None  # expected number of frames when known (progress bars)
     time_base: Fraction | None = None  # unit of Frame.pts (the video stream's; 1/fps for synthetic frames)
+    rotation: int = 0  # degrees counter-clockwise the display matrix turns the stored picture (applied)
+    mirrored: bool = False  # the display matrix mirrors the picture left-right after the rotation (applied)
 
     def __init__(self) -> None:
         self.frames_read = 0  # frames yielded so far
@@ -204,6 +212,56 @@ class _Pacer:
 
 
 # ================================================================================================ PyAV ==
+@dataclass(frozen=True)
+class Orientation:
+    """What a frame's display matrix asks for, in PyAV's terms (``VideoStream.set_display_rotation``): turn the
+    stored picture ``rotation`` degrees counter-clockwise (a multiple of 90), then mirror it left-right when
+    ``mirrored``. ``Orientation()`` leaves the picture as stored."""
+
+    rotation: int = 0
+    mirrored: bool = False
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """[H, W, C] as stored → upright (a view; the caller copies)."""
+        out = np.rot90(image, self.rotation // 90) if self.rotation else image
+        return out[:, ::-1] if self.mirrored else out
+
+    def size(self, width: int, height: int) -> tuple[int, int]:
+        """The upright (width, height) of a stored picture."""
+        return (height, width) if self.rotation % 180 else (width, height)
+
+
+UPRIGHT = Orientation()
+_warned_angles: set[float] = set()
+
+
+@functools.lru_cache(maxsize=64)
+def orientation_of_matrix(matrix: bytes) -> Orientation:
+    """FFmpeg's ``AV_FRAME_DATA_DISPLAYMATRIX`` (nine int32, 16.16 fixed point) → :class:`Orientation`; the same
+    choice as FFmpeg's autorotate (hflip negates the first column; the angle is ``-atan2(b, a)``)."""
+    m = struct.unpack("<9i", matrix[:36])
+    a, b, c, d = (v / 65536.0 for v in (m[0], m[1], m[3], m[4]))
+    mirrored = a * d - b * c < 0
+    if mirrored:
+        a, c = -a, -c
+    angle = -math.degrees(math.atan2(b, a))
+    quarter = round(angle / 90.0)
+    if abs(angle - quarter * 90.0) > 1.0:
+        if round(angle) not in _warned_angles:
+            _warned_angles.add(round(angle))
+            log.warning("the video's display matrix rotates by %.1f°, not a multiple of 90°: frames are used as stored",
+                        angle)
+        return UPRIGHT
+    rotation = (quarter % 4) * 90
+    return Orientation(rotation - 360 if rotation > 180 else rotation, mirrored)
+
+
+def orientation_of(frame: av.VideoFrame) -> Orientation:
+    """The :class:`Orientation` a decoded frame's side data asks for (UPRIGHT without a display matrix)."""
+    sd = frame.side_data.get("DISPLAYMATRIX")
+    return orientation_of_matrix(bytes(sd)) if sd is not None else UPRIGHT
+
+
 def _fps_of(stream: av.VideoStream) -> float:
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
         if rate and 0 < float(rate) < 1000:
@@ -275,6 +333,10 @@ class AVSource(Source):
         self.fps = _fps_of(vs)
         self.time_base = Fraction(vs.time_base) if vs.time_base else None
         self.width, self.height = int(cc.width or 0), int(cc.height or 0)
+        if kind == "file":  # upright size before the first frame (sinks open with it)
+            first = self._peek_orientation()
+            self.width, self.height = first.size(self.width, self.height)
+            self.rotation, self.mirrored = first.rotation, first.mirrored
         self.audio = _audio_info(container)
         known_duration = container.duration is not None and container.duration > 0
         if live is None:
@@ -336,6 +398,16 @@ class AVSource(Source):
             container.close()
             raise
         return container
+
+    def _peek_orientation(self) -> Orientation:
+        """The display matrix of a file's first frame (read through a second, short-lived container)."""
+        try:
+            with av.open(self._target, "r", format=self._fmt, options=self._options) as c:
+                for vf in c.decode(video=0):
+                    return orientation_of(vf)
+        except (av.error.FFmpegError, OSError, StopIteration):  # undecodable start: the reader will say so
+            pass
+        return UPRIGHT
 
     def _file_error(self, exc: BaseException) -> UserError:
         path = self._target
@@ -439,7 +511,9 @@ class AVSource(Source):
                         pacer.wait(float(t_out))
                         if self._stop.is_set():
                             break
-                    image = np.ascontiguousarray(vf.to_ndarray(format="rgb24"))
+                    orient = orientation_of(vf)
+                    image = np.ascontiguousarray(orient.apply(vf.to_ndarray(format="rgb24")))
+                    self.rotation, self.mirrored = orient.rotation, orient.mirrored
                     self._note_size(image.shape[1], image.shape[0])
                     pts = round(t_out / tb0)  # == vf.pts for files (same time base, no offset)
                     frame = Frame(image=image, index=self.frames_read, pts=pts, time_base=tb0,

@@ -27,7 +27,7 @@ from models.editing import EditContext, EditStack
 from models.errors import UserError
 from realtime.engines import Engine, engine_like
 from realtime.frames import Crop, Encoded, Frame, Output, Track
-from realtime.pipeline.calibration import CalibrationConfig, Calibrator
+from realtime.pipeline.calibration import CalibrationConfig, Calibrator, exported_dir_of
 from realtime.pipeline.config import COMPOSITES, VIEWS, PipelineConfig
 from realtime.pipeline.latents import LatentPolicy, LatentState
 from realtime.pipeline.stages import StageTimes
@@ -166,6 +166,7 @@ class FrameProcessor:
                 onnx = base.spec.backend == "onnx"  # the worker exports the adapted bundle for an onnx stream
                 self.calibrator = Calibrator(self.calibration_cfg, device=device,
                                              export_precision=base.precision if onnx else None,
+                                             export_from=exported_dir_of(base) if onnx else None,
                                              build=lambda bundle, model_dir: engine_like(base, bundle, model_dir))
             calibrator = self.calibrator
         return bool(calibrator.start(self.base_engine.bundle))

@@ -21,9 +21,17 @@ HTTP endpoints (all JSON errors are ``{"error": "..."}``):
 GET       /            the page (``realtime/server/web/index.html``, ``app.js``, ``style.css``)
 GET       /config      mode, ICE servers, edits, whether a token is needed (token required when one is set)
 POST      /offer       ``{"sdp": "...", "type": "offer", "token"?: "..."}`` → ``{"sdp", "type": "answer", "session"}``;
-                       400 malformed/oversized, 401 wrong token, 503 when ``max_sessions`` are running
+                       400 malformed/oversized, 401 wrong token, 403 foreign ``Origin``, 415 not
+                       ``application/json``, 503 when ``max_sessions`` are running
 GET       /stats       every session's stats (token required when one is set)
 ========  ===========  =========================================================================================
+
+Mutating requests (``POST /offer``) must be ``Content-Type: application/json`` and, when they carry an ``Origin``
+header (browsers always send one on POST), come from the served page itself or one of ``allowed_origins``: without a
+token, any web page the user visits could otherwise post offers (a form-encoded or ``text/plain`` POST needs no CORS
+pre-flight) and take every session slot. On a server without a token the page's host must also be loopback or the
+bound address, so a DNS-rebound name (``evil.example`` → 127.0.0.1, Host and Origin agreeing) is refused too. A
+request without ``Origin`` (a non-browser client such as :mod:`realtime.server.client`) is allowed.
 
 The token may come as ``Authorization: Bearer T``, ``X-Stylestream-Token: T``, ``?token=T`` or the offer's
 ``token`` field. A peer is freed (threads joined, tracker closed, connection closed) when it says bye, its connection
@@ -47,7 +55,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 from aiohttp import web
@@ -98,6 +106,9 @@ class ServeConfig:
     tls_cert: str | None = opt(None, "PEM certificate: serve HTTPS (browsers allow the camera only on https or "
                                      "localhost)", metavar="FILE")
     tls_key: str | None = opt(None, "PEM private key for --tls-cert", metavar="FILE")
+    allowed_origins: list[str] = opt(default_factory=list, help="another web origin (scheme://host[:port]) whose "
+                                     "pages may start sessions; the served page's own origin always may",
+                                     flag="--allowed-origin", metavar="ORIGIN", repeat=True)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -139,6 +150,24 @@ def parse_ice_server(url: str) -> RTCIceServer:
     return RTCIceServer(urls=f"{scheme.lower()}:{rest}", username=user, credential=cred)
 
 
+def normalize_origin(origin: str) -> str:
+    """``scheme://host[:port]`` in the form browsers send it (lower case, no default port, no trailing slash);
+    UserError for anything else (a path, a query, another scheme)."""
+    o = origin.strip().rstrip("/")
+    try:
+        u = urlsplit(o)
+        port = u.port
+    except ValueError:
+        u, port = None, None
+    if u is None or u.scheme.lower() not in ("http", "https") or not u.hostname or u.path or u.query or u.fragment \
+            or u.username or u.password:
+        raise UserError(f"bad --allowed-origin {origin!r}: expected scheme://host[:port], e.g. https://example.org")
+    scheme, host = u.scheme.lower(), u.hostname.lower()
+    host = f"[{host}]" if ":" in host else host
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
+
+
 def ice_server_json(s: RTCIceServer) -> dict[str, Any]:
     d: dict[str, Any] = {"urls": s.urls}
     if s.username:
@@ -162,6 +191,7 @@ class LiveServer:
         self.info = dict(info or {})
         self.edit_specs = [_spec_json(s) for s in edit_specs]
         self.ice_servers = [parse_ice_server(u) for u in config.ice_servers]
+        self.allowed_origins = {normalize_origin(o) for o in config.allowed_origins}
         self._open_source = open_source
         self.sessions: dict[str, Session] = {}
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)  # stats of closed sessions
@@ -260,6 +290,33 @@ class LiveServer:
             given = body_token
         return isinstance(given, str) and hmac.compare_digest(given.encode(), want.encode())
 
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """Why a mutating request may not proceed (see the module doc): not JSON → 415, a foreign Origin → 403."""
+        if request.content_type != "application/json":
+            return _json_error(415, f"expected Content-Type: application/json, not {request.content_type}")
+        origin = request.headers.get("Origin")
+        if origin is None:  # not a browser (browsers send Origin with every POST)
+            return None
+        try:
+            given = normalize_origin(origin)
+        except UserError:
+            return _json_error(403, f"cross-origin request refused (Origin: {origin[:100]})")
+        if given in self.allowed_origins:
+            return None
+        try:
+            page = normalize_origin(f"{request.scheme}://{request.host}")
+        except UserError:
+            return _json_error(403, "cross-origin request refused (no usable Host header)")
+        if given != page:
+            return _json_error(403, f"cross-origin request refused: Origin {given} is not this page ({page}); "
+                                    f"start the server with --allowed-origin {given} to allow it")
+        host = urlsplit(page).hostname or ""
+        if not self.config.token and not (is_loopback(host) or host == self.config.host.strip("[]").lower()):
+            return _json_error(403, f"cross-origin request refused: the page was loaded as {host}, which is not this "
+                                    "server's address (a DNS-rebound name?); use the address it listens on, "
+                                    "--allowed-origin, or --token")
+        return None
+
     # -- endpoints -----------------------------------------------------------------------------------------
 
     async def static(self, request: web.Request) -> web.StreamResponse:
@@ -287,18 +344,23 @@ class LiveServer:
         cfg = self.config
         if request.content_length is not None and request.content_length > cfg.offer_max_bytes:
             return _json_error(400, f"offer larger than {cfg.offer_max_bytes} bytes")
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
         auth = request.headers.get("Authorization", "")
         header_token = request.headers.get("X-Stylestream-Token") or request.query.get("token") \
             or (auth if auth.lower().startswith("bearer ") else None)
         if cfg.token and header_token is not None and not self._token_ok(request):
             return _json_error(401, "wrong token")
-        raw = await request.content.read(cfg.offer_max_bytes + 1)
-        if len(raw) > cfg.offer_max_bytes:
+        raw = await _read_body(request, cfg.offer_max_bytes)
+        if raw is None:
             return _json_error(400, f"offer larger than {cfg.offer_max_bytes} bytes")
         try:
             body = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             return _json_error(400, "offer is not JSON")
+        except RecursionError:  # [[[[…]]]] nested past the decoder's recursion limit
+            return _json_error(400, "offer is not JSON (nested too deeply)")
         if not isinstance(body, dict):
             return _json_error(400, "offer must be a JSON object")
         if not self._token_ok(request, body.get("token")):
@@ -391,6 +453,20 @@ def _live_opener(open_source: Callable[..., Any]) -> Callable[[str], Any]:
         return open_source(spec, live=True, realtime=True if paced_like_a_camera(spec) else None)
 
     return opener
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole request body (however many TCP pieces it arrives in), or None when it is over ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(limit + 1 - size)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None
 
 
 async def _drain(track: MediaStreamTrack) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,7 +26,7 @@ from models.config import opt
 from realtime.frames import Crop, Frame, Output, Track
 from realtime.vision.align import affine_grid_pixels
 from realtime.vision.geometry import apply_affine, invert_affine, landmarks_to_crop
-from realtime.vision.mediapipe_runtime import import_mediapipe, quiet_native_stderr
+from realtime.vision.mediapipe_runtime import import_mediapipe
 from realtime.vision.topology import (
     BROW_LEFT_LOOP,
     BROW_RIGHT_LOOP,
@@ -165,19 +164,12 @@ class PersonSegmenter:
 
     def __init__(self) -> None:
         import_mediapipe()
-        with warnings.catch_warnings(), quiet_native_stderr():  # "label() is deprecated" + start-up lines
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from mediapipe.python.solutions import selfie_segmentation  # noqa: PLC0415 - optional, heavy
+        from mediapipe.python.solutions import selfie_segmentation  # noqa: PLC0415 - optional, heavy
 
-            self._seg = selfie_segmentation.SelfieSegmentation(model_selection=0)
-        self._first = True
+        self._seg = selfie_segmentation.SelfieSegmentation(model_selection=0)
 
     def __call__(self, crop_rgb: np.ndarray) -> np.ndarray:
         """crop_rgb [N, N, 3] uint8 → [N, N] float32 in [0, 1]."""
-        if self._first:
-            self._first = False
-            with quiet_native_stderr():
-                return self(crop_rgb)
         res = self._seg.process(np.ascontiguousarray(crop_rgb))
         if res.segmentation_mask is None:
             return np.ones(crop_rgb.shape[:2], np.float32)

@@ -1,11 +1,19 @@
 """Importing and running MediaPipe 0.10.21 without its start-up noise.
 
-With protobuf 6 (which onnx needs), MediaPipe's C++ bindings print
-``AttributeError: 'MessageFactory' object has no attribute 'GetPrototype'`` at import (harmless: the graphs
-run), and its TFLite/absl code writes ``INFO: Created TensorFlow Lite XNNPACK delegate``, ``W0000 …
-inference_feedback_manager …`` and similar lines straight to file descriptor 2 when graphs start. A user of
-``stylestream run`` should see none of that. :func:`quiet_native_stderr` captures fd 2 around those calls and
-replays every line that is *not* known noise, so real errors still reach the terminal.
+With protobuf 6 (which onnx needs), MediaPipe's C++ bindings report
+``AttributeError: 'MessageFactory' object has no attribute 'GetPrototype'`` through ``sys.excepthook`` once, at
+import (harmless: the graphs run), and its TFLite/absl code writes ``INFO: Created TensorFlow Lite XNNPACK
+delegate``, ``W0000 … inference_feedback_manager …`` and similar lines straight to file descriptor 2 when graphs
+start, partly from its own threads after the call returned. A user of ``stylestream run`` should see none of that:
+
+* :func:`import_mediapipe` drops that one AttributeError report while the import runs (once per process);
+* :func:`install_native_stderr_filter`, called once at start-up (the CLI does), routes fd 2 through a thread that
+  drops the known lines and passes everything else through.
+
+Nothing here swaps ``sys.stderr`` or fd 2 around a call: those are process-wide, and worker threads (one tracker
+per server session) that redirected them around their calls and finished out of order left the process writing
+into a discarded buffer (issue 17). Without the filter (a library user, the tests) MediaPipe's lines just reach
+fd 2.
 
 MediaPipe is optional at import time: this module (and everything that imports it) loads without it;
 :func:`import_mediapipe` and :func:`detect_landmarks` load it on first use.
@@ -18,9 +26,9 @@ import contextlib
 import io
 import os
 import sys
-import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Sequence
 from types import ModuleType
 
 import numpy as np
@@ -39,10 +47,7 @@ NOISE = (
     "gl_context",
 )
 
-_lock = threading.Lock()
-_depth = 0
-_saved_fd: int | None = None
-_capture: tempfile._TemporaryFileWrapper | None = None  # type: ignore[type-arg]
+_import_lock = threading.Lock()
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -52,48 +57,19 @@ def _is_noise(line: str) -> bool:
     return any(n in line for n in NOISE)
 
 
-@contextlib.contextmanager
-def quiet_native_stderr() -> Iterator[None]:
-    """Capture fd 2 (and ``sys.stderr``) inside the block; afterwards replay the lines that are not noise.
-    Re-entrant and thread-safe: the outermost block of all threads owns the redirection."""
-    global _depth, _saved_fd, _capture
-    with _lock:
-        if _depth == 0:
-            try:
-                sys.stderr.flush()
-                _capture = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - closed when the block ends
-                _saved_fd = os.dup(2)
-                os.dup2(_capture.fileno(), 2)
-            except OSError:  # no usable fd 2 (embedded): just run
-                _capture, _saved_fd = None, None
-        _depth += 1
-    py_err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(py_err):
-            yield
-    finally:
-        keep = [ln for ln in py_err.getvalue().splitlines() if ln.strip() and not _is_noise(ln)]
-        with _lock:
-            _depth -= 1
-            if _depth == 0 and _saved_fd is not None and _capture is not None:
-                os.dup2(_saved_fd, 2)
-                os.close(_saved_fd)
-                _capture.seek(0)
-                native = _capture.read().decode("utf-8", "replace")
-                _capture.close()
-                _saved_fd, _capture = None, None
-                keep += [ln for ln in native.splitlines() if ln.strip() and not _is_noise(ln)]
-        for ln in keep:
-            print(ln, file=sys.stderr)
-
-
 _filter: dict[str, object] = {}
 
 
 def install_native_stderr_filter() -> None:
-    """Route fd 2 through a noise filter for the rest of the process (idempotent; see the module doc)."""
-    if _filter or os.environ.get("STYLESTREAM_MEDIAPIPE_LOGS") == "1":
-        return
+    """Route fd 2 through a noise filter for the rest of the process (idempotent; see the module doc). Call it
+    once, at start-up, before other threads write to stderr: ``sys.stderr`` is replaced by a writer on the
+    original fd 2 (so rich still sees the terminal), and that replacement is never undone."""
+    with _import_lock:
+        if not _filter and os.environ.get("STYLESTREAM_MEDIAPIPE_LOGS") != "1":
+            _install_filter()
+
+
+def _install_filter() -> None:
     try:
         sys.stderr.flush()
         original = os.dup(2)
@@ -137,13 +113,48 @@ def install_native_stderr_filter() -> None:
 
 
 def import_mediapipe(purpose: str = "face tracking") -> ModuleType:
-    """``import mediapipe`` quietly; a missing or broken install is a one-line UserError naming ``purpose``."""
+    """``import mediapipe`` without its GetPrototype report; a missing or broken install is a one-line UserError
+    naming ``purpose``."""
+    with _import_lock:
+        mediapipe = sys.modules.get("mediapipe")
+        if mediapipe is None:
+            mediapipe = _first_import(purpose)
+    return mediapipe
+
+
+def unusable(purpose: str, exc: BaseException) -> BaseException:
+    """What to raise when importing MediaPipe failed with ``exc``: KeyboardInterrupt when a Ctrl-C / SIGTERM struck
+    inside a compiled module's initialisation (pybind11 reports it as ``ImportError: initialization failed`` caused
+    by the KeyboardInterrupt), else a one-line UserError naming ``purpose``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return KeyboardInterrupt()
+        seen = seen.__cause__ or seen.__context__
+    return UserError(f"{purpose} needs MediaPipe 0.10.21 ({type(exc).__name__}: {exc}); "
+                     "install it with: pip install --no-deps mediapipe==0.10.21")
+
+
+def _first_import(purpose: str) -> ModuleType:
+    # MediaPipe's bindings call PyErr_Print → sys.excepthook(AttributeError, …, None) for the GetPrototype error.
+    # The hook is wrapped for the one import only (under _import_lock) and passes anything else on.
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: object) -> None:
+        if tb is None and issubclass(kind, AttributeError) and "GetPrototype" in str(value):
+            return
+        previous(kind, value, tb)  # type: ignore[arg-type]
+
+    sys.excepthook = hook
     try:
-        with quiet_native_stderr():
-            import mediapipe  # noqa: PLC0415 - optional, heavy, and noisy at import
+        import mediapipe  # noqa: PLC0415 - optional, heavy, and noisy at import
     except Exception as exc:  # ImportError, or a broken protobuf/numpy combination
-        raise UserError(f"{purpose} needs MediaPipe 0.10.21 ({type(exc).__name__}: {exc}); "
-                        "install it with: pip install --no-deps mediapipe==0.10.21") from None
+        raise unusable(purpose, exc) from None
+    finally:
+        if sys.excepthook is hook:
+            sys.excepthook = previous
+    # protobuf's "Call to deprecated label property" from MediaPipe's graph set-up (shown only with -W / -X dev)
+    warnings.filterwarnings("ignore", message="Call to deprecated label property", category=DeprecationWarning)
     return mediapipe
 
 
@@ -151,11 +162,9 @@ def _face_mesh_solution() -> ModuleType:
     """MediaPipe's ``solutions.face_mesh`` module, imported quietly (UserError when MediaPipe is unusable)."""
     import_mediapipe("finding face landmarks")
     try:
-        with quiet_native_stderr():
-            from mediapipe.python.solutions import face_mesh  # noqa: PLC0415 - optional, heavy
+        from mediapipe.python.solutions import face_mesh  # noqa: PLC0415 - optional, heavy
     except Exception as exc:  # a broken protobuf/numpy combination
-        raise UserError(f"finding face landmarks needs MediaPipe 0.10.21 ({type(exc).__name__}: {exc}); "
-                        "install it with: pip install --no-deps mediapipe==0.10.21") from None
+        raise unusable("finding face landmarks", exc) from None
     return face_mesh
 
 
@@ -167,8 +176,8 @@ def detect_landmarks(images: Sequence[np.ndarray]) -> list[np.ndarray | None]:
     """
     face_mesh = _face_mesh_solution()
     out: list[np.ndarray | None] = []
-    with quiet_native_stderr(), face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False,
-                                                   min_detection_confidence=0.5) as fm:
+    with face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False,
+                            min_detection_confidence=0.5) as fm:
         for img in images:
             assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8, (img.shape, img.dtype)
             res = fm.process(np.ascontiguousarray(img))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -28,10 +27,9 @@ import cv2
 import numpy as np
 
 from models.config import opt
-from models.errors import UserError
 from realtime.frames import Frame, Track
 from realtime.vision.align import quad_from_landmarks, quad_size, warp_to_crop
-from realtime.vision.mediapipe_runtime import import_mediapipe, quiet_native_stderr
+from realtime.vision.mediapipe_runtime import import_mediapipe, unusable
 from realtime.vision.topology import EYE_LEFT, EYE_RIGHT, NUM_LANDMARKS
 
 log = logging.getLogger(__name__)
@@ -97,14 +95,10 @@ class LandmarkSource(Protocol):
 def _import_mediapipe():  # noqa: ANN202 - returns modules
     import_mediapipe()
     try:
-        with quiet_native_stderr():
-            from mediapipe.python.solution_base import SolutionBase  # noqa: PLC0415 - optional, heavy
-            from mediapipe.python.solutions import face_detection, face_mesh  # noqa: PLC0415
+        from mediapipe.python.solution_base import SolutionBase  # noqa: PLC0415 - optional, heavy
+        from mediapipe.python.solutions import face_detection, face_mesh  # noqa: PLC0415
     except Exception as exc:  # a broken protobuf/numpy combination
-        raise UserError(
-            f"face tracking needs MediaPipe 0.10.21 ({type(exc).__name__}: {exc}); "
-            "install it with: pip install --no-deps mediapipe==0.10.21"
-        ) from None
+        raise unusable("face tracking", exc) from None
     return SolutionBase, face_detection, face_mesh
 
 
@@ -132,13 +126,10 @@ class MediaPipeLandmarks:
         solution_base, face_detection, face_mesh = _import_mediapipe()
         self._SolutionBase = solution_base
         self._mesh_graph_path = face_mesh._BINARYPB_FILE_PATH
-        self._noisy = True  # MediaPipe prints start-up lines on the first frames of new graphs
-        with warnings.catch_warnings(), quiet_native_stderr():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self._detector = face_detection.FaceDetection(
-                model_selection=1 if self.cfg.detector == "full" else 0,
-                min_detection_confidence=self.cfg.detection_confidence,
-            )
+        self._detector = face_detection.FaceDetection(
+            model_selection=1 if self.cfg.detector == "full" else 0,
+            min_detection_confidence=self.cfg.detection_confidence,
+        )
         self._pool: list[object] = []  # idle face-mesh graphs (reset before reuse)
         self._faces: list[_RoiFace] = []
         self._next_id = 0
@@ -150,19 +141,16 @@ class MediaPipeLandmarks:
             g = self._pool.pop()
             g.reset()
             return g
-        self._noisy = True
-        with warnings.catch_warnings(), quiet_native_stderr():  # protobuf's "label() is deprecated" too
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return self._SolutionBase(
-                binary_graph_path=self._mesh_graph_path,
-                side_inputs={"num_faces": 1, "with_attention": False, "use_prev_landmarks": True},
-                calculator_params={
-                    "facedetectionshortrangecpu__facedetectionshortrange__facedetection__"
-                    "TensorsToDetectionsCalculator.min_score_thresh": 0.5,
-                    "facelandmarkcpu__ThresholdingCalculator.threshold": self.cfg.tracking_confidence,
-                },
-                outputs=["multi_face_landmarks", "face_detections"],
-            )
+        return self._SolutionBase(
+            binary_graph_path=self._mesh_graph_path,
+            side_inputs={"num_faces": 1, "with_attention": False, "use_prev_landmarks": True},
+            calculator_params={
+                "facedetectionshortrangecpu__facedetectionshortrange__facedetection__"
+                "TensorsToDetectionsCalculator.min_score_thresh": 0.5,
+                "facelandmarkcpu__ThresholdingCalculator.threshold": self.cfg.tracking_confidence,
+            },
+            outputs=["multi_face_landmarks", "face_detections"],
+        )
 
     def _drop(self, face: _RoiFace) -> None:
         self._faces.remove(face)
@@ -196,13 +184,6 @@ class MediaPipeLandmarks:
 
     # per frame ----------------------------------------------------------------------------------------
     def process(self, image: np.ndarray) -> list[FaceObservation]:
-        if self._noisy:  # the first frames of new graphs: hide MediaPipe's start-up lines
-            with quiet_native_stderr():
-                self._noisy = False
-                return self._process(image)
-        return self._process(image)
-
-    def _process(self, image: np.ndarray) -> list[FaceObservation]:
         assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8, image.shape
         cfg = self.cfg
         ran_detector = False

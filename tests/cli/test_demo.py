@@ -18,6 +18,13 @@ def test_demo_writes_video_metrics_and_contact_sheet(tmp_path, tiny_bundle_dir, 
                    "--size", "480x360", "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 0, err
+    # issue 17.13: not a terminal here, so no bars: every phase still says where it is, in plain lines
+    lines = err.splitlines()
+    assert lines[0].startswith("stylestream demo: filtering a 2 s synthetic talking-head clip"), lines[:3]
+    assert lines[2].startswith("bundle 'random'"), lines[:3]  # the tiny test bundle's name
+    for phase in ("writing input.mp4: 30/30", "preparing the engine", "filtering: 30/30",
+                  "measuring encoder fidelity"):
+        assert any(ln.startswith(phase) for ln in lines), (phase, err)
     info = probe(out / "side_by_side.mp4")
     assert info.frames == 30 and info.sizes[0] == (960, 360)
     m = json.loads((out / "metrics.json").read_text())

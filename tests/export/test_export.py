@@ -11,6 +11,8 @@ import dataclasses
 import json
 import re
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import torch
 
 from benchmarks.bench_export import format_speed, speed_compare
 from export.artifacts import MODELS, bundle_hash, file_sha256, onnx_filename, read_manifest
-from export.onnx import available_models, example_inputs, export_bundle, model_spec
+from export.onnx import available_models, example_inputs, export_bundle, export_module, model_spec
 from export.parity import (
     TOLERANCES,
     check_model,
@@ -441,3 +443,28 @@ def test_synthesis_taps_cover_every_block(bundle):
     blocks = [4 * 2**i for i in range(res.bit_length() - 2)]  # 4, 8, …, res
     assert [t.name for t in taps] == [f"b{r}[{k}]" for r in blocks for k in (0, 1)]
     assert all(t.ok and t.max_rel == 0 for t in taps)
+
+
+@pytest.mark.slow
+def test_export_leaves_the_process_streams_alone(tiny_bundle, tmp_path):
+    """Like issue 17.1: export_module swapped the process-wide sys.stdout / sys.stderr for seconds per model, so
+    whatever another thread printed meanwhile (a server's logs, the demo's "still preparing the engine" line)
+    went into the exporter's buffer and was lost."""
+    spec = model_spec(tiny_bundle, "synthesis", "fp32")
+    streams = {(id(sys.stdout), id(sys.stderr))}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            streams.add((id(sys.stdout), id(sys.stderr)))
+            time.sleep(0.0005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        export_module(spec.module, example_inputs(tiny_bundle, "synthesis"), tmp_path / "s.onnx", spec.outputs)
+    finally:
+        done.set()
+        watcher.join()
+    assert len(streams) == 1, "sys.stdout / sys.stderr were replaced while exporting"
+    assert onnx.load(str(tmp_path / "s.onnx")).graph.output[0].name == spec.outputs[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import glob
 import json
 import os
@@ -115,6 +116,23 @@ def test_sink_without_frames_leaves_no_file_and_close_is_idempotent(tmp_path: Pa
     sink.close()
     sink.close()
     assert not out.exists()
+
+
+def test_sink_left_unclosed_before_its_first_frame_leaves_no_file(tmp_path: Path) -> None:
+    """Issue 17.6: a Ctrl-C / SIGTERM between ``open_sink`` returning and the caller's ``with`` taking it (the
+    handler raises KeyboardInterrupt at the next bytecode) left the sink unclosed: a 48-byte header, no video.
+    A file sink that is dropped (or still open at exit) without a frame removes its file."""
+    out = tmp_path / "dropped.mp4"
+    sink = open_sink(str(out), width=64, height=48, fps=25)
+    assert out.stat().st_size > 0
+    del sink
+    gc.collect()
+    assert not out.exists()
+    # with frames, dropping it unclosed cannot make a valid file either; the file is left for what it holds
+    sink = open_sink(str(out), width=64, height=48, fps=25)
+    sink.write(Output(image=pattern_frame(0, 64, 48), index=0, pts=0, time_base=Fraction(1, 25), capture_ns=0))
+    sink.close()
+    assert probe(out).frames == 1
 
 
 def test_resolution_change_is_resized_into_the_output(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from tests.media import (
     write_empty,
     write_garbage,
     write_resolution_change,
+    write_rotated_clip,
     write_truncated_mp4,
 )
 
@@ -263,3 +264,28 @@ def test_demo_generator_is_replaceable() -> None:
         frames = list(src)
     assert [int(f.image[0, 0, 0]) for f in frames] == [0, 1, 2]
     assert [f.pts for f in frames] == [0, 1, 2] and frames[1].time_s == pytest.approx(0.2)
+
+
+def _oriented_picture(width: int, height: int) -> np.ndarray:
+    """Smooth and asymmetric: red grows to the right, green downwards, a blue block at the top left."""
+    img = np.zeros((height, width, 3), np.uint8)
+    img[..., 0] = np.linspace(0, 255, width, dtype=np.float32)[None, :].astype(np.uint8)
+    img[..., 1] = np.linspace(0, 255, height, dtype=np.float32)[:, None].astype(np.uint8)
+    img[: height // 4, : width // 4, 2] = 255
+    return img
+
+
+@pytest.mark.parametrize("degrees,hflip", [(-90, False), (90, False), (180, False), (0, True), (90, True),
+                                           (-90, True), (180, True)])
+def test_display_matrix_is_honoured_frames_come_out_upright(tmp_path: Path, degrees: int, hflip: bool) -> None:
+    """Issue 17.5: a phone video (stored sideways + a display matrix) came out sideways. Frames, width and height
+    are the upright picture's, for every rotation and mirroring the matrix can express."""
+    upright = _oriented_picture(96, 160)  # portrait, as the phone's user saw it
+    path = write_rotated_clip(tmp_path / "phone.mp4", [upright] * 3, degrees=degrees, hflip=hflip)
+    with open_source(str(path)) as src:
+        assert (src.width, src.height) == (96, 160)
+        frames = list(src)
+    assert len(frames) == 3
+    for f in frames:
+        assert f.image.shape == upright.shape and f.image.flags.c_contiguous
+        assert np.abs(f.image.astype(int) - upright.astype(int)).mean() < 4.0

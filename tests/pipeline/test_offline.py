@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,9 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from export.artifacts import exported_models
+from export.onnx import export_bundle
 from models.bundle import DEFAULT_BUNDLE, load_bundle
 from models.editing import EditStack
 from realtime.cli import main
+from realtime.engines import EngineOptions, EngineSpec, make_engine
 from realtime.io.sources import open_source
 from realtime.pipeline.calibration import CalibrationConfig, Calibrator
 from realtime.vision.align import align_crop
@@ -125,6 +129,9 @@ def test_adaptation_lowers_reconstruction_error(clip: tuple[object, torch.Tensor
     out = save_adapted(bundle, tmp_path / "adapted", summary, source="test")
     again = load_bundle(out)
     assert "adapted" in again.provenance
+    # issue 17.14: it is no longer "default" (the name /config, info and reports show)
+    assert again.name != ref.name and again.name.startswith(f"{ref.name}+adapted-20"), again.name
+    assert again.provenance["adapted"]["from"] == ref.name
     assert reconstruction(again, crops, ws)["psnr"] == pytest.approx(after, abs=1e-3)
 
 
@@ -251,7 +258,7 @@ def test_calibrator_adapts_a_copy_in_background_and_hands_it_over_once(clip: tup
     st = cal.status()
     assert st["psnr"]["before"] == pytest.approx(before, abs=0.01) and st["psnr"]["after"] == pytest.approx(after,
                                                                                                           abs=0.01)
-    assert set(st["seconds"]) == {"record", "start", "adapt", "build"}
+    assert set(st["seconds"]) == {"record", "start", "adapt", "build", "total"}
     assert result.provenance["calibrated"]["frames"] == n
     assert "heldout_before" not in st["psnr"]  # stride 1: every frame trains, none is held out
 
@@ -310,3 +317,54 @@ def test_calibrator_stride_cancel_and_failure(clip: tuple[object, torch.Tensor])
     assert cal.start(bundle)  # a failed calibration can be retried
     with pytest.raises(ValueError, match="≥ 1"):
         Calibrator(CalibrationConfig(frames=0))
+
+
+@pytest.mark.slow
+def test_calibrator_reports_every_phase_it_spends(tiny_bundle, tmp_path: Path) -> None:
+    """Issue 17.11: on a loaded machine request → swap took ≈ 53 s while the camera printed "adapted 19.4 s, engine
+    built 0.3 s": the worker's start (shown as "adapting 0 %") and the ONNX export (shown as "building 0 %") were
+    missing. Every phase is now a named phase with its own wall time, and the parts add up to the total the
+    caller waited."""
+    g = torch.Generator().manual_seed(0)
+    s = tiny_bundle.crop_size
+    crops = torch.rand(4, 3, s, s, generator=g) * 2 - 1
+    ws = invert_crops(tiny_bundle, crops)
+
+    base_dir = tmp_path / "base-onnx"  # the stream's own export: its encoders are copied, not exported again
+    export_bundle(tiny_bundle, base_dir, precision="fp32")
+    built: list[dict[str, float]] = []
+
+    def build(bundle: object, model_dir: object) -> object:
+        assert set(exported_models(model_dir, bundle, "fp32")) == {"fren", "vien", "synthesis"}
+        eng = make_engine(bundle, EngineSpec("onnx", "cpu", "fp32", options=EngineOptions(model_dir=model_dir)))
+        ref = make_engine(tiny_bundle, EngineSpec("onnx", "cpu", "fp32", options=EngineOptions(model_dir=base_dir)))
+        built.append({"fren": float((eng.encode_key(crops[:1]) - ref.encode_key(crops[:1])).abs().max()),
+                      "synthesis": float((eng.synthesize(ws[:1]) - ref.synthesize(ws[:1])).abs().max())})
+        time.sleep(0.3)
+        return bundle
+
+    cal = Calibrator(CalibrationConfig(frames=4, stride=1, iters=60), build=build, export_precision="fp32",
+                     export_from=base_dir)
+    t0 = time.perf_counter()
+    assert cal.start(tiny_bundle)
+    for i in range(4):
+        cal.record(crops[i:i + 1], ws[i:i + 1])
+    seen: list[str] = []
+    progress: dict[str, float] = {}
+    while cal.busy and time.perf_counter() - t0 < 120:
+        st = cal.status()
+        if not seen or seen[-1] != st["phase"]:
+            seen.append(st["phase"])
+        progress[st["phase"]] = max(progress.get(st["phase"], 0.0), st["progress"])
+        time.sleep(0.005)
+    waited = time.perf_counter() - t0
+    assert cal.state == "ready", cal.error
+    assert seen == ["starting", "adapting", "exporting", "building"], seen
+    assert progress["adapting"] > 0.5 and progress["exporting"] > 0.5, progress
+    sec = cal.status()["seconds"]
+    assert set(sec) == {"record", "start", "adapt", "export", "build", "total"}, sec
+    assert sec["build"] >= 0.3 and sec["start"] > 0.5 and sec["export"] > 0.1, sec  # a process start takes seconds
+    parts = sum(v for k, v in sec.items() if k != "total")
+    assert abs(parts - sec["total"]) < 0.1 and abs(sec["total"] - waited) < 0.2, (sec, waited)
+    assert cal.take().name.startswith(f"{tiny_bundle.name}+calibrated-20")
+    assert built[0]["fren"] == 0.0 and built[0]["synthesis"] > 1e-3, built  # encoders reused, generator adapted

@@ -45,6 +45,7 @@ from tests.media import (
     write_empty,
     write_garbage,
     write_resolution_change,
+    write_rotated_clip,
     write_truncated_mp4,
 )
 
@@ -269,6 +270,62 @@ def test_sigint_leaves_a_playable_file_with_every_processed_frame(tmp_path, tiny
     assert "Traceback" not in err
 
 
+def _signal_at(argv: list[str], sig: int, moment: Callable[[str], bool], env: dict[str, str],
+               timeout: float = 90) -> tuple[int, str]:
+    """Start ``python -m realtime.cli ARGV``, send ``sig`` as soon as ``moment(stderr so far)`` is true (polled
+    every 2 ms) → (exit code, stderr)."""
+    err_path = Path(env["STYLESTREAM_CACHE"]).parent / f"stderr-{time.monotonic_ns()}.txt"
+    with err_path.open("w") as err_file:
+        p = subprocess.Popen([sys.executable, "-m", "realtime.cli", *argv], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=err_file)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and p.poll() is None and not moment(err_path.read_text()):
+                time.sleep(0.002)
+            assert p.poll() is None, "the command ended before the moment came: " + err_path.read_text()[-2000:]
+            p.send_signal(sig)
+            p.wait(60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+    return p.returncode, err_path.read_text()
+
+
+@pytest.mark.slow
+def test_a_signal_during_start_up_is_one_line_exit_130_and_no_broken_file(tmp_path, tiny_bundle_dir):
+    """Issue 17.6: Ctrl-C at ~1 s printed a KeyboardInterrupt traceback (the command was still importing) and
+    SIGTERM at ~2 s could leave a 48-byte unplayable mp4. At every moment of start-up — loading the command,
+    during the first run's ONNX export, right after the output file is created — one line, exit 130, and no
+    file or a playable one; the interrupted export leaves a cache the next run can use."""
+    out = tmp_path / "out.mp4"
+    env = {k: v for k, v in os.environ.items() if k != "STYLESTREAM_MEDIAPIPE_LOGS"}
+    env.update(PYTHONUNBUFFERED="1", STYLESTREAM_CACHE=str(tmp_path / "cache"))
+    run = ["run", "demo:?seconds=30&fps=15&size=320x240", "-o", str(out), "--bundle", str(tiny_bundle_dir)]
+    started = 0.0
+    trials = [  # (what, signal, backend, moment)
+        ("loading the command", signal.SIGINT, "onnx", lambda err: time.monotonic() - started > 1.0),
+        ("exporting to ONNX", signal.SIGTERM, "onnx", lambda err: "exporting fren" in err),
+        ("the output file was just created", signal.SIGINT, "torch", lambda err: out.exists()),
+        ("the output file was just created", signal.SIGTERM, "torch", lambda err: out.exists()),
+    ]
+    for what, sig, backend, moment in trials:
+        started = time.monotonic()
+        rc, err = _signal_at([*run, "--backend", backend], sig, moment, env)
+        lines = [ln for ln in err.splitlines() if ln.strip() and "━" not in ln and "stylestream: " not in ln
+                 and not ln.startswith(" ")]
+        assert rc == 130 and "Traceback" not in err, (what, sig, rc, err)
+        assert lines and re.fullmatch(r"stylestream run: interrupted|interrupted: \d+ frames written to .*",
+                                      lines[-1]), (what, sig, err)
+        if out.exists():  # nothing, or a video with every frame it says
+            info = probe(out)
+            assert info.frames > 0 and info.decode_error is None, (what, sig, info)
+            out.unlink()
+    r = subprocess.run([sys.executable, "-m", "realtime.cli", "run", "demo:?seconds=0.6&fps=5&size=320x240", "-o",
+                        str(out), "--bundle", str(tiny_bundle_dir), "--backend", "onnx"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and probe(out).frames == 3, r.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
     "kind,message",
     [
@@ -329,6 +386,23 @@ def test_bad_input_is_one_clear_line_and_nonzero_exit(tmp_path, tiny_bundle_dir,
     assert re.search(message, lines[0], re.IGNORECASE), lines[0]
 
 
+def test_portrait_phone_video_is_tracked_and_written_upright(tmp_path, tiny_bundle_dir, capsys):
+    """Issue 17.5: a portrait phone recording (stored sideways, rotate -90 in its display matrix) came out sideways,
+    exit 0, no warning, and the face tracker saw a sideways face. Now the frames are turned upright when decoded,
+    so the output is the upright picture (no display matrix needed) and the face is tracked on every frame."""
+    with open_source("demo:astronaut?seconds=1&fps=10&size=240x320") as demo:  # portrait, face upright
+        upright = [f.image for f in demo]
+    phone = write_rotated_clip(tmp_path / "phone.mp4", upright, degrees=-90)
+    out = tmp_path / "out.mp4"
+    rc, _, err = _run_cli(["run", str(phone), "-o", str(out), "--bundle", str(tiny_bundle_dir)], capsys)
+    assert rc == 0, err
+    info = probe(out)
+    assert info.frames == 10 and set(info.sizes) == {(240, 320)} and info.rotations == {0}
+    report = json.loads((tmp_path / "out.mp4.stylestream.json").read_text())
+    assert report["stats"]["faces"] == 10, report["stats"]
+    assert (report["source"]["rotation"], report["source"]["mirrored"]) == (-90, False)
+
+
 def test_truncated_recording_with_index_first_is_filtered_up_to_the_cut(tmp_path, tiny_bundle_dir, capsys):
     inp = write_truncated_mp4(tmp_path / "cut.mp4", keep=0.5, index_first=True, seconds=2.0, fps=15)
     rc, _, err = _run_cli(["run", str(inp), "-o", str(tmp_path / "o.mp4"), "--bundle", str(tiny_bundle_dir)], capsys)
@@ -367,6 +441,29 @@ def test_camera_into_a_registered_virtual_camera_backend(tiny_bundle_dir, capsys
                            f"virtualcam:?backend={name}", "--bundle", str(tiny_bundle_dir)], capsys)
     assert rc == 0, err
     assert 1 <= len(received) <= 10 and received[0].shape == (240, 320, 3)
+
+
+@pytest.mark.slow
+def test_camera_finishes_a_calibration_the_source_outran_or_fails_clearly(tmp_path, tiny_bundle_dir, capsys):
+    """Issue 17.12: `camera --source FILE --calibrate --save-calibrated DIR` with a file that ends before the
+    calibration finishes saved nothing, said nothing and exited 0. Now a calibration that is adapting is finished
+    and saved after the source ends; one that cannot finish (too few face frames) is one clear line, exit 2."""
+    with open_source("demo:astronaut?seconds=1.5&fps=10&size=320x240") as demo:
+        clip = write_rotated_clip(tmp_path / "short.mp4", [f.image for f in demo], degrees=0, fps=10)
+    saved = tmp_path / "calibrated"
+    common = ["camera", "--source", str(clip), "-o", "null:", "--bundle", str(tiny_bundle_dir), "--backend", "torch",
+              "--calibrate", "--calibrate-stride", "1", "--save-calibrated", str(saved)]
+    rc, _, err = _run_cli([*common, "--calibrate-frames", "4", "--calibrate-iters", "20"], capsys)
+    assert rc == 0, err
+    assert "the source ended; finishing the calibration" in err and "saved the calibrated bundle" in err, err
+    cal = load_bundle(saved)
+    assert cal.provenance["calibrated"]["frames"] == 4 and cal.name.startswith(f"{load_bundle(tiny_bundle_dir).name}"
+                                                                               "+calibrated-")
+    shutil.rmtree(saved)
+    rc, _, err = _run_cli([*common, "--calibrate-frames", "100"], capsys)
+    assert rc == 2 and not saved.exists(), err
+    lines = [ln for ln in err.splitlines() if ln.startswith("stylestream camera: error")]
+    assert len(lines) == 1 and "of the 100 face frames" in lines[0] and "nothing saved" in lines[0], err
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import gc
 import json
+import logging
 import os
 import re
 import signal
@@ -165,6 +166,7 @@ def test_http_validation_tokens_and_garbage(tiny):
         async with serving(tiny, token="s3cret", offer_max_bytes=8192) as (server, url), \
                 aiohttp.ClientSession() as http:
             async def post(body: bytes | str, **headers: str) -> int:
+                headers.setdefault("Content-Type", "application/json")
                 async with http.post(url + "/offer", data=body, headers=headers) as r:
                     payload = await r.json()
                     assert "error" in payload
@@ -464,5 +466,146 @@ def test_peer_that_never_connects_is_freed(tiny):
             assert await wait_until(lambda: not server.sessions, 10)  # …until the timeout frees it
             assert server.history[-1]["closed"].startswith("not connected")
             assert not any(t.name.startswith("stylestream-peer-") for t in threading.enumerate())
+
+    asyncio.run(main())
+
+
+def test_two_sessions_starting_at_once_leave_the_process_stderr_alone(tiny):
+    """Issue 17.1: each session's tracking thread used to swap the process-wide ``sys.stderr`` (and fd 2) while its
+    MediaPipe graphs started; two overlapping sessions finishing out of order left ``sys.stderr`` on a discarded
+    buffer, so later tracebacks and the "stopped" line were lost. Sessions must not touch either."""
+    frames = clip_frames(256, 192, count=8)
+    stderr_before, fd2_before = sys.stderr, os.fstat(2)
+    seen: set[tuple[int, int, int]] = set()
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            st = os.fstat(2)
+            seen.add((id(sys.stderr), st.st_dev, st.st_ino))
+            time.sleep(0.0005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+
+    async def main() -> None:
+        async with serving(tiny, max_sessions=4) as (_server, url):
+            sampler.start()
+            for _ in range(2):  # twice: the second pair reuses nothing from the first
+                clients = [LiveClient(url, frames, fps=10) for _ in range(2)]
+                await asyncio.gather(*(c.connect(timeout=30) for c in clients))
+                got = await asyncio.gather(*(c.wait_frames(3, timeout=60) for c in clients))
+                assert all(n >= 3 for n in got), got
+                await asyncio.gather(*(c.close() for c in clients))
+
+    try:
+        asyncio.run(main())
+    finally:
+        sampling.set()
+        sampler.join(5)
+    assert sys.stderr is stderr_before
+    assert seen == {(id(stderr_before), fd2_before.st_dev, fd2_before.st_ino)}, \
+        f"sys.stderr or fd 2 changed {len(seen) - 1} time(s) while sessions started"
+
+
+async def _real_offer() -> str:
+    """A real browser-like offer (aiortc, one video track); its peer is closed at once, so ICE never completes."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTrack(StampedTrack(clip_frames(64, 48, still=True)))
+    await pc.setLocalDescription(await pc.createOffer())
+    body = json.dumps({"sdp": pc.localDescription.sdp, "type": "offer"})
+    await pc.close()
+    return body
+
+
+async def _raw_post(url: str, body: bytes, pieces: int = 1, pause_s: float = 0.0,
+                    headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    """POST /offer over a plain socket, the body split into ``pieces`` sent ``pause_s`` apart → (status, JSON)."""
+    host, port = url.split("://", 1)[1].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = {"Host": f"{host}:{port}", "Content-Type": "application/json", "Content-Length": str(len(body)),
+            "Connection": "close", **(headers or {})}
+    writer.write(("POST /offer HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in head.items()) + "\r\n").encode())
+    step = -(-len(body) // pieces)
+    for i in range(0, len(body), step):
+        writer.write(body[i : i + step])
+        await writer.drain()
+        if i + step < len(body):
+            await asyncio.sleep(pause_s)
+    response = await asyncio.wait_for(reader.read(), 20)
+    writer.close()
+    status = int(response.split(b" ", 2)[1])
+    return status, json.loads(response.split(b"\r\n\r\n", 1)[1] or b"{}")
+
+
+def test_offer_body_in_two_tcp_pieces_is_read_whole(tiny):
+    """Issue 17.2: /offer read its body with one ``content.read(n)``, so a body arriving in two TCP pieces ≥ 50 ms
+    apart was cut and refused as "offer is not JSON"."""
+
+    async def main() -> None:
+        async with serving(tiny, connect_timeout_s=1.5) as (server, url):
+            body = (await _real_offer()).encode()
+            status, answer = await _raw_post(url, body, pieces=2, pause_s=0.2)
+            assert status == 200, answer
+            assert answer["type"] == "answer" and answer["sdp"].startswith("v=0")
+            status, answer = await _raw_post(url, body, pieces=5, pause_s=0.06)
+            assert status == 200, answer
+            assert await wait_until(lambda: not server.sessions, 10)
+
+    asyncio.run(main())
+
+
+def test_deeply_nested_json_offer_is_a_400_not_a_traceback(tiny, caplog):
+    """Issue 17.3: ``[[[[…]]]]`` deep enough to exhaust the decoder's recursion → 400, nothing logged."""
+
+    async def main() -> None:
+        async with serving(tiny) as (_server, url), aiohttp.ClientSession() as http:
+            for body in ("[" * 30000 + "]" * 30000, '{"a":' * 10000 + "1" + "}" * 10000):
+                async with http.post(url + "/offer", data=body, headers={"Content-Type": "application/json"}) as r:
+                    assert r.status == 400, (r.status, await r.text())
+                    assert "JSON" in (await r.json())["error"]
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(main())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_offers_need_json_and_this_page_as_origin(tiny):
+    """Issue 17.4: without a token any web page the user visited could take every session slot (a "simple"
+    cross-origin POST needs no CORS pre-flight). /offer now requires application/json and an Origin that is the
+    served page's own (or one of --allowed-origin); a request without Origin (a non-browser client) still works."""
+    junk_offer = json.dumps({"type": "offer", "sdp": "v=0"})  # passes the checks under test, then fails as SDP
+
+    async def main() -> None:
+        async with serving(tiny, allowed_origins=["https://app.example"]) as (server, url), \
+                aiohttp.ClientSession() as http:
+            port = url.rsplit(":", 1)[1]
+
+            async def post(body: str = junk_offer, **headers: str) -> tuple[int, str]:
+                headers.setdefault("Content-Type", "application/json")
+                async with http.post(url + "/offer", data=body, headers=headers) as r:
+                    return r.status, (await r.json())["error"]
+
+            for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+                status, err = await post(**{"Content-Type": ctype})
+                assert status == 415 and "application/json" in err, (ctype, status, err)
+            for origin in ("http://evil.example", "null", f"http://127.0.0.1:{int(port) + 1}",
+                           f"https://127.0.0.1:{port}", "https://app.example.evil"):
+                status, err = await post(Origin=origin)
+                assert status == 403 and "origin" in err.lower(), (origin, status, err)
+            # DNS rebinding: evil.example resolves to 127.0.0.1, so Host and Origin agree with each other
+            status, _ = await post(Origin=f"http://evil.example:{port}", Host=f"evil.example:{port}")
+            assert status == 403
+            for origin, host in ((f"http://127.0.0.1:{port}", None), (f"http://localhost:{port}", f"localhost:{port}"),
+                                 ("https://app.example", None)):
+                status, err = await post(Origin=origin, **({"Host": host} if host else {}))
+                assert status == 400 and "m= line" in err, (origin, status, err)  # past the checks
+            status, err = await post()  # no Origin: a non-browser client
+            assert status == 400 and "m= line" in err
+            assert not server.sessions
+            # the real client (no Origin, application/json) still connects
+            client = LiveClient(url, clip_frames(128, 96, count=4), fps=10)
+            await client.connect()
+            assert await client.wait_frames(2, timeout=40) >= 2
+            await client.close()
 
     asyncio.run(main())

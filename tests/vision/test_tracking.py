@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import cv2
@@ -19,7 +20,7 @@ from realtime.vision.tracking import (
     smooth_tracks,
     track_sequence,
 )
-from tests import clips
+from tests import REPO, clips
 
 N_FRAMES = 45
 
@@ -223,3 +224,29 @@ def test_resolution_change_and_failing_source() -> None:
     tracker = FaceTracker(source=Broken())
     res = [tracker.track(Frame(small[0], i)) for i in range(3)]
     assert [t.has_face for t in res] == [True, False, True]  # no exception, just no face for that frame
+
+
+def test_an_interrupt_inside_mediapipe_s_import_stays_an_interrupt():
+    """Issue 17.6: a Ctrl-C that struck while MediaPipe's compiled module initialised reached the user as "face
+    tracking needs MediaPipe 0.10.21 (ImportError: initialization failed)", exit 2: pybind11 reports the
+    KeyboardInterrupt as the cause of an ImportError. It must stay an interrupt (one line, exit 130)."""
+    code = """
+import importlib.abc, sys
+class Interrupted(importlib.abc.MetaPathFinder):  # what pybind11 raises when the init was interrupted
+    def find_spec(self, name, path, target=None):
+        if name == "mediapipe":
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as e:
+                raise ImportError("initialization failed") from e
+sys.meta_path.insert(0, Interrupted())
+from realtime.vision.tracking import FaceTracker
+try:
+    FaceTracker()
+except KeyboardInterrupt:
+    print("KeyboardInterrupt")
+except Exception as e:
+    print(type(e).__name__, e)
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "KeyboardInterrupt", (r.stdout, r.stderr[-2000:])
