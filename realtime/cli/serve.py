@@ -17,6 +17,7 @@ from realtime.cli.common import (
     print_edits,
 )
 from realtime.cli.options import add_config, config_from_args
+from realtime.engines import BatchConfig, BatchingEngine
 from realtime.server.app import LiveServer, ServeConfig, check_bind, parse_ice_server, run_server
 from realtime.server.rtc_tuning import RtcTuning
 
@@ -25,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config(p.add_argument_group("server"), ServeConfig)
     add_config(p.add_argument_group("video (aiortc overrides, see realtime/server/rtc_tuning.py)"), RtcTuning)
     add_filter_options(p)
+    add_config(p.add_argument_group("streams sharing the engine"), BatchConfig)
     add_calibration_options(p)
 
 
@@ -45,11 +47,13 @@ def main(args: argparse.Namespace) -> int:
     if args.list_edits:
         return print_edits(bundle)
     flt = filter_from_args(args, bundle, live=True)
-    make_processor, make_tracker = flt.stream_factories()
+    make_processor, make_tracker = flt.stream_factories(config_from_args(BatchConfig, args))
     eng = flt.engine
     info = {"bundle": bundle.name, "engine": f"{eng.name} {eng.device} {eng.precision}"}
     specs = list(flt.processor.edits.specs.values()) if flt.processor.edits is not None else []
-    server = LiveServer(config, make_processor, make_tracker, info=info, edit_specs=specs)
+    shared = flt.shared
+    server = LiveServer(config, make_processor, make_tracker, info=info, edit_specs=specs,
+                        engine_stats=shared.stats if isinstance(shared, BatchingEngine) else None)
 
     async def serve() -> None:
         stop = asyncio.Event()

@@ -135,6 +135,7 @@ class PeerWorker:
             "faces": st.faces, "face": runner.face_now, "filter": proc.enabled, "view": proc.view,
             "edits": proc.edits.strengths() if proc.edits is not None else {},
             "in_size": list(self.in_size), "out_size": list(self.out_size), "error": runner.error,
+            "faults": runner.faults(),
             "calibration": proc.calibration_status(),
         }
 

@@ -1,0 +1,245 @@
+"""BatchingEngine: one engine shared by several streams, their concurrent model calls merged into batched calls.
+
+The server's streams each run a device thread that calls ``encode_key`` / ``encode_reuse`` / ``synthesize`` with
+one frame (B = 1; the transfer compositing mode renders B = 2). Run one at a time (:class:`SerialEngine`), N streams
+cost N engine calls per stage; here the calls that arrive while the wrapped engine is busy — or within a short
+window after it becomes free — are concatenated along the batch dimension into **one call per kind**, and each
+caller gets its own rows back::
+
+    stream 1: synthesize(ws₁ [1, …]) ─┐                                   ┌─▶ image₁ [1, 3, R, R]
+    stream 2: synthesize(ws₂ [1, …]) ─┼─▶ engine.synthesize([ws₁; ws₂; ws₃]) ─┼─▶ image₂
+    stream 3: synthesize(ws₃ [2, …]) ─┘        one call, B = 4                └─▶ image₃ [2, 3, R, R]
+
+No extra thread: the first caller that finds the engine free becomes the *leader*; it waits up to ``window_ms`` for
+the other active streams (threads that called in the last second and have no call queued) — never when it is the
+only one, never longer than the window — takes every queued call of the oldest call's kind (up to ``max_rows``
+rows), runs them as one call and hands the rows out; it keeps leading until its own call is done, then the next
+waiting caller leads. Per-stream state stays with the stream (the previous W+ is an input of ``encode_reuse``), so
+the wrapped engine is stateless and any caller's rows can share a call.
+
+Calls merge only when they are the same kind: the same method, the same per-row shapes, and for ``synthesize`` the
+same StyleSpace layer set with ``[B, C]`` deltas whose B matches the call's (any other delta shape runs alone). An
+error in a merged call is raised in every caller of that call. ``stats()`` counts calls, engine calls and the
+batch-size histogram (rows per engine call).
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from models.config import opt
+from realtime.engines.base import Engine
+from realtime.engines.serial import ForwardingEngine
+
+ACTIVE_S = 1.0  # a stream that called within this long is expected to call again (the window waits for it)
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How the server's streams share one engine (CLI flags of `serve`)."""
+
+    batching: bool = opt(True, "merge the streams' concurrent model calls into one batched call per kind "
+                               "(--no-batching: one call at a time)")
+    batch_window_ms: float = opt(1.0, "how long a free engine waits for the other active streams' calls before it "
+                                      "runs a batch (never when one stream is active)", min=0.0, max=2.0)
+    batch_max: int = opt(8, "most rows in one batched call (TensorRT: at most the engines' max batch; Triton: the "
+                            "repository's max_batch_size)", min=1, max=64)
+
+
+class EngineClosed(RuntimeError):
+    """A call on a closed (or closing) batching engine."""
+
+
+class _Call:
+    """One caller's request, waiting to be merged."""
+
+    __slots__ = ("method", "key", "args", "rows", "thread", "done", "result", "error")
+
+    def __init__(self, method: str, key: tuple[Any, ...], args: tuple[Any, ...], rows: int):
+        self.method, self.key, self.args, self.rows = method, key, args, rows
+        self.thread = threading.get_ident()
+        self.done = False
+        self.result: torch.Tensor | None = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> torch.Tensor:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+def _copy_error(exc: BaseException) -> BaseException:
+    """Each caller raises its own copy (one exception object raised in several threads shares a traceback)."""
+    try:
+        dup = copy.copy(exc)
+    except Exception:  # noqa: BLE001 - an exception type that cannot be copied: share it
+        return exc
+    return dup if isinstance(dup, BaseException) else exc
+
+
+class BatchingEngine(ForwardingEngine):
+    """An :class:`Engine` over ``engine`` that merges concurrent calls (see the module docstring).
+
+    ``window_ms`` (≤ 2 ms by the config's bound) and ``max_rows`` come from :class:`BatchConfig`; a TensorRT
+    engine's max batch caps ``max_rows``. ``close()`` fails the queued calls, waits for the running one and closes
+    the wrapped engine."""
+
+    def __init__(self, engine: Engine, config: BatchConfig | None = None):
+        super().__init__(engine)
+        cfg = config or BatchConfig()
+        self.window_s = cfg.batch_window_ms / 1e3
+        self.max_rows = cfg.batch_max
+        if engine.spec.backend == "tensorrt":
+            self.max_rows = min(self.max_rows, engine.spec.options.max_batch)
+        self._cv = threading.Condition()
+        self._pending: collections.deque[_Call] = collections.deque()
+        self._busy = False
+        self._closed = False
+        self._seen: dict[int, float] = {}  # caller thread → last call (monotonic)
+        self.calls = 0  # calls made by the streams
+        self.engine_calls = 0  # calls of the wrapped engine
+        self.histogram: dict[str, collections.Counter[int]] = {m: collections.Counter() for m in
+                                                                ("encode_key", "encode_reuse", "synthesize")}
+
+    # -- the Engine methods ---------------------------------------------------------------------------------
+
+    def encode_key(self, crops: torch.Tensor) -> torch.Tensor:
+        key = ("encode_key", tuple(crops.shape[1:]), crops.dtype, crops.device)
+        return self._submit(_Call("encode_key", key, (crops,), int(crops.shape[0])))
+
+    def encode_reuse(self, crops: torch.Tensor, prev_ws: torch.Tensor) -> torch.Tensor:
+        key = ("encode_reuse", tuple(crops.shape[1:]), tuple(prev_ws.shape[1:]), crops.dtype, crops.device)
+        if prev_ws.shape[0] != crops.shape[0]:
+            key += (object(),)  # mismatched rows: the wrapped engine says what is wrong, to this caller alone
+        return self._submit(_Call("encode_reuse", key, (crops, prev_ws), int(crops.shape[0])))
+
+    def synthesize(self, ws: torch.Tensor, style_deltas: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        b = int(ws.shape[0])
+        key: tuple[Any, ...] = ("synthesize", tuple(ws.shape[1:]), ws.dtype, ws.device)
+        if style_deltas:
+            layers = tuple(sorted((k, tuple(v.shape[1:])) for k, v in style_deltas.items()))
+            key += (layers,)
+            if any(v.ndim < 1 or v.shape[0] != b for v in style_deltas.values()):
+                key += (object(),)  # deltas broadcast over the batch: cannot be concatenated, run alone
+        return self._submit(_Call("synthesize", key, (ws, style_deltas or None), b))
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            for call in self._pending:
+                call.error, call.done = EngineClosed("the shared engine was closed"), True
+            self._pending.clear()
+            self._cv.notify_all()
+            while self._busy:
+                self._cv.wait()
+            self._busy = True  # nobody leads any more
+        self._engine.close()
+
+    # -- statistics -----------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Calls by the streams, calls of the wrapped engine, and per method the rows-per-engine-call histogram."""
+        with self._cv:
+            hist = {m: dict(sorted(h.items())) for m, h in self.histogram.items() if h}
+            return {"calls": self.calls, "engine_calls": self.engine_calls, "batch_rows": hist,
+                    "window_ms": self.window_s * 1e3, "max_rows": self.max_rows}
+
+    # -- merging --------------------------------------------------------------------------------------------
+
+    def _submit(self, call: _Call) -> torch.Tensor:
+        with self._cv:
+            if self._closed:
+                raise EngineClosed("the shared engine was closed")
+            self._seen[call.thread] = time.monotonic()
+            self.calls += 1
+            self._pending.append(call)
+            self._cv.notify_all()  # a leader waiting out its window may take this call
+            while not call.done and self._busy:
+                self._cv.wait()
+            if call.done:
+                return call.outcome()
+            self._busy = True  # this caller leads
+        try:
+            while not call.done:
+                batch = self._take()
+                if not batch:
+                    break
+                self._execute(batch)
+        finally:
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
+        return call.outcome()
+
+    def _expected(self, now: float) -> int:
+        """Active streams without a queued call: the ones a leader's window may wait for."""
+        queued = {c.thread for c in self._pending}
+        stale = [t for t, seen in self._seen.items() if now - seen > ACTIVE_S]
+        for t in stale:
+            del self._seen[t]
+        return sum(1 for t in self._seen if t not in queued)
+
+    def _take(self) -> list[_Call]:
+        """The next batch: the queued calls of the oldest call's kind (waiting out the window when more may come)."""
+        with self._cv:
+            if not self._pending:
+                return []
+            key = self._pending[0].key
+            deadline = time.monotonic() + self.window_s
+            while self.window_s > 0 and not self._closed:
+                rows = sum(c.rows for c in self._pending if c.key == key)
+                now = time.monotonic()
+                if rows >= self.max_rows or now >= deadline or not self._expected(now):
+                    break
+                self._cv.wait(deadline - now)
+            batch: list[_Call] = []
+            rows = 0
+            for c in list(self._pending):
+                if c.key == key and (not batch or rows + c.rows <= self.max_rows):
+                    batch.append(c)
+                    rows += c.rows
+                    self._pending.remove(c)
+            self.engine_calls += 1
+            self.histogram[batch[0].method][rows] += 1
+            return batch
+
+    def _execute(self, batch: list[_Call]) -> None:
+        method = batch[0].method
+        fn = getattr(self._engine, method)
+        try:
+            if len(batch) == 1:
+                results = [fn(*batch[0].args)]
+            else:
+                out = fn(*_concat([c.args for c in batch]))
+                results = list(torch.split(out, [c.rows for c in batch]))
+        except BaseException as exc:  # noqa: BLE001 - every caller of the merged call gets the error
+            with self._cv:
+                for c in batch:
+                    c.error, c.done = _copy_error(exc), True
+                self._cv.notify_all()
+            return
+        with self._cv:
+            for c, r in zip(batch, results):
+                c.result, c.done = r, True
+            self._cv.notify_all()
+
+
+def _concat(args: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The arguments of several calls of one kind, concatenated along the batch dimension."""
+    out: list[Any] = []
+    for i, first in enumerate(args[0]):
+        if first is None:
+            out.append(None)
+        elif isinstance(first, dict):
+            out.append({k: torch.cat([a[i][k] for a in args]) for k in first})
+        else:
+            out.append(torch.cat([a[i] for a in args]))
+    return tuple(out)
