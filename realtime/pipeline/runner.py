@@ -8,7 +8,10 @@
                                (file jobs: look-ahead quad smoothing)
 
 * **live** (cameras, network streams, WebRTC peers): every queue holds ``queue_size`` items and drops the *oldest*
-  when full, so each stage works on the newest frame and latency stays bounded; drops are counted per queue.
+  when full, so each stage works on the newest frame and latency stays bounded; drops are counted per queue. The
+  tracking thread starts on a frame only when the device queue has room for it, so no tracked frame is thrown away
+  when the device stage is the slower one (the input queue keeps the newest frame meanwhile): with four streams on
+  two cores, tracking that was dropped had cost about a fifth of the server's CPU (docs/scale.md).
 * **lossless** (file jobs): queues block (ordered, nothing dropped) and the alignment quads are smoothed non-causally
   over a bounded look-ahead before the device thread sees them (StylePortraitVideo §3.1).
 
@@ -173,6 +176,8 @@ class StageRunner:
         smoother = None if self.live else LookaheadSmoother(self.processor.cfg.smoothing_sigma)
         try:
             while not self.abort_event.is_set():
+                if self.live:
+                    self.q_device.wait_for_room(self.abort_event)  # then track the newest input, not a stale one
                 item = self.inbox.get()
                 if item is CLOSED:
                     break
