@@ -296,6 +296,10 @@ class TritonServer:
             data = json.loads(r.read())
         return dict(data["model_stats"][0])
 
+    def processes(self) -> list[int]:
+        """PIDs of the running server and its Python-backend stubs (for CPU accounting)."""
+        return _members([self.proc.pid]) if self.proc is not None and self.proc.poll() is None else []
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
