@@ -9,7 +9,8 @@ tolerant) over one shared engine — fed 640×480 face frames at ``--fps`` each,
 the models run on every frame (``smile=1.5``; a random bundle gets a random W-direction ``smile``):
 
 * ``serial``  one engine call per stream call (:class:`~realtime.engines.SerialEngine`, `serve --no-batching`);
-* ``batched`` the streams' concurrent calls merged (:class:`~realtime.engines.BatchingEngine`, `serve`'s default);
+* ``batched`` the streams' concurrent calls merged (:class:`~realtime.engines.BatchingEngine`, `serve`'s default:
+  on a CPU as many merged calls in flight as there are cores); ``batched-1``: one merged call at a time;
 * ``triton``  every stream calls a real Triton server (realtime/engines/triton_server.py, the Python-backend
   repository: ONNX Runtime behind Triton's dynamic batcher, 2 ms queue delay) through one TritonEngine over
   loopback HTTP — Triton batches across the streams.
@@ -55,7 +56,7 @@ from realtime.server.client import clip_frames
 from realtime.server.worker import limit_op_threads
 from realtime.vision.tracking import FaceTracker, TrackerConfig
 
-MODES = ("serial", "batched", "triton")
+MODES = ("serial", "batched", "batched-1", "triton")
 ENCODERS = {"tiny": "tiny", "small": "small"}  # generator preset family → ViT preset of its encoders
 
 
@@ -181,8 +182,9 @@ def run_one(mode: str, n: int, engine: Engine, bundle: Bundle, make_tracker: Any
             args: argparse.Namespace, srv: TritonServer | None) -> dict[str, Any]:
     if mode == "serial":
         shared: Engine = SerialEngine(engine)
-    elif mode == "batched":
-        shared = BatchingEngine(engine, BatchConfig(batch_window_ms=args.batch_window_ms))
+    elif mode.startswith("batched"):
+        shared = BatchingEngine(engine, BatchConfig(batch_window_ms=args.batch_window_ms,
+                                                    batch_concurrency=1 if mode == "batched-1" else 0))
     else:
         shared = engine  # the TritonEngine: thread-safe, one HTTP client per thread; Triton batches
     streams = [Stream(i, shared, bundle, make_tracker, frames, args.fps) for i in range(n)]
@@ -294,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     out = ["| bundle | streams | mode | aggregate fps | per-stream fps (min) | latency p50 / p99 ms | drops | "
-           "calls → executions | CPU ms / frame | load |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "calls → executions | CPU ms / frame | errors | load |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cpu = f"{r['cpu_ms_per_frame']:.1f}"
         if r.get("triton_server_cpu_ms_per_frame") is not None:
@@ -302,7 +304,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         out.append(f"| {r['bundle']} | {r['streams']} | {r['mode']} | {r['aggregate_fps']:.1f} | "
                    f"{r['per_stream_fps']['mean']:.1f} ({r['per_stream_fps']['min']:.1f}) | "
                    f"{r['latency_ms']['p50']} / {r['latency_ms']['p99']} | {r['drops']} | "
-                   f"{r['stream_calls']} → {r['engine_executions']} | {cpu} | {r['load_avg'][0]:.1f} |")
+                   f"{r['stream_calls']} → {r['engine_executions']} | {cpu} | {r['errors']} | {r['load_avg'][0]:.1f} |")
     return "\n".join(out)
 
 
@@ -312,7 +314,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     axes = fig.subplots(2, len(bundles), squeeze=False)
     for j, b in enumerate(bundles):
         for mode in MODES:
-            sel = collections.defaultdict(list)
+            sel: dict[int, list[float]] = collections.defaultdict(list)
             p99 = collections.defaultdict(list)
             for r in rows:
                 if r["bundle"] == b and r["mode"] == mode:

@@ -10,12 +10,16 @@ caller gets its own rows back::
     stream 2: synthesize(ws₂ [1, …]) ─┼─▶ engine.synthesize([ws₁; ws₂; ws₃]) ─┼─▶ image₂
     stream 3: synthesize(ws₃ [2, …]) ─┘        one call, B = 4                └─▶ image₃ [2, 3, R, R]
 
-No extra thread: the first caller that finds the engine free becomes the *leader*; it waits up to ``window_ms`` for
-the other active streams (threads that called in the last second and have no call queued) — never when it is the
-only one, never longer than the window — takes every queued call of the oldest call's kind (up to ``max_rows``
-rows), runs them as one call and hands the rows out; it keeps leading until its own call is done, then the next
-waiting caller leads. Per-stream state stays with the stream (the previous W+ is an input of ``encode_reuse``), so
-the wrapped engine is stateless and any caller's rows can share a call.
+No extra thread: a caller that finds a free slot becomes a *leader*; it waits up to ``window_ms`` for the other
+streams whose next call of that kind is due within the window (from the rhythm of their earlier calls; a stream with
+a call queued already, or out of phase, is not waited for — so a lone stream never waits, and nobody waits longer
+than the window), takes every queued call of the oldest call's kind (up to ``max_rows`` rows), runs
+them as one call and hands the rows out; it keeps leading until its own call is done, then a waiting caller leads.
+``concurrency`` leaders may run at once: 1 for CUDA and TensorRT engines (one device queue; CUDA graphs and
+TensorRT contexts are not re-entrant), the CPU's cores for CPU engines and Triton, whose calls are thread-safe — on
+a CPU one merged call at a time left a core idle while every stream waited for it (measured: docs/scale.md).
+Per-stream state stays with the stream (the previous W+ is an input of ``encode_reuse``), so the wrapped engine is
+stateless and any caller's rows can share a call.
 
 Calls merge only when they are the same kind: the same method, the same per-row shapes, and for ``synthesize`` the
 same StyleSpace layer set with ``[B, C]`` deltas whose B matches the call's (any other delta shape runs alone). An
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -38,7 +43,7 @@ from models.config import opt
 from realtime.engines.base import Engine
 from realtime.engines.serial import ForwardingEngine
 
-ACTIVE_S = 1.0  # a stream that called within this long is expected to call again (the window waits for it)
+ACTIVE_S = 1.0  # a stream's call rhythm is forgotten after this long without a call
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,15 @@ class BatchConfig:
                                       "runs a batch (never when one stream is active)", min=0.0, max=2.0)
     batch_max: int = opt(8, "most rows in one batched call (TensorRT: at most the engines' max batch; Triton: the "
                             "repository's max_batch_size)", min=1, max=64)
+    batch_concurrency: int = opt(0, "merged calls in flight at once; 0: 1 on CUDA / TensorRT, the CPU cores for CPU "
+                                    "engines and Triton", min=0, max=256)
+
+
+def default_concurrency(engine: Engine) -> int:
+    """Merged calls in flight at once: 1 on CUDA (and TensorRT), the usable CPU cores for CPU engines and Triton."""
+    if engine.spec.backend == "tensorrt" or (engine.device.type == "cuda" and engine.spec.backend != "triton"):
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 class EngineClosed(RuntimeError):
@@ -99,11 +113,13 @@ class BatchingEngine(ForwardingEngine):
         self.max_rows = cfg.batch_max
         if engine.spec.backend == "tensorrt":
             self.max_rows = min(self.max_rows, engine.spec.options.max_batch)
+        self.concurrency = cfg.batch_concurrency or default_concurrency(engine)
         self._cv = threading.Condition()
         self._pending: collections.deque[_Call] = collections.deque()
-        self._busy = False
+        self._leaders = 0  # merged calls in flight
         self._closed = False
-        self._seen: dict[int, float] = {}  # caller thread → last call (monotonic)
+        # (caller thread, method) → (last call, smoothed interval between its calls), monotonic seconds
+        self._rhythm: dict[tuple[int, str], tuple[float, float | None]] = {}
         self.calls = 0  # calls made by the streams
         self.engine_calls = 0  # calls of the wrapped engine
         self.histogram: dict[str, collections.Counter[int]] = {m: collections.Counter() for m in
@@ -138,9 +154,9 @@ class BatchingEngine(ForwardingEngine):
                 call.error, call.done = EngineClosed("the shared engine was closed"), True
             self._pending.clear()
             self._cv.notify_all()
-            while self._busy:
+            while self._leaders:
                 self._cv.wait()
-            self._busy = True  # nobody leads any more
+            self._leaders = self.concurrency  # nobody leads any more
         self._engine.close()
 
     # -- statistics -----------------------------------------------------------------------------------------
@@ -150,7 +166,7 @@ class BatchingEngine(ForwardingEngine):
         with self._cv:
             hist = {m: dict(sorted(h.items())) for m, h in self.histogram.items() if h}
             return {"calls": self.calls, "engine_calls": self.engine_calls, "batch_rows": hist,
-                    "window_ms": self.window_s * 1e3, "max_rows": self.max_rows}
+                    "window_ms": self.window_s * 1e3, "max_rows": self.max_rows, "concurrency": self.concurrency}
 
     # -- merging --------------------------------------------------------------------------------------------
 
@@ -158,48 +174,66 @@ class BatchingEngine(ForwardingEngine):
         with self._cv:
             if self._closed:
                 raise EngineClosed("the shared engine was closed")
-            self._seen[call.thread] = time.monotonic()
+            self._note(call, time.monotonic())
             self.calls += 1
             self._pending.append(call)
             self._cv.notify_all()  # a leader waiting out its window may take this call
-            while not call.done and self._busy:
+            while not call.done and self._leaders >= self.concurrency:
                 self._cv.wait()
             if call.done:
                 return call.outcome()
-            self._busy = True  # this caller leads
+            self._leaders += 1  # this caller leads
         try:
             while not call.done:
                 batch = self._take()
-                if not batch:
+                if not batch:  # this call is in another leader's merged call, running now
                     break
                 self._execute(batch)
         finally:
             with self._cv:
-                self._busy = False
+                self._leaders -= 1
                 self._cv.notify_all()
+                while not call.done:
+                    self._cv.wait()
         return call.outcome()
 
-    def _expected(self, now: float) -> int:
-        """Active streams without a queued call: the ones a leader's window may wait for."""
+    def _note(self, call: _Call, now: float) -> None:
+        key = (call.thread, call.method)
+        last, period = self._rhythm.get(key, (None, None))
+        if last is not None and now - last < ACTIVE_S:
+            period = now - last if period is None else 0.8 * period + 0.2 * (now - last)
+        self._rhythm[key] = (now, period)
+
+    def _expected(self, now: float, method: str) -> float | None:
+        """Until when (monotonic) a leader's window waits for streams without a queued call whose next ``method``
+        call is due within the window (from the rhythm of their earlier calls): each is waited for until it is a
+        window overdue. None: nobody is due (a lone stream, or the others out of phase)."""
         queued = {c.thread for c in self._pending}
-        stale = [t for t, seen in self._seen.items() if now - seen > ACTIVE_S]
-        for t in stale:
-            del self._seen[t]
-        return sum(1 for t in self._seen if t not in queued)
+        until = None
+        for (thread, m), (last, period) in list(self._rhythm.items()):
+            if now - last > ACTIVE_S:
+                del self._rhythm[(thread, m)]
+            elif m == method and period is not None and thread not in queued \
+                    and abs(last + period - now) < self.window_s:
+                until = max(until or 0.0, last + period + self.window_s)
+        return until
 
     def _take(self) -> list[_Call]:
         """The next batch: the queued calls of the oldest call's kind (waiting out the window when more may come)."""
         with self._cv:
-            if not self._pending:
-                return []
-            key = self._pending[0].key
             deadline = time.monotonic() + self.window_s
-            while self.window_s > 0 and not self._closed:
+            while True:
+                if not self._pending:  # another leader took them while this one waited
+                    return []
+                key = self._pending[0].key
+                if self.window_s <= 0 or self._closed:
+                    break
                 rows = sum(c.rows for c in self._pending if c.key == key)
                 now = time.monotonic()
-                if rows >= self.max_rows or now >= deadline or not self._expected(now):
+                until = self._expected(now, self._pending[0].method)
+                if rows >= self.max_rows or now >= deadline or until is None:
                     break
-                self._cv.wait(deadline - now)
+                self._cv.wait(min(deadline, until) - now)
             batch: list[_Call] = []
             rows = 0
             for c in list(self._pending):

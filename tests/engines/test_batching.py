@@ -105,7 +105,7 @@ def test_concurrent_callers_are_merged_and_get_their_own_rows(engine):
     the right callers, equal to unbatched calls (one caller sends 2 rows, as the transfer mode does)."""
     gate = threading.Event()
     rec = Recording(engine, gate=gate)
-    b = BatchingEngine(rec, BatchConfig(batch_window_ms=0.0))
+    b = BatchingEngine(rec, BatchConfig(batch_window_ms=0.0, batch_concurrency=1))
     crops = [_inputs(engine, i, rows=2 if i == 2 else 1) for i in range(N + 1)]
     ws_ref = [engine.encode_key(c) for c in crops]
     threads, results = _run_threads([lambda c=c: b.encode_key(c) for c in crops[:1]])
@@ -165,7 +165,7 @@ def test_style_deltas_merge_by_layer_set_only(engine):
     carry the call's batch, run on their own."""
     gate = threading.Event()
     rec = Recording(engine, gate=gate)
-    b = BatchingEngine(rec, BatchConfig(batch_window_ms=0.0))
+    b = BatchingEngine(rec, BatchConfig(batch_window_ms=0.0, batch_concurrency=1))
     synthesis = engine.bundle.generator.synthesis
     ws = [engine.encode_key(_inputs(engine, i)) for i in range(4)]
     styles = synthesis.styles(ws[0])
@@ -195,7 +195,7 @@ def test_style_deltas_merge_by_layer_set_only(engine):
 def test_an_error_in_a_merged_call_reaches_every_caller_in_it(engine):
     gate = threading.Event()
     rec = Recording(engine, gate=gate, fail_rows=2)
-    b = BatchingEngine(rec, BatchConfig(batch_window_ms=0.0))
+    b = BatchingEngine(rec, BatchConfig(batch_window_ms=0.0, batch_concurrency=1))
     crops = [_inputs(engine, i) for i in range(N + 1)]
     first, r0 = _run_threads([lambda: b.encode_key(crops[0])])
     deadline = time.monotonic() + 10
@@ -213,29 +213,64 @@ def test_an_error_in_a_merged_call_reaches_every_caller_in_it(engine):
     assert isinstance(b.encode_key(crops[0]), torch.Tensor)  # the engine still works afterwards
 
 
-def test_a_lone_stream_never_waits_and_a_slow_stream_holds_a_batch_at_most_the_window(engine):
-    """With a (test-only) 400 ms window: a single active stream's calls return at once; with a second stream that
-    called once and then went quiet, a call waits at most the window for it."""
-    b = BatchingEngine(engine, BatchConfig(batch_window_ms=400.0))
+def test_with_concurrency_2_a_second_merged_call_runs_while_the_first_is_busy(engine):
+    """Two slots (a CPU engine on two cores): while one merged call is held inside the engine, the next caller
+    leads a second one; the callers queued behind both still merge, and every caller gets its own rows."""
+    gate = threading.Event()
+    rec = Recording(engine, gate=gate)
+    b = BatchingEngine(rec, BatchConfig(batch_window_ms=0.0, batch_concurrency=2))
+    crops = [_inputs(engine, i) for i in range(5)]
+    want = [engine.encode_key(c) for c in crops]
+    first, r0 = _run_threads([lambda: b.encode_key(crops[0])])
+    deadline = time.monotonic() + 10
+    while not rec.log and time.monotonic() < deadline:
+        time.sleep(0.002)
+    more, rs = _run_threads([lambda c=c: b.encode_key(c) for c in crops[1:]])
+    for t in more:
+        t.join(10)  # the second slot served them while the first call is still held
+    assert all(isinstance(rs[i], torch.Tensor) for i in range(4)), rs
+    assert first[0].is_alive()
+    gate.set()
+    first[0].join(10)
+    for i, r in enumerate([r0[0]] + [rs[i] for i in range(4)]):
+        torch.testing.assert_close(r, want[i], rtol=1e-5, atol=1e-5)
+    assert rec.log[0] == ("encode_key", 1) and sum(n for _, n in rec.log) == 5
+    assert b.stats()["concurrency"] == 2
+
+
+@pytest.mark.slow
+def test_a_lone_stream_never_waits_and_a_due_stream_holds_a_batch_at_most_the_window(engine):
+    """With a (test-only) 400 ms window: a single stream's calls return at once; a second stream that called every
+    300 ms and then went quiet is waited for when its next call is due — at most the window, not longer."""
+    b = BatchingEngine(engine, BatchConfig(batch_window_ms=400.0, batch_concurrency=1))
     ws = engine.encode_key(_inputs(engine, 0))
     t0 = time.perf_counter()
     for _ in range(5):
         b.synthesize(ws)
     assert time.perf_counter() - t0 < 1.0  # 5 × 400 ms if it waited
 
-    other = threading.Thread(target=lambda: b.synthesize(ws))  # a second stream: active, then silent
+    def rhythm():
+        for _ in range(4):
+            b.synthesize(ws)
+            time.sleep(0.3)
+
+    other = threading.Thread(target=rhythm)  # a second stream: every 300 ms, then silent
     other.start()
     other.join(10)
     t0 = time.perf_counter()
-    b.synthesize(ws)
+    b.synthesize(ws)  # the other stream's next call is due about now
     waited = time.perf_counter() - t0
-    assert 0.3 < waited < 1.5, waited
+    assert 0.25 < waited < 1.5, waited
+    time.sleep(0.9)
+    t0 = time.perf_counter()
+    b.synthesize(ws)  # overdue by more than the window now: not waited for
+    assert time.perf_counter() - t0 < 0.2
 
 
 def test_calls_of_different_shapes_or_kinds_never_merge(engine):
     gate = threading.Event()
     rec = Recording(engine, gate=gate)
-    b = BatchingEngine(rec, BatchConfig(batch_window_ms=0.0))
+    b = BatchingEngine(rec, BatchConfig(batch_window_ms=0.0, batch_concurrency=1))
     ws = engine.encode_key(_inputs(engine, 0))
     crops = _inputs(engine, 1)
     first, _ = _run_threads([lambda: b.synthesize(ws)])
@@ -255,7 +290,7 @@ def test_calls_of_different_shapes_or_kinds_never_merge(engine):
 def test_close_fails_queued_calls_waits_for_the_running_one_and_closes_the_engine(engine):
     gate = threading.Event()
     rec = Recording(engine, gate=gate)
-    b = BatchingEngine(rec, BatchConfig(batch_window_ms=0.0))
+    b = BatchingEngine(rec, BatchConfig(batch_window_ms=0.0, batch_concurrency=1))
     crops = _inputs(engine, 0)
     first, r0 = _run_threads([lambda: b.encode_key(crops)])
     deadline = time.monotonic() + 10
