@@ -21,6 +21,13 @@ a CPU one merged call at a time left a core idle while every stream waited for i
 Per-stream state stays with the stream (the previous W+ is an input of ``encode_reuse``), so the wrapped engine is
 stateless and any caller's rows can share a call.
 
+**When the wrapped engine fails** (anything but a ValueError / TypeError about one call's inputs: a model server
+that is down or stalled, say), the calls queued behind the failed call fail with it at once, and until a call
+succeeds again only one call at a time goes through to the engine as a probe — the others fail at once with the
+last error instead of each waiting out its own timeout (measured: a stalled Triton server kept four streams' frames
+waiting up to 3 s with a 1 s timeout without this). The streams' runners pass frames on without the model
+meanwhile and retry after their back-off.
+
 Calls merge only when they are the same kind: the same method, the same per-row shapes, and for ``synthesize`` the
 same StyleSpace layer set with ``[B, C]`` deltas whose B matches the call's (any other delta shape runs alone). An
 error in a merged call is raised in every caller of that call. ``stats()`` counts calls, engine calls and the
@@ -117,6 +124,8 @@ class BatchingEngine(ForwardingEngine):
         self._cv = threading.Condition()
         self._pending: collections.deque[_Call] = collections.deque()
         self._leaders = 0  # merged calls in flight
+        self._failing: BaseException | None = None  # the last engine failure, until a call succeeds again
+        self.fast_failures = 0  # calls failed at once while the engine was failing
         self._closed = False
         # (caller thread, method) → (last call, smoothed interval between its calls), monotonic seconds
         self._rhythm: dict[tuple[int, str], tuple[float, float | None]] = {}
@@ -166,7 +175,8 @@ class BatchingEngine(ForwardingEngine):
         with self._cv:
             hist = {m: dict(sorted(h.items())) for m, h in self.histogram.items() if h}
             return {"calls": self.calls, "engine_calls": self.engine_calls, "batch_rows": hist,
-                    "window_ms": self.window_s * 1e3, "max_rows": self.max_rows, "concurrency": self.concurrency}
+                    "window_ms": self.window_s * 1e3, "max_rows": self.max_rows, "concurrency": self.concurrency,
+                    "failing": self._failing is not None, "fast_failures": self.fast_failures}
 
     # -- merging --------------------------------------------------------------------------------------------
 
@@ -176,9 +186,12 @@ class BatchingEngine(ForwardingEngine):
                 raise EngineClosed("the shared engine was closed")
             self._note(call, time.monotonic())
             self.calls += 1
+            if self._failing is not None and (self._leaders or self._pending):
+                self.fast_failures += 1  # a probe is under way: fail now rather than wait out its timeout
+                raise _copy_error(self._failing)
             self._pending.append(call)
             self._cv.notify_all()  # a leader waiting out its window may take this call
-            while not call.done and self._leaders >= self.concurrency:
+            while not call.done and self._leaders >= (1 if self._failing is not None else self.concurrency):
                 self._cv.wait()
             if call.done:
                 return call.outcome()
@@ -256,11 +269,18 @@ class BatchingEngine(ForwardingEngine):
                 results = list(torch.split(out, [c.rows for c in batch]))
         except BaseException as exc:  # noqa: BLE001 - every caller of the merged call gets the error
             with self._cv:
-                for c in batch:
+                failed = list(batch)
+                if not isinstance(exc, ValueError | TypeError):  # the engine fails, not this call's inputs
+                    self._failing = exc
+                    failed += list(self._pending)  # queued behind it: they would wait and fail the same way
+                    self.fast_failures += len(self._pending)
+                    self._pending.clear()
+                for c in failed:
                     c.error, c.done = _copy_error(exc), True
                 self._cv.notify_all()
             return
         with self._cv:
+            self._failing = None  # the engine works (again)
             for c, r in zip(batch, results):
                 c.result, c.done = r, True
             self._cv.notify_all()

@@ -317,3 +317,38 @@ def test_serial_engine_counts_one_engine_call_per_call(engine):
     ws = s.encode_key(_inputs(engine, 0))
     s.synthesize(ws)
     assert s.calls == 2
+
+
+def test_a_failing_engine_fails_queued_calls_at_once_and_lets_one_probe_through(engine):
+    """An engine failure (a server down, not a bad input): the calls queued behind it fail with it; while it is
+    failing, a call that arrives during a probe fails at once instead of waiting; a successful call ends it."""
+    gate = threading.Event()
+    rec = Recording(engine, gate=gate)
+    b = BatchingEngine(rec, BatchConfig(batch_window_ms=0.0, batch_concurrency=1))
+
+    def down(*_a, **_k):
+        rec.log.append(("down", 1))
+        if len(rec.log) == 1:
+            assert gate.wait(10)
+        raise ConnectionError("model server down")
+
+    crops = _inputs(engine, 0)
+    rec.encode_key = down  # type: ignore[method-assign]
+    first, r0 = _run_threads([lambda: b.encode_key(crops)])
+    deadline = time.monotonic() + 10
+    while not rec.log and time.monotonic() < deadline:
+        time.sleep(0.002)
+    more, rs = _run_threads([lambda: b.encode_key(crops)] * 3)
+    assert _queued(b, 3)
+    gate.set()
+    for t in first + more:
+        t.join(10)
+    assert all(isinstance(r, ConnectionError) for r in [r0[0], *rs.values()])
+    assert len(rec.log) == 1  # the queued calls did not each try the engine
+    assert b.stats()["failing"] and b.stats()["fast_failures"] == 3
+    with pytest.raises(ConnectionError):  # a probe: goes through, fails
+        b.encode_key(crops)
+    assert len(rec.log) == 2
+    del rec.encode_key  # the server is back
+    assert isinstance(b.encode_key(crops), torch.Tensor)
+    assert not b.stats()["failing"]
