@@ -10,7 +10,9 @@ the models run on every frame (``smile=1.5``; a random bundle gets a random W-di
 
 * ``serial``  one engine call per stream call (:class:`~realtime.engines.SerialEngine`, `serve --no-batching`);
 * ``batched`` the streams' concurrent calls merged (:class:`~realtime.engines.BatchingEngine`, `serve`'s default:
-  on a CPU as many merged calls in flight as there are cores); ``batched-1``: one merged call at a time;
+  on a CPU as many merged calls in flight as there are cores); ``batched:window=0:concurrency=1`` sets its
+  BatchConfig fields (``window`` → ``batch_window_ms``, ``concurrency`` → ``batch_concurrency``, ``max`` →
+  ``batch_max``) for that mode;
 * ``triton``  every stream calls a real Triton server (realtime/engines/triton_server.py, the Python-backend
   repository: ONNX Runtime behind Triton's dynamic batcher, 2 ms queue delay) through one TritonEngine over
   loopback HTTP — Triton batches across the streams.
@@ -56,7 +58,7 @@ from realtime.server.client import clip_frames
 from realtime.server.worker import limit_op_threads
 from realtime.vision.tracking import FaceTracker, TrackerConfig
 
-MODES = ("serial", "batched", "batched-1", "triton")
+MODES = ("serial", "batched", "triton")
 ENCODERS = {"tiny": "tiny", "small": "small"}  # generator preset family → ViT preset of its encoders
 
 
@@ -72,7 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--tracking", choices=("replay", "live"), default="replay")
-    p.add_argument("--batch-window-ms", type=float, default=BatchConfig().batch_window_ms)
+    p.add_argument("--batch-window-ms", type=float, default=BatchConfig().batch_window_ms,
+                   help="the batched modes' window (-1: the engine's default, 0 on a CPU)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None, help="PNG: aggregate fps and p99 latency per stream count")
 
@@ -178,13 +181,24 @@ def _cpu(pids: list[int]) -> float:
     return total
 
 
+def batch_config(mode: str, window_ms: float) -> BatchConfig:
+    """``batched[:window=MS][:concurrency=N][:max=ROWS]`` → the BatchConfig of that mode."""
+    names = {"window": "batch_window_ms", "concurrency": "batch_concurrency", "max": "batch_max"}
+    values: dict[str, float] = {"batch_window_ms": window_ms}
+    for part in mode.split(":")[1:]:
+        key, _, value = part.partition("=")
+        if key not in names:
+            raise SystemExit(f"unknown batched option {key!r} in {mode!r} (window, concurrency, max)")
+        values[names[key]] = float(value) if key == "window" else int(value)
+    return BatchConfig(**values)  # type: ignore[arg-type]
+
+
 def run_one(mode: str, n: int, engine: Engine, bundle: Bundle, make_tracker: Any, frames: list[np.ndarray],
             args: argparse.Namespace, srv: TritonServer | None) -> dict[str, Any]:
     if mode == "serial":
         shared: Engine = SerialEngine(engine)
     elif mode.startswith("batched"):
-        shared = BatchingEngine(engine, BatchConfig(batch_window_ms=args.batch_window_ms,
-                                                    batch_concurrency=1 if mode == "batched-1" else 0))
+        shared = BatchingEngine(engine, batch_config(mode, args.batch_window_ms))
     else:
         shared = engine  # the TritonEngine: thread-safe, one HTTP client per thread; Triton batches
     streams = [Stream(i, shared, bundle, make_tracker, frames, args.fps) for i in range(n)]
@@ -239,8 +253,10 @@ def run(args: argparse.Namespace) -> int:
     counts = [int(v) for v in str(args.streams).split(",") if v]
     modes = [m for m in str(args.modes).split(",") if m]
     for m in modes:
-        if m not in MODES:
+        if m.split(":")[0] not in MODES:
             raise SystemExit(f"unknown mode {m!r} (choose from {', '.join(MODES)})")
+        if m.startswith("batched"):
+            batch_config(m, args.batch_window_ms)
     limit_op_threads(1)
     w, h = (int(v) for v in args.size.lower().split("x"))
     frames = clip_frames(w, h, count=60)
@@ -313,7 +329,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig = Figure(figsize=(4.2 * len(bundles), 6))
     axes = fig.subplots(2, len(bundles), squeeze=False)
     for j, b in enumerate(bundles):
-        for mode in MODES:
+        for mode in dict.fromkeys(r["mode"] for r in rows):
             sel: dict[int, list[float]] = collections.defaultdict(list)
             p99 = collections.defaultdict(list)
             for r in rows:

@@ -10,8 +10,8 @@
 * **live** (cameras, network streams, WebRTC peers): every queue holds ``queue_size`` items and drops the *oldest*
   when full, so each stage works on the newest frame and latency stays bounded; drops are counted per queue. The
   tracking thread starts on a frame only when the device queue has room for it, so no tracked frame is thrown away
-  when the device stage is the slower one (the input queue keeps the newest frame meanwhile): with four streams on
-  two cores, tracking that was dropped had cost about a fifth of the server's CPU (docs/scale.md).
+  when the device stage is the slower one (the input queue keeps the newest frame meanwhile; with four streams on
+  two cores, frames tracked and then dropped had cost a large share of the server's CPU: docs/scale.md).
 * **lossless** (file jobs): queues block (ordered, nothing dropped) and the alignment quads are smoothed non-causally
   over a bounded look-ahead before the device thread sees them (StylePortraitVideo §3.1).
 
