@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -48,10 +50,13 @@ def tiny_bundle(path: Path) -> Path:
     return path
 
 
-def start_server(bundle: Path, codec: str, extra: list[str]) -> tuple[subprocess.Popen[str], str, list[str]]:
+def start_server(bundle: Path, codec: str, extra: list[str], cwd: Path = REPO
+                 ) -> tuple[subprocess.Popen[str], str, list[str]]:
+    """`stylestream serve --port 0` as a subprocess run from ``cwd`` (a checkout: its code is imported); returns
+    (process, URL, command) once it listens."""
     cmd = [sys.executable, "-m", "realtime.cli", "serve", "--port", "0", "--bundle", str(bundle), "--codec", codec,
            "--device", "cpu", *extra]
-    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     assert proc.stderr is not None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -60,6 +65,9 @@ def start_server(bundle: Path, codec: str, extra: list[str]) -> tuple[subprocess
             raise RuntimeError(f"server exited ({proc.poll()})")
         m = re.search(r"open (http://\S+)", line)
         if m:
+            # keep reading its stderr (the last lines kept), or a chatty server would block on a full pipe
+            proc.log_tail = collections.deque(maxlen=200)  # type: ignore[attr-defined]
+            threading.Thread(target=lambda: proc.log_tail.extend(proc.stderr), daemon=True).start()  # type: ignore
             return proc, m.group(1), cmd
     proc.kill()
     raise TimeoutError("server did not start")

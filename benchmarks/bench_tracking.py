@@ -196,13 +196,56 @@ def bench_steadiness(tmp: Path, frames: int) -> dict:
     return out
 
 
+def bench_mesh_every(tmp: Path, frames: int, ks: list[int]) -> dict:
+    """The face mesh on every k-th frame, LK flow in between (TrackerConfig.mesh_every; `serve` uses 2): tracking
+    ms/frame on a moving 640×480 face, and what it costs in steadiness with real MediaPipe — still-face jitter,
+    moving-face jitter, added lag and alignment error against the known motion."""
+    st = stills.make_clip(tmp / "static.mp4", stills.static_motion(frames))
+    mv = stills.make_clip(tmp / "moving.mp4", stills.moving_motion(frames))
+    g_st, g_mv = stills.true_quads(st.matrices), stills.true_quads(mv.matrices)
+    raw = _quads(mv, TrackerConfig(lk=False, smoothing="none"))
+    lag_raw = lag_frames(raw, g_mv)
+    out: dict = {}
+    for k in ks:
+        cfg = TrackerConfig(mesh_every=k)
+        with FaceTracker(cfg) as tr:
+            ms, cpu = [], []
+            for f in mv.as_frames():
+                t0, c0 = time.perf_counter(), time.process_time()
+                tr.track(f)
+                ms.append((time.perf_counter() - t0) * 1000.0)
+                cpu.append((time.process_time() - c0) * 1000.0)
+        q_mv = _quads(mv, cfg)
+        err = alignment_error(q_mv, g_mv, 256)
+        out[f"mesh_every_{k}"] = {
+            "ms_per_frame": _stats(ms[1:]), "cpu_ms_per_frame": _stats(cpu[1:]),
+            "static_jitter_px": round(jitter(_quads(st, cfg), g_st), 3),
+            "moving_jitter_px": round(jitter(q_mv, g_mv), 3),
+            "moving_added_lag_frames": round(lag_frames(q_mv, g_mv) - lag_raw, 2),
+            "alignment_error_px256": {"mean": round(float(err.mean()), 2), "max": round(float(err.max()), 2)}}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=90, help="frames per clip")
     ap.add_argument("--repeat", type=int, default=40, help="repetitions of each align/paste timing")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--mesh-every", type=int, nargs="+", default=None, metavar="K",
+                    help="only compare the face mesh on every K-th frame (LK in between), e.g. 1 2 3")
     args = ap.parse_args(argv)
     cv2.setRNGSeed(0)
+    if args.mesh_every:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = {"provenance": _provenance(),
+                      "command": "python -m benchmarks.bench_tracking " + " ".join(argv if argv is not None
+                                                                                  else sys.argv[1:]),
+                      "mesh_every": bench_mesh_every(Path(tmp), args.frames, args.mesh_every)}
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.out is not None:
+            args.out.write_text(text + "\n")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         result = {
             "provenance": _provenance(),

@@ -23,10 +23,11 @@ import torch
 
 from benchmarks.provenance import command_line, provenance, write_result
 from benchmarks.timing import summarise
-from export.onnx import example_inputs
+from export.onnx import available_models, example_inputs
 from export.triton_python import write_python_repository
 from models.bundle import load_bundle
-from realtime.engines import EngineOptions, EngineSpec, ensure_onnx, make_engine
+from realtime.engines import EngineOptions, EngineSpec, make_engine
+from realtime.engines.exported import ensure_onnx
 from realtime.engines.triton_server import TritonServer
 
 
@@ -79,7 +80,7 @@ def _call(engine: Any, call: str, crops: torch.Tensor, ws: torch.Tensor) -> Any:
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     bundle = load_bundle(args.bundle)
-    onnx_dir = ensure_onnx(bundle, None, "fp32")
+    onnx_dir = ensure_onnx(bundle, None, "fp32", available_models(bundle))
     ort = make_engine(bundle, EngineSpec("onnx", "cpu", "fp32", EngineOptions(model_dir=onnx_dir, threads=1)))
     rows: list[dict[str, Any]] = []
     startups: dict[int, float] = {}

@@ -40,7 +40,7 @@ from models.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
 from models.config import check
 from models.editing import EditStack
 from models.errors import UserError
-from realtime.engines import Engine, EngineOptions, EngineSpec, SerialEngine, make_engine
+from realtime.engines import BatchConfig, BatchingEngine, Engine, EngineOptions, EngineSpec, SerialEngine, make_engine
 from realtime.frames import Frame, Output, Track
 from realtime.io.sinks import open_sink
 from realtime.io.sources import Source, open_source
@@ -121,6 +121,7 @@ class Filter:
         self.processor = FrameProcessor(self.engine, check(cfg), edits=stack, calibration=calibration,
                                         transfer=transfer)
         self.state = StreamState()
+        self.shared: BatchingEngine | SerialEngine | None = None  # the streams' engine (stream_factories)
         self._tracker: FaceTracker | None = None
         self._index = 0
 
@@ -207,10 +208,15 @@ class Filter:
                       pipeline=self.processor.cfg, calibration=self.processor.calibration_cfg, live=self.live,
                       tracker=self.tracker_config, composite=self.composite, transfer=self.processor.transfer_cfg)
 
-    def stream_factories(self) -> tuple[Callable[[], FrameProcessor], Callable[[], FaceTracker]]:
+    def stream_factories(self, batching: BatchConfig | None = None
+                         ) -> tuple[Callable[[], FrameProcessor], Callable[[], FaceTracker]]:
         """(make_processor, make_tracker) for a server: each peer gets its own processor over this filter's engine,
-        whose model calls are serialised (CUDA graphs and ONNX Runtime sessions are not re-entrant)."""
-        shared = SerialEngine(self.engine)
+        shared through a :class:`BatchingEngine` (the peers' concurrent model calls merged into batched calls;
+        ``batching.batching=False``: a :class:`SerialEngine`, one call at a time — CUDA graphs and ONNX Runtime
+        sessions are not re-entrant). The shared engine is :attr:`shared` (its ``stats()``)."""
+        cfg = batching or BatchConfig()
+        shared = BatchingEngine(self.engine, cfg) if cfg.batching else SerialEngine(self.engine)
+        self.shared = shared
 
         def make_processor() -> FrameProcessor:
             return self.stream(shared).processor

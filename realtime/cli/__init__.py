@@ -27,6 +27,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("run", "realtime.cli.run", "filter a video file or stream into a file/URL (progress bar, summary)"),
     ("camera", "realtime.cli.camera", "filter a live source (webcam, stream) into a virtual camera or URL"),
     ("serve", "realtime.cli.serve", "live WebRTC server: browser page, webcam in, filtered video out (or --source)"),
+    ("serve-models", "realtime.cli.serve_models", "a Triton server hosting a bundle's networks, for --backend triton"),
     ("import-weights", "realtime.cli.weights", "convert an official StyleGAN2 .pkl / rosinality .pt into a bundle"),
     ("info", "realtime.cli.info", "describe a bundle (configs, parameter counts, what is trained)"),
     ("bench", "realtime.cli.bench", "measure: `bench models`, `bench pipeline` (speed), `bench fidelity`"),

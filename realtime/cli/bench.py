@@ -1,12 +1,12 @@
-"""`stylestream bench models|pipeline|fidelity|quality`: speed of the models and the filter, fidelity, and the
-picture on an unseen face (benchmarks/)."""
+"""`stylestream bench models|pipeline|streams|fidelity|quality`: speed of the models, the filter and many streams,
+fidelity, and the picture on an unseen face (benchmarks/)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 
-from benchmarks import bench_fidelity, bench_models, bench_pipeline, bench_quality
+from benchmarks import bench_fidelity, bench_models, bench_pipeline, bench_quality, bench_streams
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,6 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     bench_models.add_arguments(sub.add_parser("models", help="ms per call of generator and encoders"))
     bench_pipeline.add_arguments(sub.add_parser("pipeline", help="end-to-end fps, per-stage ms, latency, drops"))
+    bench_streams.add_arguments(sub.add_parser("streams", help="N streams on one shared engine: one call per frame, "
+                                                                  "batched, Triton"))
     bench_fidelity.add_arguments(sub.add_parser("fidelity", help="PSNR, SSIM, landmarks, TC, warping error"))
     bench_quality.add_arguments(sub.add_parser("quality", help="every edit in both compositing modes on an unseen "
                                                                "face: effect, off-target change, flicker, cost"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -18,9 +19,10 @@ from models.bundle import DEFAULT_BUNDLE, Bundle
 from models.editing import EditStack, parse_edit_args
 from realtime.api import Filter, load
 from realtime.cli.options import add_config, config_from_args
-from realtime.engines import EngineOptions, EngineSpec
+from realtime.engines import OPTION_BACKENDS, EngineOptions, EngineSpec, resolve_backend
 from realtime.pipeline import PipelineConfig
 from realtime.pipeline.calibration import CalibrationConfig
+from realtime.vision.tracking import TrackerConfig
 from realtime.vision.transfer import TransferConfig
 
 
@@ -47,14 +49,26 @@ def bundle_from_args(args: argparse.Namespace) -> Bundle:
     return load(args.bundle)
 
 
-def filter_from_args(args: argparse.Namespace, bundle: Bundle, live: bool) -> Filter:
-    """The Filter the flags describe (edit names and every config value are checked before the engine starts)."""
+def filter_from_args(args: argparse.Namespace, bundle: Bundle, live: bool, tracker: TrackerConfig | None = None,
+                     threads: int = 0) -> Filter:
+    """The Filter the flags describe (edit names and every config value are checked before the engine starts).
+    ``threads`` > 0: the engine's intra-op threads, where its backend (torch / onnx) takes them."""
     calibration = (config_from_args(CalibrationConfig, args, prefix="calibrate_")
                    if hasattr(args, "calibrate_frames") else None)
-    spec = config_from_args(EngineSpec, args, options=config_from_args(EngineOptions, args))
+    options = config_from_args(EngineOptions, args)
+    spec = config_from_args(EngineSpec, args, options=options)
+    if threads and "threads" not in _set_flags(options) and \
+            resolve_backend(spec.backend, spec.device) in OPTION_BACKENDS["threads"]:
+        spec = dataclasses.replace(spec, options=dataclasses.replace(options, threads=threads))
     return Filter(bundle, parse_edit_args(args.edit), spec=spec, pipeline=config_from_args(PipelineConfig, args),
-                  calibration=calibration, live=live,
+                  calibration=calibration, live=live, tracker=tracker,
                   transfer=config_from_args(TransferConfig, args, prefix="transfer_"))
+
+
+def _set_flags(options: EngineOptions) -> set[str]:
+    """The backend options given a non-default value."""
+    default = EngineOptions()
+    return {f.name for f in dataclasses.fields(options) if getattr(options, f.name) != getattr(default, f.name)}
 
 
 def bundle_label(args: argparse.Namespace) -> str:

@@ -17,6 +17,7 @@ from realtime.cli.common import (
     print_edits,
 )
 from realtime.cli.options import add_config, config_from_args
+from realtime.engines import BatchConfig, BatchingEngine
 from realtime.server.app import (
     LiveServer,
     ServeConfig,
@@ -26,12 +27,17 @@ from realtime.server.app import (
     run_server,
 )
 from realtime.server.rtc_tuning import RtcTuning
+from realtime.server.worker import StreamsConfig, limit_op_threads
+from realtime.vision.tracking import TrackerConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config(p.add_argument_group("server"), ServeConfig)
     add_config(p.add_argument_group("video (aiortc overrides, see realtime/server/rtc_tuning.py)"), RtcTuning)
     add_filter_options(p)
+    streams = p.add_argument_group("streams sharing the engine and the CPU")
+    add_config(streams, BatchConfig)
+    add_config(streams, StreamsConfig)
     add_calibration_options(p)
 
 
@@ -53,12 +59,17 @@ def main(args: argparse.Namespace) -> int:
     bundle = bundle_from_args(args)
     if args.list_edits:
         return print_edits(bundle)
-    flt = filter_from_args(args, bundle, live=True)
-    make_processor, make_tracker = flt.stream_factories()
+    streams = config_from_args(StreamsConfig, args)
+    limit_op_threads(streams.op_threads)
+    flt = filter_from_args(args, bundle, live=True, threads=streams.op_threads,
+                           tracker=TrackerConfig(smoothing="one_euro", mesh_every=streams.mesh_every))
+    make_processor, make_tracker = flt.stream_factories(config_from_args(BatchConfig, args))
     eng = flt.engine
     info = {"bundle": bundle.name, "engine": f"{eng.name} {eng.device} {eng.precision}", "composite": flt.composite}
     specs = list(flt.processor.edits.specs.values()) if flt.processor.edits is not None else []
-    server = LiveServer(config, make_processor, make_tracker, info=info, edit_specs=specs)
+    shared = flt.shared
+    server = LiveServer(config, make_processor, make_tracker, info=info, edit_specs=specs,
+                        engine_stats=shared.stats if isinstance(shared, BatchingEngine) else None)
 
     async def serve() -> None:
         stop = asyncio.Event()

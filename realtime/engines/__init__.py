@@ -27,8 +27,9 @@ from, backend / device / precision resolved), ``crop_size``, ``resolution``, ``n
 
 :class:`EngineOptions` declares every backend option once (help, bounds, which backends take it:
 :data:`OPTION_BACKENDS`); the CLI builds ``--model-dir``, ``--triton-url``, ``--cuda-graphs``, ``--torch-compile``
-and ``--trt-cache`` from it (``realtime.cli.options.add_config``). :class:`SerialEngine` shares one engine between
-streams. :func:`engine_like` builds the same kind of engine for another bundle (a live calibration's).
+and ``--trt-cache`` from it (``realtime.cli.options.add_config``). :class:`BatchingEngine` shares one engine between
+streams, merging their concurrent calls into batched ones (:class:`SerialEngine`: one call at a time).
+:func:`engine_like` builds the same kind of engine for another bundle (a live calibration's).
 
 StyleSpace ``style_deltas`` are not inputs of the exported graphs. The exported backends run a frame that carries
 them through a torch copy of the synthesis network on the same device (logged once); W-space edits (added to ``ws``
@@ -46,6 +47,7 @@ from realtime.engines.base import (
     resolve_backend,
     resolve_device,
 )
+from realtime.engines.batching import BatchConfig, BatchingEngine
 from realtime.engines.factory import engine_like, make_engine
 from realtime.engines.onnxrt import OrtEngine
 from realtime.engines.serial import SerialEngine
@@ -56,6 +58,8 @@ from realtime.engines.triton import TritonEngine
 __all__ = [
     "BACKENDS",
     "OPTION_BACKENDS",
+    "BatchConfig",
+    "BatchingEngine",
     "Engine",
     "EngineOptions",
     "EngineSpec",

@@ -45,7 +45,9 @@ class EngineOptions:
     triton_url: str | None = opt(None, "triton: server URL, http://host:8000 or grpc://host:8001 "
                                        "(default localhost:8000)", metavar="URL")
     model_prefix: str = opt(TRITON_PREFIX, "triton: prefix of the repository's model names", cli=False)
-    timeout_s: float = opt(10.0, "triton: connection and network timeout in seconds", min=0.001, cli=False)
+    timeout_s: float = opt(2.0, "triton: per-request (and connection) timeout in seconds; a live stream sends frames "
+                                "without the model while the server does not answer", min=0.001,
+                           flag="--triton-timeout", metavar="S")
 
 
 # option → the backends that take it (one table: make_engine checks it, engines record only their own options)

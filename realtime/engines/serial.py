@@ -1,4 +1,6 @@
-"""SerialEngine: one engine shared by several streams (the live server's peers), its model calls one at a time."""
+"""Engines shared by several streams (the live server's peers): :class:`ForwardingEngine` (the declared attributes
+of a wrapped engine) and :class:`SerialEngine` (its model calls one at a time). realtime/engines/batching.py merges
+them instead."""
 
 from __future__ import annotations
 
@@ -10,19 +12,15 @@ from models.bundle import Bundle
 from realtime.engines.base import Engine, EngineSpec
 
 
-class SerialEngine:
-    """An :class:`Engine` that runs ``engine``'s model calls under one lock (CUDA graphs and ONNX Runtime / TensorRT
-    sessions are not re-entrant) and exposes its declared attributes, read-only.
-
-    ``close()`` closes the wrapped engine (also under the lock, so it never frees what a call is using)."""
+class ForwardingEngine:
+    """The declared :class:`Engine` attributes of ``engine``, read-only; subclasses provide the calls."""
 
     def __init__(self, engine: Engine):
         self._engine = engine
-        self._lock = threading.Lock()
 
     @property
     def engine(self) -> Engine:
-        """The wrapped engine (its calls bypass the lock)."""
+        """The wrapped engine (its calls bypass the wrapper)."""
         return self._engine
 
     @property
@@ -69,12 +67,26 @@ class SerialEngine:
     def bundle(self) -> Bundle:
         return self._engine.bundle
 
+
+class SerialEngine(ForwardingEngine):
+    """An :class:`Engine` that runs ``engine``'s model calls under one lock (CUDA graphs and ONNX Runtime / TensorRT
+    sessions are not re-entrant): one engine call per stream call.
+
+    ``close()`` closes the wrapped engine (also under the lock, so it never frees what a call is using)."""
+
+    def __init__(self, engine: Engine):
+        super().__init__(engine)
+        self._lock = threading.Lock()
+        self.calls = 0
+
     def encode_key(self, crops: torch.Tensor) -> torch.Tensor:
         with self._lock:
+            self.calls += 1
             return self._engine.encode_key(crops)
 
     def encode_reuse(self, crops: torch.Tensor, prev_ws: torch.Tensor) -> torch.Tensor:
         with self._lock:
+            self.calls += 1
             return self._engine.encode_reuse(crops, prev_ws)
 
     def encode_coarse(self, crops: torch.Tensor, prev_ws: torch.Tensor) -> torch.Tensor:
@@ -83,6 +95,7 @@ class SerialEngine:
 
     def synthesize(self, ws: torch.Tensor, style_deltas: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         with self._lock:
+            self.calls += 1
             return self._engine.synthesize(ws, style_deltas)
 
     def close(self) -> None:

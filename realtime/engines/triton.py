@@ -38,7 +38,7 @@ class TritonEngine(ExportedEngine):
     name = "triton"
 
     def __init__(self, bundle: Bundle, device: str | torch.device = "auto", precision: str = "fp32",
-                 triton_url: str | None = None, model_prefix: str = TRITON_PREFIX, timeout_s: float = 10.0):
+                 triton_url: str | None = None, model_prefix: str = TRITON_PREFIX, timeout_s: float = 2.0):
         self._set_geometry(bundle)
         self.device = resolve_device(device)
         self.precision = "fp32" if precision == "auto" else precision

@@ -44,11 +44,17 @@ import time
 import urllib.error
 import urllib.request
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from export.onnx import available_models
+from export.triton_python import write_python_repository
+from models.bundle import Bundle
+from models.config import opt
 from models.errors import UserError
+from realtime.engines.exported import ensure_onnx
 
 ENV_BINARY = "STYLESTREAM_TRITONSERVER"
 INSTALL_HINT = ("pip install --no-deps nvidia-pytriton==0.7.0 (its wheel carries tritonserver with the Python "
@@ -149,8 +155,10 @@ class TritonServer:
 
     def __init__(self, model_repository: str | os.PathLike, binary: str | os.PathLike | None = None,
                  grpc: bool = True, startup_timeout_s: float = 120.0, log_verbose: int = 0,
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), host: str = "127.0.0.1", http_port: int = 0, grpc_port: int = 0):
         self.repo = Path(model_repository).resolve()
+        self.host = host  # the interface both endpoints listen on (Triton has no authentication: loopback default)
+        self._want_ports = (http_port, grpc_port)  # 0: a free port picked at start
         if not self.repo.is_dir():
             raise UserError(f"Triton model repository {self.repo} is not a folder")
         self.install = find_tritonserver(binary)
@@ -171,12 +179,18 @@ class TritonServer:
 
     # ---------------------------------------------------------------------------------------------------------
     @property
+    def _reach(self) -> str:
+        """The address clients on this machine use (a wildcard bind is reached on loopback)."""
+        h = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        return f"[{h}]" if ":" in h else h
+
+    @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self._reach}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"grpc://127.0.0.1:{self.grpc_port}"
+        return f"grpc://{self._reach}:{self.grpc_port}"
 
     @property
     def pid(self) -> int | None:
@@ -184,13 +198,13 @@ class TritonServer:
 
     def command(self) -> list[str]:
         cmd = [str(self.install.binary), "--model-repository", str(self.repo),
-               "--http-address", "127.0.0.1", "--http-port", str(self.http_port),
+               "--http-address", self.host, "--http-port", str(self.http_port),
                "--allow-metrics", "false", "--disable-auto-complete-config", "--exit-timeout-secs", "5",
                "--log-verbose", str(self.log_verbose),
                f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}"]
         if self.backends is not None:
             cmd += ["--backend-directory", str(self.backends)]
-        cmd += (["--grpc-address", "127.0.0.1", "--grpc-port", str(self.grpc_port)] if self.grpc
+        cmd += (["--grpc-address", self.host, "--grpc-port", str(self.grpc_port)] if self.grpc
                 else ["--allow-grpc", "false"])
         return cmd + list(self.extra_args)
 
@@ -209,14 +223,17 @@ class TritonServer:
         """Start the server and wait until it is ready; returns self. ``keep_ports``: reuse the last ports."""
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("this Triton server is already running")
+        chosen = any(self._want_ports)
         for attempt in range(3):
             if not keep_ports or not self.http_port:
-                self.http_port, self.grpc_port = free_port(), free_port() if self.grpc else 0
+                want_http, want_grpc = self._want_ports
+                self.http_port = want_http or free_port()
+                self.grpc_port = (want_grpc or free_port()) if self.grpc else 0
             try:
                 self._launch_and_wait()
                 return self
             except _PortTaken:
-                if keep_ports or attempt == 2:
+                if keep_ports or chosen or attempt == 2:
                     raise UserError(f"Triton could not bind its ports ({_error_line(self.log_text())})") from None
         raise AssertionError("unreachable")
 
@@ -278,6 +295,10 @@ class TritonServer:
         with urllib.request.urlopen(f"{self.http_url}/v2/models/{model}/stats", timeout=5) as r:
             data = json.loads(r.read())
         return dict(data["model_stats"][0])
+
+    def processes(self) -> list[int]:
+        """PIDs of the running server and its Python-backend stubs (for CPU accounting)."""
+        return _members([self.proc.pid]) if self.proc is not None and self.proc.poll() is None else []
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -388,3 +409,30 @@ def _cleanup(proc: subprocess.Popen[bytes] | None, groups: list[int], workdir: P
     for f in Path("/dev/shm").glob(f"{shm_prefix}*"):
         f.unlink(missing_ok=True)
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class ModelServerConfig:
+    """A Triton server hosting a bundle's networks (`stylestream serve-models`; CLI flags of the same names)."""
+
+    host: str = opt("127.0.0.1", "interface the HTTP and gRPC endpoints listen on (Triton has no authentication: "
+                                 "anything but loopback belongs on a private network)")
+    http_port: int = opt(8000, "HTTP port (0: any free port)", min=0, max=65535)
+    grpc_port: int = opt(8001, "gRPC port (0: any free port)", min=0, max=65535)
+    max_batch: int = opt(8, "largest batch the dynamic batcher forms, and a client may send", min=1, max=256)
+    queue_delay_us: int = opt(2000, "how long the dynamic batcher waits for more requests to batch with (µs)", min=0,
+                              max=1_000_000)
+    instances: int = opt(1, "model instances per network (executions in parallel)", min=1, max=64)
+    threads: int = opt(1, "ONNX Runtime threads per instance", min=1, max=256)
+
+
+def serve_bundle(bundle: Bundle, repository: str | os.PathLike, config: ModelServerConfig | None = None,
+                 progress: Callable[[str], None] | None = None) -> TritonServer:
+    """Write the Python-backend repository of ``bundle``'s networks (export/triton_python.py: ONNX Runtime inside
+    Triton, dynamic batching; the ONNX export comes from the cache, made once) into ``repository`` and return a
+    :class:`TritonServer` for it on ``config``'s host and ports (not started yet)."""
+    cfg = config or ModelServerConfig()
+    onnx_dir = ensure_onnx(bundle, None, "fp32", available_models(bundle), progress)
+    write_python_repository(bundle, repository, max_batch=cfg.max_batch, queue_delay_us=cfg.queue_delay_us,
+                            onnx_dir=onnx_dir, instances=cfg.instances, threads=cfg.threads, progress=progress)
+    return TritonServer(repository, host=cfg.host, http_port=cfg.http_port, grpc_port=cfg.grpc_port)

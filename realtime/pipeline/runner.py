@@ -8,7 +8,10 @@
                                (file jobs: look-ahead quad smoothing)
 
 * **live** (cameras, network streams, WebRTC peers): every queue holds ``queue_size`` items and drops the *oldest*
-  when full, so each stage works on the newest frame and latency stays bounded; drops are counted per queue.
+  when full, so each stage works on the newest frame and latency stays bounded; drops are counted per queue. The
+  tracking thread starts on a frame only when the device queue has room for it, so no tracked frame is thrown away
+  when the device stage is the slower one (the input queue keeps the newest frame meanwhile; with four streams on
+  two cores, frames tracked and then dropped had cost a large share of the server's CPU: docs/scale.md).
 * **lossless** (file jobs): queues block (ordered, nothing dropped) and the alignment quads are smoothed non-causally
   over a bounded look-ahead before the device thread sees them (StylePortraitVideo §3.1).
 
@@ -33,6 +36,8 @@ from realtime.pipeline.stages import CLOSED, LookaheadSmoother, RunStats, StageQ
 log = logging.getLogger(__name__)
 
 LOSSLESS_QUEUE = 8  # queue capacity of file jobs (they block instead of dropping)
+RETRY_S = 0.25  # tolerant mode: first back-off after a processing error (then doubled per failed retry)
+RETRY_MAX_S = 2.0  # longest back-off: a recovered model server is used again within this long
 
 
 class Tracker(Protocol):
@@ -47,7 +52,10 @@ class StageRunner:
     ``make_tracker()`` is called in the tracking thread (MediaPipe graphs are built there, never on an event loop);
     ``prepare(item)`` turns a submitted item into a :class:`Frame` (None skips it; default: the item is a Frame);
     ``emit(output)`` receives every processed frame on the device thread. ``tolerant`` (server peers): an error in
-    tracking or processing never stops the stream — the frame goes out untouched and :attr:`error` says what broke;
+    tracking or processing never stops the stream — the frame goes out without the model (the last face held, then
+    faded to the untouched frame), :attr:`error` says what broke, and the model is retried after a back-off
+    (:data:`RETRY_S`, doubling up to :data:`RETRY_MAX_S`) during which frames skip it, so a model server that is
+    down or stalled costs each frame nothing and the stream recovers by itself (:meth:`faults` counts it all);
     otherwise the first error stops the runner and :meth:`raise_error` re-raises it."""
 
     def __init__(self, processor: FrameProcessor, make_tracker: Callable[[], Tracker], *, live: bool,
@@ -63,6 +71,14 @@ class StageRunner:
         self.state = StreamState(live=live)
         self.times = processor.times
         self.error: str | None = None  # tolerant mode: the last failure, for the stats
+        self.fault_errors = 0  # tolerant mode: frames whose processing raised
+        self.fault_frames = 0  # frames sent without the model (after an error, or skipped while backing off)
+        self.recoveries = 0  # outages that ended with a frame processed again
+        self.failing_since: float | None = None  # monotonic start of the current outage (None: processing works)
+        self.last_outage_s: float | None = None
+        self._retry_at = 0.0
+        self._backoff = 0.0
+        self._outage_frames = 0
         self.errors: list[BaseException] = []  # strict mode: what stopped the runner
         self.face_now = False
         self.ready = threading.Event()  # the tracker is built (or failed)
@@ -116,6 +132,15 @@ class StageRunner:
     def drops(self) -> dict[str, int]:
         return {self.inbox.name: self.inbox.dropped, self.q_device.name: self.q_device.dropped}
 
+    def faults(self) -> dict[str, Any]:
+        """Tolerant mode: processing errors, frames sent without the model, outages recovered from, and whether the
+        model is failing now (for how long)."""
+        since = self.failing_since
+        return {"state": "ok" if since is None else "failing", "errors": self.fault_errors,
+                "frames_without_model": self.fault_frames, "recoveries": self.recoveries,
+                "failing_s": None if since is None else round(time.monotonic() - since, 2),
+                "last_outage_s": None if self.last_outage_s is None else round(self.last_outage_s, 2)}
+
     # -- the threads ---------------------------------------------------------------------------------------
 
     def _guard(self, fn: Callable[[], None], closes: StageQueue | None) -> Callable[[], None]:
@@ -151,6 +176,8 @@ class StageRunner:
         smoother = None if self.live else LookaheadSmoother(self.processor.cfg.smoothing_sigma)
         try:
             while not self.abort_event.is_set():
+                if self.live:
+                    self.q_device.wait_for_room(self.abort_event)  # then track the newest input, not a stale one
                 item = self.inbox.get()
                 if item is CLOSED:
                     break
@@ -181,6 +208,34 @@ class StageRunner:
                 with contextlib.suppress(Exception):
                     tracker.close()
 
+    def _without_model(self, frame: Frame, track: Track) -> Output:
+        """A frame the model did not process: the last face held, then faded out (the no-face path), else untouched."""
+        self.fault_frames += 1
+        self._outage_frames += 1
+        try:
+            return self.processor.composite(frame, track, None, None, self.state)
+        except Exception:  # noqa: BLE001 - the untouched frame always works
+            return self.processor.layout(frame, frame.image)
+
+    def _failed(self) -> None:
+        now = time.monotonic()
+        self.fault_errors += 1
+        self._backoff = RETRY_S if self.failing_since is None else min(RETRY_MAX_S, self._backoff * 2)
+        self._retry_at = now + self._backoff
+        if self.failing_since is None:
+            self.failing_since, self._outage_frames = now, 0
+            log.warning("%s: frames go out without the model (%s); retrying every %g–%g s", self.name, self.error,
+                        RETRY_S, RETRY_MAX_S)
+
+    def _recovered(self) -> None:
+        assert self.failing_since is not None
+        self.last_outage_s = time.monotonic() - self.failing_since
+        self.failing_since = None
+        self.recoveries += 1
+        self._backoff = 0.0
+        log.warning("%s: recovered: the model processes frames again after %.1f s (%d frames went out without it)",
+                    self.name, self.last_outage_s, self._outage_frames)
+
     def _device(self) -> None:
         try:
             while not self.abort_event.is_set():
@@ -188,11 +243,19 @@ class StageRunner:
                 if item is CLOSED:
                     break
                 frame, track = item
-                try:
-                    out = self.processor.process(frame, track, self.state)
-                except Exception as exc:  # tolerant: keep the video going; the stats say what broke
-                    self.fail("processing", exc)
-                    out = self.processor.layout(frame, frame.image)
+                if (self.failing_since is not None and time.monotonic() < self._retry_at
+                        and self.processor.wants_landmarks()):
+                    out = self._without_model(frame, track)  # backing off: the model is not tried on this frame
+                else:
+                    try:
+                        out = self.processor.process(frame, track, self.state)
+                    except Exception as exc:  # tolerant: keep the video going; the stats say what broke
+                        self.fail("processing", exc)
+                        self._failed()
+                        out = self._without_model(frame, track)
+                    else:
+                        if self.failing_since is not None:
+                            self._recovered()
                 self.emit(out)
         finally:
             if self.on_end is not None:

@@ -109,6 +109,12 @@ class StageQueue:
             self._cv.notify_all()
             return item
 
+    def wait_for_room(self, stop: threading.Event | None = None) -> None:
+        """Block until a ``put`` would neither drop nor block (or the queue is closed, or ``stop`` is set)."""
+        with self._cv:
+            while len(self._items) >= self.maxsize and not self._closed and not (stop is not None and stop.is_set()):
+                self._cv.wait(0.1)
+
     def close(self) -> None:
         with self._cv:
             self._closed = True

@@ -5,8 +5,8 @@ Two modes:
 * **camera** (default): each browser sends its webcam; the server filters it and sends it back. Per peer a
   :class:`~realtime.server.worker.PeerWorker` runs the pipeline's stage runner (tracking thread, device thread,
   1-slot drop-oldest queues, so each stage always works on the newest frame and latency stays bounded). The engine is
-  shared between peers (its calls are serialised by :class:`realtime.engines.SerialEngine`); edits, the latent state
-  and the tracker belong to the peer.
+  shared between peers (their concurrent calls merged by :class:`realtime.engines.BatchingEngine`); edits, the latent
+  state and the tracker belong to the peer.
 * **viewer** (``source=``): one server-side source (``rtmp://…``, a file, ``demo:``) is processed once by the same
   worker and broadcast to every viewer through aiortc's ``MediaRelay`` (:class:`~realtime.server.worker.Broadcast`).
 
@@ -185,8 +185,10 @@ class LiveServer:
 
     def __init__(self, config: ServeConfig, make_processor: Callable[[], FrameProcessor],
                  make_tracker: Callable[[], Any], info: dict[str, Any] | None = None,
-                 open_source: Callable[[str], Any] | None = None, edit_specs: Iterable[Any] = ()):
+                 open_source: Callable[[str], Any] | None = None, edit_specs: Iterable[Any] = (),
+                 engine_stats: Callable[[], dict[str, Any]] | None = None):
         self.config = config
+        self.engine_stats = engine_stats  # the shared engine's counters (batching), in /stats
         self.make_processor, self.make_tracker = make_processor, make_tracker
         self.info = dict(info or {})
         self.edit_specs = [_spec_json(s) for s in edit_specs]
@@ -338,6 +340,7 @@ class LiveServer:
         if not self._token_ok(request):
             return _json_error(401, "wrong or missing token")
         return _json({"mode": self.mode, "loop_lag_ms": self.loop_lag(),
+                      "engine": self.engine_stats() if self.engine_stats is not None else None,
                       "sessions": [s.stats() for s in list(self.sessions.values())]})
 
     async def offer(self, request: web.Request) -> web.Response:

@@ -11,6 +11,11 @@ video, reads the stamp back and so measures true end-to-end latency: capture →
     client.send({"type": "edit", "name": "smile", "value": 2})
     print(client.summary())
     await client.close()
+
+``light=True`` (benchmarks with several clients on the server's machine): the clip is stamped and H.264-encoded
+once, up front (:class:`PreEncodedTrack`), and sent as packets — no encoder runs per frame in the client — and only
+the stamp's rows of each received frame are read. A default client spends most of its CPU encoding; a light one
+leaves the cores to the server.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 import aiohttp
 import av
 import cv2
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import VIDEO_TIME_BASE, AudioStreamTrack, MediaStreamError, MediaStreamTrack
 
 from realtime.io.sources import open_source
@@ -138,15 +144,95 @@ class StampedTrack(MediaStreamTrack):
         return self.rgb[index % len(self.rgb)]
 
 
+def encode_h264(frames: Sequence[np.ndarray], fps: float, bitrate: int = 1_500_000, gop: int = 30) -> list[bytes]:
+    """Annex-B H.264 access units, one per I420 frame [H*3/2, W] (libx264 ultrafast/zerolatency, Constrained
+    Baseline, an IDR with SPS/PPS every ``gop`` frames)."""
+    h, w = frames[0].shape[0] * 2 // 3, frames[0].shape[1]
+    codec = av.CodecContext.create("libx264", "w")
+    codec.width, codec.height, codec.pix_fmt = w, h, "yuv420p"
+    codec.framerate = Fraction(round(fps), 1)
+    codec.time_base = Fraction(1, round(fps))
+    codec.bit_rate = bitrate
+    codec.gop_size = gop
+    codec.options = {"preset": "ultrafast", "tune": "zerolatency", "profile": "baseline", "level": "4.2"}
+    units: list[bytes] = []
+    for i, yuv in enumerate(frames):
+        vf = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        vf.pts = i
+        data = b"".join(bytes(p) for p in codec.encode(vf))
+        units.append(data)
+    tail = b"".join(bytes(p) for p in codec.encode(None))
+    if tail:  # zerolatency emits every frame at once; anything late belongs to the last one
+        units[-1] += tail
+    if not all(units):
+        raise RuntimeError("the encoder held frames back (expected one access unit per frame)")
+    return units
+
+
+class PreEncodedTrack(MediaStreamTrack):
+    """:class:`StampedTrack`'s video, stamped and H.264-encoded once: ``recv()`` returns ``av.Packet``s (aiortc
+    packetises them without encoding). The clip loops every ``len(frames)`` frames (a multiple of the GOP, so the
+    loop starts on an IDR); the stamps count 0 … len − 1, so latencies are read modulo the loop."""
+
+    kind = "video"
+
+    def __init__(self, frames: Sequence[np.ndarray], fps: float = 30.0, gop: int = 30):
+        super().__init__()
+        if not frames:
+            raise ValueError("no frames")
+        n = max(gop, len(frames) // gop * gop)
+        self.fps = fps
+        self.height, self.width = frames[0].shape[:2]
+        yuvs = []
+        for i in range(n):
+            yuv = cv2.cvtColor(np.ascontiguousarray(frames[i % len(frames)]), cv2.COLOR_RGB2YUV_I420)
+            stamp_i420(yuv, self.width, self.height, i)
+            yuvs.append(yuv)
+        self.units = encode_h264(yuvs, fps, gop=gop)
+        self.sent: dict[int, float] = {}
+        self.index = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        due = self._start + self.index / self.fps
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.5:
+            self._start = time.monotonic() - self.index / self.fps
+        i = self.index
+        packet = av.Packet(self.units[i % len(self.units)])
+        packet.pts = int(i * 90_000 / self.fps)
+        packet.time_base = VIDEO_TIME_BASE
+        self.sent[(i % len(self.units)) % STAMP_MOD] = time.monotonic()
+        self.index += 1
+        return packet
+
+
+def _stamp_rows(frame: av.VideoFrame) -> np.ndarray:
+    """The luma rows that hold the stamp, without converting the frame."""
+    plane = frame.planes[0]
+    rows = min(frame.height, STAMP_ORIGIN[1] + STAMP_BLOCK)
+    return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:rows, : frame.width]
+
+
 class LiveClient:
-    """One peer of `stylestream serve`: sends ``frames`` (camera mode) or only receives (viewer mode)."""
+    """One peer of `stylestream serve`: sends ``frames`` (camera mode) or only receives (viewer mode); ``light``:
+    pre-encoded H.264 out, only the stamp read back (module docstring)."""
 
     def __init__(self, url: str, frames: Sequence[np.ndarray] | None = None, fps: float = 30.0,
                  token: str | None = None, keep_frames: int = 0, receive_only: bool = False,
-                 send_audio: bool = False):
+                 send_audio: bool = False, light: bool = False):
         self.url = url.rstrip("/")
         self.token = token
-        self.track = None if receive_only or frames is None else StampedTrack(frames, fps)
+        self.light = light
+        self.track: StampedTrack | PreEncodedTrack | None = None
+        if not receive_only and frames is not None:
+            self.track = PreEncodedTrack(frames, fps) if light else StampedTrack(frames, fps)
         self.pc: RTCPeerConnection | None = None
         self.channel: Any = None
         self.hello: dict[str, Any] | None = None
@@ -189,6 +275,10 @@ class LiveClient:
 
         if self.track is not None:
             pc.addTrack(self.track)
+            if isinstance(self.track, PreEncodedTrack):  # the packets are H.264: offer nothing else
+                h264 = [c for c in RTCRtpSender.getCapabilities("video").codecs
+                        if c.mimeType in ("video/H264", "video/rtx")]
+                pc.getTransceivers()[0].setCodecPreferences(h264)
         else:
             pc.addTransceiver("video", direction="recvonly")
         if self.send_audio:
@@ -214,8 +304,8 @@ class LiveClient:
                 t = time.monotonic()
                 self.frames += 1
                 self.recv_times.append(t)
-                yuv = frame.to_ndarray(format="yuv420p")
-                index = read_stamp(yuv[: frame.height])
+                index = read_stamp(_stamp_rows(frame) if self.light else
+                                   frame.to_ndarray(format="yuv420p")[: frame.height])
                 if index is not None and self.track is not None:
                     sent = self.track.sent.get(index)
                     if sent is not None and 0 <= t - sent < 10:

@@ -14,18 +14,47 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import av
 import cv2
 import numpy as np
+import torch
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
 
+from models.config import opt
 from realtime.frames import Frame, Output
 from realtime.pipeline import FrameProcessor, StageRunner
 from realtime.pipeline.runner import Tracker
 from realtime.server.media import OutputTrack, Rate
+
+
+@dataclass(frozen=True)
+class StreamsConfig:
+    """How the server's streams share the CPU (CLI flags of `serve`; measured in docs/scale.md)."""
+
+    mesh_every: int = opt(2, "run the face mesh on every n-th frame of a stream and carry the landmarks by optical "
+                             "flow in between (1: every frame; docs/tracking.md has the steadiness cost)", min=1, max=8)
+    op_threads: int = opt(1, "threads inside one OpenCV / torch / ONNX Runtime call (0: each library's default); the "
+                             "streams and their stages already run in parallel, and nested pools fight for the cores",
+                          min=0, max=256)
+
+
+def limit_op_threads(threads: int) -> None:
+    """OpenCV's and torch's process-wide thread pools to ``threads`` (0: leave them as they are)."""
+    if threads > 0:
+        cv2.setNumThreads(threads)
+        torch.set_num_threads(threads)
+
+
+def frame_to_rgb(src: av.VideoFrame) -> np.ndarray:
+    """A decoded frame as [H, W, 3] uint8 RGB: I420 through OpenCV (BT.601 limited range, as swscale; 0.16 vs
+    0.47 ms at 640×480 on a fresh frame, whose swscale context PyAV sets up every time), else PyAV's conversion."""
+    if src.format.name == "yuv420p" and src.width % 2 == 0 and src.height % 2 == 0:
+        return cv2.cvtColor(src.to_ndarray(format="yuv420p"), cv2.COLOR_YUV2RGB_I420)
+    return src.to_ndarray(format="rgb24")
 
 
 def post(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
@@ -102,7 +131,7 @@ class PeerWorker:
             if isinstance(src, Frame):
                 image, pts, tb = src.image, src.pts, src.time_base
             else:
-                image, pts, tb = src.to_ndarray(format="rgb24"), src.pts, src.time_base
+                image, pts, tb = frame_to_rgb(src), src.pts, src.time_base
             h, w = image.shape[:2]
             self.in_size = (w, h)
             cap = self.max_size
@@ -136,6 +165,7 @@ class PeerWorker:
             "composite": {"mode": proc.composite_mode, "now": st.composite or None},
             "edits": proc.edits.strengths() if proc.edits is not None else {},
             "in_size": list(self.in_size), "out_size": list(self.out_size), "error": runner.error,
+            "faults": runner.faults(),
             "calibration": proc.calibration_status(),
         }
 

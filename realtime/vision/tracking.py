@@ -57,6 +57,8 @@ class TrackerConfig:
     lk_weight: float = opt(0.85, "weight of the flow prediction when it agrees with the detection", min=0.0, max=1.0)
     lk_tolerance: float = opt(0.04, "disagreement (fraction of quad side) where the flow weight falls by 1/e",
                               min=0.001)
+    mesh_every: int = opt(1, "run the face mesh on every n-th frame only and carry the landmarks by LK flow in "
+                             "between (needs lk; the mesh runs anyway when the flow loses the face)", min=1, max=8)
     smoothing: Literal["one_euro", "none"] = opt("one_euro", "causal quad filter (live); file jobs: 'none'")
     one_euro_min_cutoff: float = opt(0.5, "Hz; cutoff when the face is still (lower = steadier, laggier)", min=0.01)
     one_euro_beta: float = opt(5.0, "cutoff increase in Hz per quad-side/second of unexplained speed", min=0.0)
@@ -380,6 +382,7 @@ class _Stabiliser:
     euro: OneEuroFilter | None = None
     last_t: float | None = None
     cur_gray: np.ndarray | None = None  # this frame's cut of ``region`` (reused when the region stays)
+    score: float = 0.0  # detector score of the last observation (carried by flow-only frames)
 
 
 class FaceTracker:
@@ -418,15 +421,19 @@ class FaceTracker:
     def _track_all(self, frame: Frame) -> list[Track]:
         image = frame.image
         t = frame.time_s if frame.time_s is not None else frame.index / self.cfg.fps
-        obs = self.source.process(image)
         rgb = image if self.cfg.lk else None  # LK converts only its face regions to grey
+        h, w = image.shape[:2]
+        carried = self._carry(image) if self.cfg.mesh_every > 1 and self._index % self.cfg.mesh_every else None
+        if carried is not None:  # a flow-only frame: the mesh does not run
+            obs, flows = carried
+        else:
+            obs, flows = self.source.process(image), {}
         seen: set[int] = set()
         results: list[tuple[float, int, Track]] = []
-        h, w = image.shape[:2]
         for o in obs:
             seen.add(o.face_id)
             st = self._stab.setdefault(o.face_id, _Stabiliser())
-            track = self._stabilise(st, o, rgb, t)
+            track = self._stabilise(st, o, rgb, t, flows.get(o.face_id))
             if track is None:
                 continue
             results.append((self._choice_score(track, w, h), o.face_id, track))
@@ -468,6 +475,29 @@ class FaceTracker:
         self.close()
 
     # internals ----------------------------------------------------------------------------------------
+    def _carry(self, image: np.ndarray) -> tuple[list[FaceObservation], dict[int, tuple[np.ndarray, np.ndarray]]]\
+            | None:
+        """``mesh_every`` > 1, between mesh frames: every tracked face's landmarks moved by the LK flow from the
+        previous frame, as observations (and the flows, so they are not computed twice). None — run the mesh on
+        this frame — when there is no face or the flow lost more than half of a face's points."""
+        if not self.cfg.lk or not self._stab:
+            return None
+        obs, flows = [], {}
+        for fid, st in self._stab.items():
+            if st.prev_lm is None:
+                return None
+            flow = self._flow(st, image)
+            if flow is None or flow[1].sum() < NUM_LANDMARKS // 2:
+                st.cur_gray = None
+                return None
+            pred, ok = flow
+            lm = st.prev_lm.copy()
+            move = np.median(pred[ok] - st.prev_lm[ok, :2], axis=0)
+            lm[:, :2] = np.where(ok[:, None], pred, st.prev_lm[:, :2] + move)
+            obs.append(FaceObservation(lm.astype(np.float32), st.score, fid, detected=False))
+            flows[fid] = (lm[:, :2].astype(np.float64), np.ones(NUM_LANDMARKS, bool))
+        return obs, flows
+
     def _choice_score(self, track: Track, w: int, h: int) -> float:
         q = np.asarray(track.quad, np.float64)
         c = q.mean(axis=0)
@@ -521,8 +551,12 @@ class FaceTracker:
         pts[:, 1] = (p1[:, 0, 1] + 0.5) * sy - 0.5 + y0
         return pts, status.reshape(-1).astype(bool)
 
-    def _stabilise(self, st: _Stabiliser, o: FaceObservation, rgb: np.ndarray | None, t: float) -> Track | None:
+    def _stabilise(self, st: _Stabiliser, o: FaceObservation, rgb: np.ndarray | None, t: float,
+                   flow: tuple[np.ndarray, np.ndarray] | None = None) -> Track | None:
+        """Blend with the LK prediction (``flow``: already computed for this frame, else computed here), One-Euro,
+        quad. None when the face is too small."""
         cfg = self.cfg
+        st.score = float(o.score)
         det = np.asarray(o.landmarks, np.float32)
         assert det.shape == (NUM_LANDMARKS, 3), det.shape
         det_quad = quad_from_landmarks(det)
@@ -533,7 +567,8 @@ class FaceTracker:
         lm = det.copy()
         shift = None
         if rgb is not None:
-            flow = self._flow(st, rgb)
+            if flow is None:
+                flow = self._flow(st, rgb)
             if flow is not None and st.prev_lm is not None:
                 pred, ok = flow
                 d = np.linalg.norm(pred - det[:, :2], axis=1)

@@ -7,7 +7,15 @@ import json
 import pytest
 import torch
 
-from benchmarks import bench_calibrate, bench_fidelity, bench_models, bench_quality, bench_train_cost, report
+from benchmarks import (
+    bench_calibrate,
+    bench_fidelity,
+    bench_models,
+    bench_quality,
+    bench_streams,
+    bench_train_cost,
+    report,
+)
 from models.bundle import DEFAULT_BUNDLE
 
 
@@ -94,3 +102,23 @@ def test_bench_train_cost_counts_the_trainers_step(tmp_path):
     (est,) = row["gpu_estimate"]
     assert est["s_per_step"] == pytest.approx(row["gflop_per_step"] * 1e9 / 50e12)
     assert row["cpu_s_per_step"] > 0
+def test_bench_streams_json_plot_and_batching_merges_calls(tmp_path):
+    """`stylestream bench streams` on a random bundle (with its W-direction smile): every mode and stream count is
+    a row, the batched mode (a 20 ms window, as the streams are fed 7 ms apart; one merged call in flight) merged
+    calls at 3 streams, the plot is written."""
+    out, png = tmp_path / "streams.json", tmp_path / "streams.png"
+    assert bench_streams.main(["--streams", "1,3", "--modes", "serial,batched:window=20:concurrency=1",
+                               "--bundles", "tiny-64",
+                               "--seconds", "2", "--warmup", "1", "--fps", "40", "--size", "320x240",
+                               "--json", str(out), "--plot", str(png)]) == 0
+    d = json.loads(out.read_text())
+    assert "load_avg" in d["provenance"] and d["command"]
+    rows = {(r["mode"].split(":")[0], r["streams"]): r for r in d["rows"]}
+    assert set(rows) == {("serial", 1), ("batched", 1), ("serial", 3), ("batched", 3)}
+    for r in rows.values():
+        assert r["aggregate_fps"] > 0 and r["latency_ms"]["p50"] > 0 and r["errors"] == 0
+    serial, batched = rows[("serial", 3)], rows[("batched", 3)]
+    assert serial["stream_calls"] == serial["engine_executions"]
+    assert batched["engine_executions"] < batched["stream_calls"]  # three streams' calls merged
+    assert max(int(b) for h in batched["rows_per_execution"].values() for b in h) > 1
+    assert png.stat().st_size > 10_000

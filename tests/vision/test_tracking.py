@@ -250,3 +250,49 @@ except Exception as e:
 """
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "KeyboardInterrupt", (r.stdout, r.stderr[-2000:])
+class _Counting:
+    """The oracle landmark source, told which frame it sees (it counts its own calls otherwise, and the tracker now
+    skips frames), counting the frames it is asked about."""
+
+    def __init__(self, source) -> None:
+        self.source, self.calls, self.frame = source, 0, 0
+
+    def process(self, image):
+        self.calls += 1
+        self.source.i = self.frame
+        return self.source.process(image)
+
+    def reset(self) -> None:
+        self.source.reset()
+
+    def close(self) -> None:
+        self.source.close()
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_mesh_every_k_frames_carries_the_landmarks_by_flow(moving_clip: clips.Clip, k: int) -> None:
+    """mesh_every=k: the landmark source runs on every k-th frame only; in between the flow carries the face, with
+    jitter, lag and alignment error close to running it on every frame."""
+    truth = clips.true_quads(moving_clip.matrices)
+    every = _quads(moving_clip, TrackerConfig(), clips.OracleLandmarks(moving_clip.matrices))
+    src = _Counting(clips.OracleLandmarks(moving_clip.matrices))
+    with FaceTracker(TrackerConfig(mesh_every=k), src) as tracker:
+        quads = []
+        for f in moving_clip.as_frames():
+            src.frame = f.index
+            quads.append(tracker.track(f).quad)
+    sparse = np.stack(quads).astype(np.float64)
+    assert src.calls == -(-N_FRAMES // k)
+    assert clips.jitter(sparse, truth) < 1.5 * clips.jitter(every, truth) + 0.1
+    assert abs(clips.lag_frames(sparse, truth) - clips.lag_frames(every, truth)) <= 0.5
+    err = clips.alignment_error(sparse, truth, 256)
+    assert err.mean() < 1.5 * clips.alignment_error(every, truth, 256).mean() + 0.5
+
+
+def test_mesh_every_falls_back_to_the_mesh_when_the_flow_loses_the_face(tmp_path) -> None:
+    """The face leaves and comes back: flow-only frames never invent a face, and it is found again."""
+    clip = clips.make_clip(tmp_path / "exit.mp4", clips.exit_motion(40, away_frames=8))
+    with FaceTracker(TrackerConfig(mesh_every=3)) as tracker:
+        tracks = [tracker.track(f) for f in clip.as_frames()]
+    has = np.array([t.has_face for t in tracks])
+    assert has[0] and has[-1] and not has[18:24].any()
