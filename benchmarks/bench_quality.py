@@ -535,7 +535,9 @@ def markdown(result: dict[str, Any]) -> str:
         "named direction, off-target PSNR ≥ 30 dB and |Δchroma| ≤ 2 levels outside the edit's region, style "
         "channels ≥ 4 levels inside and ≤ 2 outside, TC(output) ≤ 1.1 × TC(input). keep_mouth is measured on top "
         "of smile at the end of its range: its effect is the mouth's opening (should stay near 0) and it passes "
-        "when the mouth region is ≥ 30 dB against the same mode's unedited output. Edits toward 0 (pitch_to_0, "
+        "when the mouth region is ≥ 30 dB against the same mode's unedited output (at 1, the end of its range; "
+        "at 0.5 it keeps the mouth half-way by design, so half the smile's mouth change stays). Edits toward 0 "
+        "(pitch_to_0, "
         "neutral_expression) are not judged (–): this face is already frontal and neutral, so staying put is "
         "right.",
         "",
