@@ -37,8 +37,9 @@ class StreamsConfig:
 
     mesh_every: int = opt(2, "run the face mesh on every n-th frame of a stream and carry the landmarks by optical "
                              "flow in between (1: every frame; docs/tracking.md has the steadiness cost)", min=1, max=8)
-    op_threads: int = opt(1, "threads inside one OpenCV / torch / ONNX Runtime call (0: each library's default); the "
-                             "streams and their stages already run in parallel, and nested pools fight for the cores",
+    op_threads: int = opt(2, "threads inside one OpenCV / torch / ONNX Runtime call (0: each library's default); the "
+                             "streams and their stages already run in parallel, and big nested pools fight for the "
+                             "cores (4 streams on 2 cores: 1 left a core idle, 2 gave the most fps; docs/scale.md)",
                           min=0, max=256)
 
 
