@@ -101,7 +101,28 @@ def clip_frames(width: int, height: int, count: int = 30, seed: int = 0, still: 
     return frames
 
 
-class StampedTrack(MediaStreamTrack):
+class _PacedTrack(MediaStreamTrack):
+    """A track that hands out frame ``index`` at ``index / fps`` seconds after its first ``recv``."""
+
+    fps: float
+    index: int
+    _start: float | None
+
+    async def _next_index(self) -> int:
+        """Wait until the next frame is due; its index (the caller increments ``index`` once it is sent)."""
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        delay = self._start + self.index / self.fps - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.5:  # far behind (a slow machine): restart the clock instead of bursting
+            self._start = time.monotonic() - self.index / self.fps
+        return self.index
+
+
+class StampedTrack(_PacedTrack):
     """Video from RGB frames (looped) at ``fps``, each stamped with its index; remembers when each was sent."""
 
     kind = "video"
@@ -119,17 +140,7 @@ class StampedTrack(MediaStreamTrack):
         self._start: float | None = None
 
     async def recv(self) -> av.VideoFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        due = self._start + self.index / self.fps
-        delay = due - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        elif delay < -0.5:  # far behind (a slow machine): restart the clock instead of bursting
-            self._start = time.monotonic() - self.index / self.fps
-        i = self.index
+        i = await self._next_index()
         yuv = self._yuv[i % len(self._yuv)].copy()
         if self.stamp:
             stamp_i420(yuv, self.width, self.height, i)
@@ -169,7 +180,7 @@ def encode_h264(frames: Sequence[np.ndarray], fps: float, bitrate: int = 1_500_0
     return units
 
 
-class PreEncodedTrack(MediaStreamTrack):
+class PreEncodedTrack(_PacedTrack):
     """:class:`StampedTrack`'s video, stamped and H.264-encoded once: ``recv()`` returns ``av.Packet``s (aiortc
     packetises them without encoding). The clip loops every ``len(frames)`` frames (a multiple of the GOP, so the
     loop starts on an IDR); the stamps count 0 … len − 1, so latencies are read modulo the loop."""
@@ -194,17 +205,7 @@ class PreEncodedTrack(MediaStreamTrack):
         self._start: float | None = None
 
     async def recv(self) -> av.Packet:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        due = self._start + self.index / self.fps
-        delay = due - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        elif delay < -0.5:
-            self._start = time.monotonic() - self.index / self.fps
-        i = self.index
+        i = await self._next_index()
         packet = av.Packet(self.units[i % len(self.units)])
         packet.pts = int(i * 90_000 / self.fps)
         packet.time_base = VIDEO_TIME_BASE
