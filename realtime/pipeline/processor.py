@@ -149,6 +149,12 @@ class FrameProcessor:
             return "regenerate"
         return "transfer" if transfer_available() else "regenerate"
 
+    def prepare_stream(self, state: StreamState) -> None:
+        """Before a stream's first frame (the runner calls it): a live stream in transfer mode gets its EditTransfer
+        now, whose render face mesh warms up on the background thread instead of on the first face frame."""
+        if state.live and state.transfer is None and self.resolve_composite() == "transfer":
+            state.transfer = EditTransfer(self.transfer_cfg, background=True)
+
     def wants_landmarks(self) -> bool:
         """Whether the next frame needs tracking (not when the filter is off or the original is shown)."""
         return self.enabled and self._view != "original"

@@ -69,6 +69,7 @@ class StageRunner:
         self.inbox = StageQueue(size, live, "input→tracking")
         self.q_device = StageQueue(size, live, "tracking→device")
         self.state = StreamState(live=live)
+        processor.prepare_stream(self.state)
         self.times = processor.times
         self.error: str | None = None  # tolerant mode: the last failure, for the stats
         self.fault_errors = 0  # tolerant mode: frames whose processing raised

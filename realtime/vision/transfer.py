@@ -256,6 +256,13 @@ def shared_render_mesh() -> RenderMesh:
         return _SHARED_MESH
 
 
+def _warm_render_mesh() -> None:
+    """Build the shared render mesh and run it once, so a live stream's first edit measurement finds it ready
+    (measured: the first one took ~145 ms on the frame and queued the next four frames behind it)."""
+    mesh = shared_render_mesh()
+    mesh(torch.zeros(2, 3, 64, 64))
+
+
 def transfer_available() -> bool:
     """Whether the landmark geometry can run here (MediaPipe's face-mesh weights are installed)."""
     try:
@@ -496,6 +503,8 @@ class EditTransfer:
         self._dis: Any = None
         self._grid_cache: tuple[Any, np.ndarray, np.ndarray] = (None, np.zeros(0), np.zeros(0))
         self.reset()
+        if background and mesh is None and self.cfg.geometry == "landmarks":
+            _mesh_pool().submit(_warm_render_mesh)  # errors (no MediaPipe weights) surface on the frame path
 
     def reset(self) -> None:
         """Forget the temporal state (a new face, a cut)."""
