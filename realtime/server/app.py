@@ -290,7 +290,9 @@ class LiveServer:
             given = auth[7:].strip()
         if given is None and isinstance(body_token, str):
             given = body_token
-        return isinstance(given, str) and hmac.compare_digest(given.encode(), want.encode())
+        # surrogatepass: a header or JSON string that is not valid UTF-8 is a wrong token (401), not a 500
+        return isinstance(given, str) and hmac.compare_digest(given.encode("utf-8", "surrogatepass"),
+                                                              want.encode("utf-8", "surrogatepass"))
 
     def _refusal(self, request: web.Request) -> web.Response | None:
         """Why a mutating request may not proceed (see the module doc): not JSON → 415, a foreign Origin → 403."""
@@ -312,12 +314,22 @@ class LiveServer:
         if given != page:
             return _json_error(403, f"cross-origin request refused: Origin {given} is not this page ({page}); "
                                     f"start the server with --allowed-origin {given} to allow it")
-        host = urlsplit(page).hostname or ""
-        if not self.config.token and not (is_loopback(host) or host == self.config.host.strip("[]").lower()):
-            return _json_error(403, f"cross-origin request refused: the page was loaded as {host}, which is not this "
-                                    "server's address (a DNS-rebound name?); use the address it listens on, "
-                                    "--allowed-origin, or --token")
-        return None
+        return self._rebound(request)
+
+    def _rebound(self, request: web.Request) -> web.Response | None:
+        """Without a token, a request whose Host is neither loopback nor the address the server listens on (a
+        DNS-rebound name: evil.example resolving to 127.0.0.1) is refused on every endpoint that answers with
+        data — /config carries the TURN credentials."""
+        if self.config.token:
+            return None
+        try:
+            host = urlsplit(normalize_origin(f"{request.scheme}://{request.host}")).hostname or ""
+        except UserError:
+            return _json_error(403, "request refused (no usable Host header)")
+        if is_loopback(host) or host == self.config.host.strip("[]").lower():
+            return None
+        return _json_error(403, f"request refused: the page was loaded as {host}, which is not this server's "
+                                "address (a DNS-rebound name?); use the address it listens on, or --token")
 
     # -- endpoints -----------------------------------------------------------------------------------------
 
@@ -327,6 +339,8 @@ class LiveServer:
         return web.Response(body=body, content_type=ctype, charset="utf-8", headers=SECURITY_HEADERS)
 
     async def get_config(self, request: web.Request) -> web.Response:
+        if (refused := self._rebound(request)) is not None:
+            return refused
         if not self._token_ok(request):
             return _json_error(401, "wrong or missing token", token_required=True)
         return _json({"mode": self.mode, "token_required": bool(self.config.token),
@@ -337,6 +351,8 @@ class LiveServer:
                       else ("network stream" if self.config.source else None), **self.info})
 
     async def get_stats(self, request: web.Request) -> web.Response:
+        if (refused := self._rebound(request)) is not None:
+            return refused
         if not self._token_ok(request):
             return _json_error(401, "wrong or missing token")
         return _json({"mode": self.mode, "loop_lag_ms": self.loop_lag(),

@@ -569,6 +569,23 @@ def test_deeply_nested_json_offer_is_a_400_not_a_traceback(tiny, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
+def test_a_token_that_is_not_utf8_is_a_401_not_a_500(tiny):
+    """A header aiohttp decodes into surrogates (bytes that are not UTF-8), or a JSON "\\ud800" token, used to
+    raise UnicodeEncodeError in the token check: 500 and a traceback in the log, for anyone, without a token."""
+
+    async def main() -> None:
+        async with serving(tiny, token="s3cret") as (server, url), aiohttp.ClientSession() as http:
+            async with http.get(url + "/config", headers={"X-Stylestream-Token": "\udcff\udcfe"}) as r:
+                assert r.status == 401
+            body = '{"type": "offer", "sdp": "v=0", "token": "\\ud800"}'
+            async with http.post(url + "/offer", data=body, headers={"Content-Type": "application/json"}) as r:
+                assert r.status == 401
+            async with http.get(url + "/config", headers={"X-Stylestream-Token": "s3cret"}) as r:
+                assert r.status == 200
+
+    asyncio.run(main())
+
+
 def test_offers_need_json_and_this_page_as_origin(tiny):
     """Issue 17.4: without a token any web page the user visited could take every session slot (a "simple"
     cross-origin POST needs no CORS pre-flight). /offer now requires application/json and an Origin that is the
@@ -601,6 +618,11 @@ def test_offers_need_json_and_this_page_as_origin(tiny):
                 assert status == 400 and "m= line" in err, (origin, status, err)  # past the checks
             status, err = await post()  # no Origin: a non-browser client
             assert status == 400 and "m= line" in err
+            for path in ("/config", "/stats"):  # a rebound page may not read them either (TURN credentials)
+                async with http.get(url + path, headers={"Host": f"evil.example:{port}"}) as r:
+                    assert r.status == 403 and "DNS-rebound" in (await r.json())["error"], path
+                async with http.get(url + path) as r:
+                    assert r.status == 200, path
             assert not server.sessions
             # the real client (no Origin, application/json) still connects
             client = LiveClient(url, clip_frames(128, 96, count=4), fps=10)
