@@ -70,10 +70,14 @@ class CalibrationControls:
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        if exc_type is None:
-            self._finish()
+        for sig in self._old:  # while a calibration finishes: the source is over, a trigger has nothing to do (and
+            signal.signal(sig, signal.SIG_IGN)  # SIGUSR's default action would kill the process, file unfinished)
+        try:
+            if exc_type is None:
+                self._finish()
+        finally:
+            for sig, old in self._old.items():
+                signal.signal(sig, old)
 
     def _interrupted(self) -> bool:
         return self.pipeline is not None and self.pipeline.stats.interrupted
@@ -84,7 +88,8 @@ class CalibrationControls:
         cal = self.processor.calibrator
         if cal is None or self._interrupted():
             return
-        if cal.busy and cal.phase != "recording":
+        if (cal.busy and cal.phase != "recording") or (cal.state == "ready" and self.save_to is not None):
+            # (ready: it finished between the last frame and here, not yet taken by the stream)
             if self.save_to is None:
                 self.console.print("calibration: the source ended before the calibration finished; it was not used")
                 return

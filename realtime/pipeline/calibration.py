@@ -49,8 +49,8 @@ class CalibrationConfig:
 
 def phase_summary(seconds: dict[str, float]) -> str:
     """"recorded 2.0 s, worker start 3.4 s, …: 31.0 s from the request" — every phase a calibration spent."""
-    names = (("record", "recorded"), ("start", "worker start"), ("adapt", "adapted"), ("export", "exported"),
-             ("build", "engine built"))
+    names = (("wait", "waited for a face"), ("record", "recorded"), ("start", "worker start"), ("adapt", "adapted"),
+             ("export", "exported"), ("build", "engine built"))
     parts = ", ".join(f"{label} {seconds[k]:.1f} s" for k, label in names if k in seconds)
     total = f": {seconds['total']:.1f} s from the request" if "total" in seconds else ""
     return parts + total
@@ -295,6 +295,8 @@ class Calibrator:
             self._crops, self._ws, self._held = [], [], []
             now = time.perf_counter()
             self.seconds = {"record": now - self._t_record}
+            if self._t_record - self._t_request >= 0.05:  # the user was out of view at first: say so, so the
+                self.seconds = {"wait": self._t_record - self._t_request, **self.seconds}  # phases add up
             self.state, self.phase, self.progress, self._t_phase = "adapting", "starting", 0.0, now
             run, bundle = self.runs, self._bundle
         self._thread = threading.Thread(target=self._work, args=(run, bundle, crops, ws, held),
