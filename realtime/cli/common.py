@@ -112,11 +112,25 @@ class PhaseProgress:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            self._end_open()
         self.bar.__exit__(*exc)
+
+    def _end_open(self, but: str | None = None) -> None:
+        """The end line of every phase still open (one whose total was not known), except ``but``."""
+        if self.live:
+            return
+        now = time.monotonic()
+        for phase in self._tasks:
+            if phase != but and phase not in self._ended:
+                self._ended.add(phase)
+                self.console.print(f"{phase}: {self._done.get(phase, 0)} ({now - self._t0[phase]:.0f} s, done)",
+                                   highlight=False, soft_wrap=True)
 
     def __call__(self, phase: str, done: int, total: int | None = None, note: str = "") -> None:
         now = time.monotonic()
-        if phase not in self._tasks:
+        if phase not in self._tasks:  # a new phase: the ones before it have ended
+            self._end_open(but=phase)
             self._tasks[phase] = self.bar.add_task(phase, total=total, note="")
             self._t0[phase] = self._said[phase] = now
         self._done[phase] = done
