@@ -234,8 +234,8 @@ class Filter:
             self._tracker.close()
             self._tracker = None
         self.processor.release()
-        if self.owns_engine:
-            self.engine.close()
+        if self.owns_engine:  # the streams' wrapper first: it lets calls in flight end, then closes the engine
+            (self.shared if self.shared is not None else self.engine).close()
 
     def __enter__(self) -> Filter:
         return self

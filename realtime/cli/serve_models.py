@@ -20,7 +20,7 @@ from pathlib import Path
 from models.errors import UserError
 from realtime.api import load
 from realtime.cli.options import add_config, config_from_args
-from realtime.engines.triton_server import ModelServerConfig, TritonServer, serve_bundle
+from realtime.engines.triton_server import ModelServerConfig, TritonServer, find_tritonserver, serve_bundle
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,11 +34,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(ModelServerConfig, args)
-    if args.serve_repository is not None and (args.bundle is not None or args.repository is not None):
-        raise UserError("--serve-repository serves a repository as it is: give no BUNDLE and no --repository")
+    if args.serve_repository is not None:
+        if args.bundle is not None or args.repository is not None:
+            raise UserError("--serve-repository serves a repository as it is: give no BUNDLE and no --repository")
+        default = ModelServerConfig()
+        tuned = [f"--{n.replace('_', '-')}" for n in ("max_batch", "queue_delay_us", "instances", "threads")
+                 if getattr(cfg, n) != getattr(default, n)]
+        if tuned:
+            raise UserError(f"{', '.join(tuned)} shape the repository this command writes; --serve-repository "
+                            "serves its config.pbtxt files as they are")
+    find_tritonserver()  # before minutes of export: a missing server is one line now
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
 
     def say(msg: str) -> None:
         print(f"stylestream serve-models: {msg}", file=sys.stderr, flush=True)
@@ -56,6 +62,8 @@ def main(args: argparse.Namespace) -> int:
         try:
             say(f"starting tritonserver ({server.install.binary}) for {what}")
             server.start()
+            for sig in (signal.SIGINT, signal.SIGTERM):  # from here on a signal stops the server (until now: the
+                signal.signal(sig, lambda *_: stop.set())  # CLI's KeyboardInterrupt, and the finally below)
             say(f"ready at {server.http_url} (gRPC {server.grpc_url}) after {server.startup_s:.1f} s; use "
                 f"--backend triton --triton-url {server.http_url} (Ctrl-C stops)")
             while not stop.wait(0.5):

@@ -91,6 +91,7 @@ class SerialEngine(ForwardingEngine):
 
     def encode_coarse(self, crops: torch.Tensor, prev_ws: torch.Tensor) -> torch.Tensor:
         with self._lock:
+            self.calls += 1
             return self._engine.encode_coarse(crops, prev_ws)
 
     def synthesize(self, ws: torch.Tensor, style_deltas: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

@@ -219,6 +219,9 @@ class StageRunner:
             return self.processor.layout(frame, frame.image)
 
     def _failed(self) -> None:
+        self.state.latent.reset()  # after the outage: a key frame, not a reuse of a W+ from before it
+        if self.state.transfer is not None:
+            self.state.transfer.reset()
         now = time.monotonic()
         self.fault_errors += 1
         self._backoff = RETRY_S if self.failing_since is None else min(RETRY_MAX_S, self._backoff * 2)
