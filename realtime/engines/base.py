@@ -149,6 +149,7 @@ class Engine(Protocol):
     num_coarse: int  # leading W+ entries ViEN predicts; the rest are reused from the previous frame
     has_vien: bool  # False: encode_reuse is encode_coarse
     bundle: Bundle  # the models it runs, as given (never modified by the engine)
+    max_batch: int | None  # the most rows one call takes (a TensorRT profile, a Triton model config); None: any
 
     def encode_key(self, crops: torch.Tensor) -> torch.Tensor: ...
 
@@ -169,6 +170,7 @@ class BaseEngine:
     device: torch.device
     precision: str
     spec: EngineSpec
+    max_batch: int | None = None
     crop_size: int
     resolution: int
     num_ws: int

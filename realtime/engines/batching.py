@@ -119,9 +119,9 @@ def _copy_error(exc: BaseException) -> BaseException:
 class BatchingEngine(ForwardingEngine):
     """An :class:`Engine` over ``engine`` that merges concurrent calls (see the module docstring).
 
-    ``window_ms`` (≤ 2 ms by the config's bound) and ``max_rows`` come from :class:`BatchConfig`; a TensorRT
-    engine's max batch caps ``max_rows``. ``close()`` fails the queued calls, waits for the running one and closes
-    the wrapped engine."""
+    ``window_ms`` (≤ 2 ms by the config's bound) and ``max_rows`` come from :class:`BatchConfig`; the engine's
+    ``max_batch`` (a TensorRT profile, a Triton model config) caps ``max_rows``. ``close()`` fails the queued
+    calls, waits for the running one and closes the wrapped engine."""
 
     def __init__(self, engine: Engine, config: BatchConfig | None = None):
         super().__init__(engine)
@@ -129,8 +129,8 @@ class BatchingEngine(ForwardingEngine):
         window_ms = cfg.batch_window_ms if cfg.batch_window_ms >= 0 else default_window_ms(engine)
         self.window_s = window_ms / 1e3
         self.max_rows = cfg.batch_max
-        if engine.spec.backend == "tensorrt":
-            self.max_rows = min(self.max_rows, engine.spec.options.max_batch)
+        if engine.max_batch is not None:  # a TensorRT profile's or a Triton model's limit
+            self.max_rows = min(self.max_rows, engine.max_batch)
         self.concurrency = cfg.batch_concurrency or default_concurrency(engine)
         self._cv = threading.Condition()
         self._pending: collections.deque[_Call] = collections.deque()

@@ -64,6 +64,10 @@ class ForwardingEngine:
         return self._engine.has_vien
 
     @property
+    def max_batch(self) -> int | None:
+        return self._engine.max_batch
+
+    @property
     def bundle(self) -> Bundle:
         return self._engine.bundle
 

@@ -162,6 +162,7 @@ class TrtEngine(ExportedEngine):
                                     cache_dir=cache_dir, max_batch=max_batch, progress=progress)
                 self.models[m] = TrtModel(plan, self.device)
         self.has_vien = "vien" in self.models
+        self.max_batch = min(m.max_batch for m in self.models.values())
         self.coarse_model = "fren_coarse" in self.models
         self._style_fallback = StyleFallback(bundle, self.device, self.name)
 

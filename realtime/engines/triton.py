@@ -87,11 +87,27 @@ class TritonEngine(ExportedEngine):
                              and bundle.vien is not None)
             self.coarse_model = (has_coarse_model(bundle)
                                  and bool(self.client.is_model_ready(self.model_names["fren_coarse"], **self._kw)))
+            self.max_batch = self._max_batch()
         except UserError:
             raise
         except Exception as exc:
             raise UserError(f"Triton at {url}: {type(exc).__name__}: {_first_line(exc)}") from None
         self._style_fallback = StyleFallback(bundle, self.device, self.name)
+
+    def _max_batch(self) -> int | None:
+        """The smallest max_batch_size of the served models (a bigger request is refused); None: not declared."""
+        sizes = []
+        for m in ("fren", "synthesis", "vien", "fren_coarse"):
+            if m == "vien" and not self.has_vien or m == "fren_coarse" and not self.coarse_model:
+                continue
+            if self._grpc:
+                cfg = self.client.get_model_config(self.model_names[m], as_json=True, **self._kw).get("config", {})
+            else:
+                cfg = self.client.get_model_config(self.model_names[m])
+            size = int(cfg.get("max_batch_size", 0) or 0)
+            if size > 0:
+                sizes.append(size)
+        return min(sizes) if sizes else None
 
     @property
     def client(self) -> Any:

@@ -132,6 +132,30 @@ def test_concurrent_callers_are_merged_and_get_their_own_rows(engine):
     assert st["batch_rows"]["encode_key"] == {1: 1, N + 1: 1}
 
 
+def test_merged_calls_respect_the_engine_s_max_batch(engine):
+    """An engine that takes at most 2 rows a call (a TensorRT profile, a Triton model's max_batch_size): 4 queued
+    calls go as two calls of 2, never one of 4 (which the server would refuse, failing every stream)."""
+
+    class Capped(Recording):
+        max_batch = 2
+
+    gate = threading.Event()
+    rec = Capped(engine, gate=gate)
+    b = BatchingEngine(rec, BatchConfig(batch_window_ms=0.0, batch_concurrency=1))
+    assert b.max_rows == 2 and b.max_batch == 2
+    crops = [_inputs(engine, 60 + i) for i in range(5)]
+    first, _ = _run_threads([lambda: b.encode_key(crops[0])])
+    deadline = time.monotonic() + 10
+    while not rec.log and time.monotonic() < deadline:
+        time.sleep(0.002)
+    more, _ = _run_threads([lambda c=c: b.encode_key(c) for c in crops[1:]])
+    assert _queued(b, 4)
+    gate.set()
+    for t in first + more:
+        t.join(10)
+    assert rec.log == [("encode_key", 1), ("encode_key", 2), ("encode_key", 2)]
+
+
 def test_coarse_reuse_calls_are_merged_too(engine):
     """--reuse coarse (encode_coarse) from several streams: queued calls run as one, each caller gets its rows."""
     gate = threading.Event()

@@ -128,6 +128,7 @@ def test_engine_matches_torch_through_the_real_server(bundle, server, ref):
     assert server.startup_s is not None and server.startup_s > 0
     eng = make_engine(bundle, EngineSpec("triton", "cpu", options=EngineOptions(triton_url=server.http_url)))
     assert isinstance(eng, TritonEngine) and eng.has_vien
+    assert eng.max_batch == 8  # the repository's max_batch_size: BatchingEngine never sends a bigger call
     for batch in (1, 3):
         crops = example_inputs(bundle, "fren", batch=batch, seed=10 + batch)["crops"]
         ws = eng.encode_key(crops)
@@ -306,7 +307,7 @@ def test_e4e_bundle_serves_its_coarse_model(tmp_path):
     ref = TorchEngine(b, device="cpu")
     with TritonServer(repo).start() as srv:
         eng = make_engine(b, EngineSpec("triton", "cpu", options=EngineOptions(triton_url=srv.http_url)))
-        assert eng.coarse_model and not eng.has_vien
+        assert eng.coarse_model and not eng.has_vien and eng.max_batch == 4
         crops = example_inputs(b, "fren_coarse", batch=2, seed=5)["crops"]
         prev = ref.encode_key(crops.flip(0))
         got = eng.encode_coarse(crops, prev)
