@@ -65,8 +65,8 @@ class BatchConfig:
                                        "engine, 0 on a CPU or Triton engine (there only calls that queued while the "
                                        "engine was busy merge: a merged call is no cheaper per row on a CPU, and "
                                        "Triton batches on the server)", min=-1.0, max=2.0)
-    batch_max: int = opt(8, "most rows in one batched call (TensorRT: at most the engines' max batch; Triton: the "
-                            "repository's max_batch_size)", min=1, max=64)
+    batch_max: int = opt(8, "most rows in one batched call (capped by the engine's own limit: a TensorRT profile's "
+                            "max batch, a Triton model's max_batch_size)", min=1, max=64)
     batch_concurrency: int = opt(0, "merged calls in flight at once; 0: 1 on CUDA / TensorRT, the CPU cores for CPU "
                                     "engines and Triton", min=0, max=256)
 
