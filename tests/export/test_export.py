@@ -398,6 +398,10 @@ def test_triton_engine_against_the_repository(bundle, onnx_dir, tmp_path, monkey
         def is_model_ready(self, name):
             return (repo / name / "1" / "model.onnx").exists()
 
+        def get_model_config(self, name):
+            cfg = (repo / name / "config.pbtxt").read_text()
+            return {"max_batch_size": int(re.search(r"max_batch_size: (\d+)", cfg).group(1))}
+
         def infer(self, model_name, inputs, outputs):
             cfg = (repo / model_name / "config.pbtxt").read_text()
             for i in inputs:
@@ -424,6 +428,7 @@ def test_triton_engine_against_the_repository(bundle, onnx_dir, tmp_path, monkey
     eng = make_engine(bundle, triton("http://localhost:8000"))
     assert eng.has_vien and eng.spec == EngineSpec("triton", "cpu", "fp32",
                                                    EngineOptions(triton_url="http://localhost:8000"))
+    assert eng.max_batch == 4  # the repository's max_batch_size
     ref = TorchEngine(bundle, device="cpu")
     crops = example_inputs(bundle, "fren", batch=2, seed=5)["crops"]
     ws = eng.encode_key(crops)
