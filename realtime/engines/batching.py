@@ -235,6 +235,10 @@ class BatchingEngine(ForwardingEngine):
         if last is not None and now - last < ACTIVE_S:
             period = now - last if period is None else 0.8 * period + 0.2 * (now - last)
         self._rhythm[key] = (now, period)
+        if len(self._rhythm) > 64:  # streams that ended (with no window, _expected never prunes them)
+            for k, (t, _) in list(self._rhythm.items()):
+                if now - t > ACTIVE_S:
+                    del self._rhythm[k]
 
     def _expected(self, now: float, method: str) -> float | None:
         """Until when (monotonic) a leader's window waits for streams without a queued call whose next ``method``

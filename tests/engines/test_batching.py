@@ -403,3 +403,13 @@ def test_a_failing_engine_fails_queued_calls_at_once_and_lets_one_probe_through(
     del rec.encode_key  # the server is back
     assert isinstance(b.encode_key(crops), torch.Tensor)
     assert not b.stats()["failing"]
+
+
+def test_the_call_rhythm_of_ended_streams_is_forgotten(engine):
+    """Each stream's call rhythm is kept per (thread, method); with no window nothing read it back, so a server's
+    ended streams piled up there for its whole life. Stale ones now go once there are many."""
+    b = BatchingEngine(engine, BatchConfig(batch_window_ms=0.0))
+    stale = time.monotonic() - 10.0
+    b._rhythm.update({(1000 + i, "synthesize"): (stale, 0.033) for i in range(100)})
+    b.encode_key(_inputs(engine, 0))
+    assert len(b._rhythm) == 1  # this call's own
