@@ -55,7 +55,6 @@ from export.artifacts import (
     MODELS,
     PRECISIONS,
     bundle_hash,
-    file_sha256,
     onnx_filename,
     read_manifest,
     write_manifest,
@@ -63,7 +62,7 @@ from export.artifacts import (
 from models.bundle import Bundle
 from models.e4e import StyleEncoder
 from models.errors import UserError
-from models.files import atomic_path
+from models.files import atomic_path, file_sha256
 
 DEFAULT_OPSET = 18
 

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from export.artifacts import default_trt_cache, file_sha256
+from export.artifacts import default_trt_cache
 from models.errors import UserError
-from models.files import atomic_write_bytes
+from models.files import atomic_write_bytes, file_sha256
 
 TIMING_CACHE_NAME = "timing.cache"
 

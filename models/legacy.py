@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import hashlib
 import io
 import math
 import pickle
@@ -50,6 +49,7 @@ from models.bundle import Bundle, check_state_shapes, estimate_w_avg, load_state
 from models.e4e import KINDS, StyleEncoder, StyleEncoderConfig
 from models.editing import EditSpec, tensor_key
 from models.errors import CheckpointError, UnsafePickleError
+from models.files import file_sha256
 from models.stylegan2 import Generator, GeneratorConfig
 from models.tflite import read_tflite_file
 from models.validation import FieldError, first_non_finite, module_shapes, non_finite_message, regular_file
@@ -869,14 +869,6 @@ def sniff_format(path: Path) -> str:
             first = None
         return "torch" if first == TORCH_LEGACY_MAGIC else "nvlabs-pkl"
     raise CheckpointError(f"{path} is not a StyleGAN2 checkpoint (.pkl or .pt): unrecognised file header")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _existing_file(path: str | Path) -> Path:

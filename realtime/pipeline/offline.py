@@ -34,6 +34,7 @@ from models.bundle import Bundle, load_bundle
 from models.config import opt
 from models.editing import EditContext, EditStack
 from models.errors import UserError
+from models.files import file_sha256
 from realtime.frames import Crop, Frame, Track
 from realtime.io.sinks import open_sink
 from realtime.io.sources import open_source
@@ -82,23 +83,15 @@ def _hash(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def input_key(spec: str, max_frames: int | None) -> str:
     path = Path(spec)
-    content = _file_digest(path) if path.is_file() else spec  # demo specs are deterministic
+    content = file_sha256(path) if path.is_file() else spec  # demo specs are deterministic
     return _hash("input", content, max_frames)
 
 
 def bundle_key(path: Path) -> str:
     files = sorted(p for p in path.iterdir() if p.suffix == ".safetensors" or p.name == "bundle.json")
-    return _hash("bundle", [(p.name, _file_digest(p)) for p in files])
+    return _hash("bundle", [(p.name, file_sha256(p)) for p in files])
 
 
 class WorkDir:

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from benchmarks.bench_export import format_speed, speed_compare
-from export.artifacts import MODELS, bundle_hash, file_sha256, onnx_filename, read_manifest
+from export.artifacts import MODELS, bundle_hash, onnx_filename, read_manifest
 from export.onnx import available_models, example_inputs, export_bundle, export_module, model_spec
 from export.parity import (
     TOLERANCES,
@@ -38,6 +38,7 @@ from export.tensorrt import engine_name
 from export.triton import write_model_repository
 from models.bundle import new_bundle
 from models.errors import UserError
+from models.files import file_sha256
 from realtime.cli import main as cli_main
 from realtime.cli.options import add_config, config_from_args
 from realtime.engines import Engine, EngineOptions, EngineSpec, OrtEngine, TorchEngine, engine_like, make_engine
