@@ -390,13 +390,7 @@ class EncoderTrainer:
             v = self.lat(pred[:, :nc], ws[:, 1, :nc])
             loss = loss + cfg.latent * v
             out["latent"] = v.item()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        common.sync_grads([p for p in self.net.parameters() if p.requires_grad], self.dist)
-        self.opt.step()
-        out["loss"] = loss.item()
-        self.step_idx += 1
-        return out
+        return self._update(loss, out)
 
     def step(self, data: CropSet | None) -> dict[str, float]:
         if self.cfg.from_generator:
@@ -446,6 +440,10 @@ class EncoderTrainer:
                 v = self.lat(ws[nr:, :nc], w_true[:, :nc])
                 loss = loss + cfg.latent * v
                 out["latent"] = v.item()
+        return self._update(loss, out)
+
+    def _update(self, loss: torch.Tensor, out: dict[str, float]) -> dict[str, float]:
+        """One optimiser step on ``loss`` (gradients averaged across ranks); ``out`` gets the loss."""
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         common.sync_grads([p for p in self.net.parameters() if p.requires_grad], self.dist)
