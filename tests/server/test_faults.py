@@ -8,10 +8,8 @@ the streams share one TritonEngine through the server's BatchingEngine, as `serv
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aioice.ice
@@ -25,8 +23,8 @@ from realtime.engines.triton_server import TritonServer
 from realtime.frames import Frame, Output, now_ns
 from realtime.pipeline import PipelineConfig, StageRunner
 from realtime.server import rtc_tuning
-from realtime.server.app import LiveServer, ServeConfig, run_server
 from realtime.server.client import LiveClient, clip_frames
+from tests.server.live import serving
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -157,19 +155,6 @@ def test_streams_keep_flowing_through_a_restart_and_a_stall_and_recover(server, 
 
 
 # ------------------------------------------------------------------------------------------- serve + LiveClient
-
-
-@contextlib.asynccontextmanager
-async def serving(make_processor: Any, make_tracker: Any) -> AsyncIterator[tuple[LiveServer, str]]:
-    server = LiveServer(ServeConfig(port=0), make_processor, make_tracker, info={"bundle": "tiny"})
-    stop = asyncio.Event()
-    url: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.ensure_future(run_server(server, ready=url.set_result, stop=stop))
-    try:
-        yield server, (await asyncio.wait_for(url, 10)).rstrip("/")
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 def test_a_peer_of_serve_rides_out_a_model_server_restart(server, tiny_bundle, monkeypatch):

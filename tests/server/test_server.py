@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +43,10 @@ from realtime.engines import EngineSpec, make_engine
 from realtime.pipeline import PipelineConfig
 from realtime.pipeline.calibration import CalibrationConfig
 from realtime.server import rtc_tuning
-from realtime.server.app import LiveServer, ServeConfig, check_bind, parse_ice_server, run_server
+from realtime.server.app import LiveServer, check_bind, parse_ice_server
 from realtime.server.client import LiveClient, StampedTrack, clip_frames, read_stamp, stamp_i420
 from tests import REPO
+from tests.server import live
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -74,19 +74,9 @@ def loopback_only(monkeypatch):
     rtc_tuning.restore()
 
 
-@contextlib.asynccontextmanager
-async def serving(tiny, **config: Any) -> AsyncIterator[tuple[LiveServer, str]]:
+def serving(tiny, **config: Any) -> contextlib.AbstractAsyncContextManager[tuple[LiveServer, str]]:
     make_processor, make_tracker, specs = tiny
-    server = LiveServer(ServeConfig(port=0, **config), make_processor, make_tracker, info={"bundle": "tiny"},
-                        edit_specs=specs)
-    stop = asyncio.Event()
-    url: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.ensure_future(run_server(server, ready=url.set_result, stop=stop))
-    try:
-        yield server, (await asyncio.wait_for(url, 10)).rstrip("/")
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    return live.serving(make_processor, make_tracker, specs, **config)
 
 
 def face_box(width: int, height: int) -> tuple[slice, slice]:
