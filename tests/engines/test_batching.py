@@ -90,6 +90,27 @@ def _run_threads(fns):
     return threads, results
 
 
+
+def _held(rec, fn):
+    """Start ``fn`` on a thread; return (threads, results) once its call is inside the engine, held by the gate."""
+    threads, results = _run_threads([fn])
+    deadline = time.monotonic() + 10
+    while not rec.log and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return threads, results
+
+
+def _queued_behind(b, rec, first, calls, timeout: float = 10):
+    """``first`` held inside the engine, ``calls`` queued behind it, then the gate opened: (first's result, the
+    calls' results in order)."""
+    held, r0 = _held(rec, first)
+    more, rs = _run_threads(calls)
+    assert _queued(b, len(calls)), "the other callers queue while the engine is busy"
+    rec.gate.set()
+    for t in held + more:
+        t.join(timeout)
+    return r0[0], [rs[i] for i in range(len(calls))]
+
 def test_declared_attributes_and_a_lone_call_equals_the_engine(engine):
     b = BatchingEngine(engine)
     for attr in ("name", "device", "precision", "spec", "crop_size", "resolution", "num_ws", "w_dim", "num_coarse",
@@ -112,16 +133,8 @@ def test_concurrent_callers_are_merged_and_get_their_own_rows(engine):
     b = BatchingEngine(rec, BatchConfig(batch_window_ms=0.0, batch_concurrency=1))
     crops = [_inputs(engine, i, rows=2 if i == 2 else 1) for i in range(N + 1)]
     ws_ref = [engine.encode_key(c) for c in crops]
-    threads, results = _run_threads([lambda c=c: b.encode_key(c) for c in crops[:1]])
-    deadline = time.monotonic() + 10
-    while not rec.log and time.monotonic() < deadline:  # the first call is inside the engine, held by the gate
-        time.sleep(0.002)
-    more, more_results = _run_threads([lambda c=c: b.encode_key(c) for c in crops[1:]])
-    assert _queued(b, N), "the other callers queue while the engine is busy"
-    gate.set()
-    for t in threads + more:
-        t.join(10)
-    got = [results[0]] + [more_results[i] for i in range(N)]
+    r0, rs = _queued_behind(b, rec, lambda: b.encode_key(crops[0]), [lambda c=c: b.encode_key(c) for c in crops[1:]])
+    got = [r0, *rs]
     for i, (w, ref) in enumerate(zip(got, ws_ref)):
         assert isinstance(w, torch.Tensor), w
         assert w.shape == ref.shape, i
@@ -144,15 +157,7 @@ def test_merged_calls_respect_the_engine_s_max_batch(engine):
     b = BatchingEngine(rec, BatchConfig(batch_window_ms=0.0, batch_concurrency=1))
     assert b.max_rows == 2 and b.max_batch == 2
     crops = [_inputs(engine, 60 + i) for i in range(5)]
-    first, _ = _run_threads([lambda: b.encode_key(crops[0])])
-    deadline = time.monotonic() + 10
-    while not rec.log and time.monotonic() < deadline:
-        time.sleep(0.002)
-    more, _ = _run_threads([lambda c=c: b.encode_key(c) for c in crops[1:]])
-    assert _queued(b, 4)
-    gate.set()
-    for t in first + more:
-        t.join(10)
+    _queued_behind(b, rec, lambda: b.encode_key(crops[0]), [lambda c=c: b.encode_key(c) for c in crops[1:]])
     assert rec.log == [("encode_key", 1), ("encode_key", 2), ("encode_key", 2)]
 
 
@@ -164,15 +169,8 @@ def test_coarse_reuse_calls_are_merged_too(engine):
     crops = [_inputs(engine, 20 + i) for i in range(N)]
     prev = [engine.encode_key(_inputs(engine, 40 + i)) for i in range(N)]
     want = [engine.encode_coarse(c, w) for c, w in zip(crops, prev)]
-    first, _ = _run_threads([lambda: b.encode_key(crops[0])])
-    deadline = time.monotonic() + 10
-    while not rec.log and time.monotonic() < deadline:
-        time.sleep(0.002)
-    threads, results = _run_threads([lambda c=c, w=w: b.encode_coarse(c, w) for c, w in zip(crops, prev)])
-    assert _queued(b, N)
-    gate.set()
-    for t in first + threads:
-        t.join(10)
+    _, results = _queued_behind(b, rec, lambda: b.encode_key(crops[0]),
+                                [lambda c=c, w=w: b.encode_coarse(c, w) for c, w in zip(crops, prev)])
     for i in range(N):
         torch.testing.assert_close(results[i], want[i], rtol=1e-5, atol=1e-5)
     assert rec.log == [("encode_key", 1), ("encode_coarse", N)]
@@ -229,15 +227,7 @@ def test_style_deltas_merge_by_layer_set_only(engine):
              lambda: b.synthesize(ws[2], d[2]), lambda: b.synthesize(ws[3], d[3]),
              lambda: b.synthesize(two, broadcast)]
     want = [engine.synthesize(ws[i], d[i]) for i in range(4)] + [engine.synthesize(two, broadcast)]
-    first, _ = _run_threads([lambda: b.synthesize(ws[0])])
-    deadline = time.monotonic() + 10
-    while not rec.log and time.monotonic() < deadline:
-        time.sleep(0.002)
-    more, rs = _run_threads(calls)
-    assert _queued(b, len(calls))
-    gate.set()
-    for t in first + more:
-        t.join(30)
+    _, rs = _queued_behind(b, rec, lambda: b.synthesize(ws[0]), calls, timeout=30)
     for i, w in enumerate(want):
         torch.testing.assert_close(rs[i], w, rtol=1e-5, atol=1e-5)
     assert sorted(rec.log[1:]) == [("synthesize", 1), ("synthesize", 2), ("synthesize", 3)]
@@ -248,17 +238,9 @@ def test_an_error_in_a_merged_call_reaches_every_caller_in_it(engine):
     rec = Recording(engine, gate=gate, fail_rows=2)
     b = BatchingEngine(rec, BatchConfig(batch_window_ms=0.0, batch_concurrency=1))
     crops = [_inputs(engine, i) for i in range(N + 1)]
-    first, r0 = _run_threads([lambda: b.encode_key(crops[0])])
-    deadline = time.monotonic() + 10
-    while not rec.log and time.monotonic() < deadline:
-        time.sleep(0.002)
-    more, rs = _run_threads([lambda c=c: b.encode_key(c) for c in crops[1:]])
-    assert _queued(b, N)
-    gate.set()
-    for t in first + more:
-        t.join(10)
-    assert isinstance(r0[0], torch.Tensor)  # the lone first call succeeded
-    errors = [rs[i] for i in range(N)]
+    r0, errors = _queued_behind(b, rec, lambda: b.encode_key(crops[0]),
+                                [lambda c=c: b.encode_key(c) for c in crops[1:]])
+    assert isinstance(r0, torch.Tensor)  # the lone first call succeeded
     assert all(isinstance(e, ValueError) and "failed on 4 rows" in str(e) for e in errors), errors
     assert len({id(e) for e in errors}) == N  # each caller raises its own copy
     assert isinstance(b.encode_key(crops[0]), torch.Tensor)  # the engine still works afterwards
@@ -272,10 +254,7 @@ def test_with_concurrency_2_a_second_merged_call_runs_while_the_first_is_busy(en
     b = BatchingEngine(rec, BatchConfig(batch_window_ms=0.0, batch_concurrency=2))
     crops = [_inputs(engine, i) for i in range(5)]
     want = [engine.encode_key(c) for c in crops]
-    first, r0 = _run_threads([lambda: b.encode_key(crops[0])])
-    deadline = time.monotonic() + 10
-    while not rec.log and time.monotonic() < deadline:
-        time.sleep(0.002)
+    first, r0 = _held(rec, lambda: b.encode_key(crops[0]))
     more, rs = _run_threads([lambda c=c: b.encode_key(c) for c in crops[1:]])
     for t in more:
         t.join(10)  # the second slot served them while the first call is still held
@@ -324,17 +303,10 @@ def test_calls_of_different_shapes_or_kinds_never_merge(engine):
     b = BatchingEngine(rec, BatchConfig(batch_window_ms=0.0, batch_concurrency=1))
     ws = engine.encode_key(_inputs(engine, 0))
     crops = _inputs(engine, 1)
-    first, _ = _run_threads([lambda: b.synthesize(ws)])
-    deadline = time.monotonic() + 10
-    while not rec.log and time.monotonic() < deadline:
-        time.sleep(0.002)
-    more, rs = _run_threads([lambda: b.encode_key(crops), lambda: b.synthesize(ws), lambda: b.encode_reuse(crops, ws),
-                             lambda: b.synthesize(ws)])
-    assert _queued(b, 4)
-    gate.set()
-    for t in first + more:
-        t.join(10)
-    assert all(isinstance(r, torch.Tensor) for r in rs.values()), rs
+    _, rs = _queued_behind(b, rec, lambda: b.synthesize(ws), [
+        lambda: b.encode_key(crops), lambda: b.synthesize(ws), lambda: b.encode_reuse(crops, ws),
+        lambda: b.synthesize(ws)])
+    assert all(isinstance(r, torch.Tensor) for r in rs), rs
     assert sorted(rec.log[1:]) == [("encode_key", 1), ("encode_reuse", 1), ("synthesize", 2)]
 
 
@@ -343,10 +315,7 @@ def test_close_fails_queued_calls_waits_for_the_running_one_and_closes_the_engin
     rec = Recording(engine, gate=gate)
     b = BatchingEngine(rec, BatchConfig(batch_window_ms=0.0, batch_concurrency=1))
     crops = _inputs(engine, 0)
-    first, r0 = _run_threads([lambda: b.encode_key(crops)])
-    deadline = time.monotonic() + 10
-    while not rec.log and time.monotonic() < deadline:
-        time.sleep(0.002)
+    first, r0 = _held(rec, lambda: b.encode_key(crops))
     more, rs = _run_threads([lambda: b.encode_key(crops)] * 2)
     assert _queued(b, 2)
     closer = threading.Thread(target=b.close)
@@ -385,16 +354,8 @@ def test_a_failing_engine_fails_queued_calls_at_once_and_lets_one_probe_through(
 
     crops = _inputs(engine, 0)
     rec.encode_key = down  # type: ignore[method-assign]
-    first, r0 = _run_threads([lambda: b.encode_key(crops)])
-    deadline = time.monotonic() + 10
-    while not rec.log and time.monotonic() < deadline:
-        time.sleep(0.002)
-    more, rs = _run_threads([lambda: b.encode_key(crops)] * 3)
-    assert _queued(b, 3)
-    gate.set()
-    for t in first + more:
-        t.join(10)
-    assert all(isinstance(r, ConnectionError) for r in [r0[0], *rs.values()])
+    r0, rs = _queued_behind(b, rec, lambda: b.encode_key(crops), [lambda: b.encode_key(crops)] * 3)
+    assert all(isinstance(r, ConnectionError) for r in [r0, *rs])
     assert len(rec.log) == 1  # the queued calls did not each try the engine
     assert b.stats()["failing"] and b.stats()["fast_failures"] == 3
     with pytest.raises(ConnectionError):  # a probe: goes through, fails
