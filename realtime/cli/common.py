@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from models.bundle import DEFAULT_BUNDLE, Bundle
 from models.editing import EditStack, parse_edit_args
 from realtime.api import Filter, load
-from realtime.cli.options import add_config, config_from_args
+from realtime.cli.options import add_config, changed_fields, config_from_args
 from realtime.engines import OPTION_BACKENDS, EngineOptions, EngineSpec, resolve_backend
 from realtime.pipeline import PipelineConfig
 from realtime.pipeline.calibration import CalibrationConfig
@@ -57,18 +57,12 @@ def filter_from_args(args: argparse.Namespace, bundle: Bundle, live: bool, track
                    if hasattr(args, "calibrate_frames") else None)
     options = config_from_args(EngineOptions, args)
     spec = config_from_args(EngineSpec, args, options=options)
-    if threads and "threads" not in _set_flags(options) and \
+    if threads and "threads" not in changed_fields(options) and \
             resolve_backend(spec.backend, spec.device) in OPTION_BACKENDS["threads"]:
         spec = dataclasses.replace(spec, options=dataclasses.replace(options, threads=threads))
     return Filter(bundle, parse_edit_args(args.edit), spec=spec, pipeline=config_from_args(PipelineConfig, args),
                   calibration=calibration, live=live, tracker=tracker,
                   transfer=config_from_args(TransferConfig, args, prefix="transfer_"))
-
-
-def _set_flags(options: EngineOptions) -> set[str]:
-    """The backend options given a non-default value."""
-    default = EngineOptions()
-    return {f.name for f in dataclasses.fields(options) if getattr(options, f.name) != getattr(default, f.name)}
 
 
 def bundle_label(args: argparse.Namespace) -> str:

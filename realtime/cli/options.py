@@ -109,6 +109,11 @@ def _items(f: FieldInfo, given: list[Any] | tuple[Any, ...]) -> list[Any] | tupl
     return tuple(out) if typing.get_origin(f.base_type) is tuple else out
 
 
+def changed_fields(cfg: Any) -> set[str]:
+    """The names of ``cfg``'s fields whose value differs from their default (the flags the user set)."""
+    return {f.name for f in fields(cfg) if getattr(cfg, f.name) != f.default}
+
+
 def command_line(prog: str, cfg: Any, *, prefix: str = "") -> str:
     """The command that reproduces ``cfg``: ``prog`` plus every flag whose value differs from its default."""
     parts = shlex.split(prog)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from models.errors import UserError
 from realtime.api import load
-from realtime.cli.options import add_config, config_from_args
+from realtime.cli.options import add_config, changed_fields, config_from_args
 from realtime.engines.triton_server import ModelServerConfig, TritonServer, find_tritonserver, serve_bundle
 
 
@@ -37,9 +37,8 @@ def main(args: argparse.Namespace) -> int:
     if args.serve_repository is not None:
         if args.bundle is not None or args.repository is not None:
             raise UserError("--serve-repository serves a repository as it is: give no BUNDLE and no --repository")
-        default = ModelServerConfig()
         tuned = [f"--{n.replace('_', '-')}" for n in ("max_batch", "queue_delay_us", "instances", "threads")
-                 if getattr(cfg, n) != getattr(default, n)]
+                 if n in changed_fields(cfg)]
         if tuned:
             raise UserError(f"{', '.join(tuned)} shape the repository this command writes; --serve-repository "
                             "serves its config.pbtxt files as they are")

@@ -152,8 +152,14 @@ class FrameProcessor:
     def prepare_stream(self, state: StreamState) -> None:
         """Before a stream's first frame (the runner calls it): a live stream in transfer mode gets its EditTransfer
         now, whose render face mesh warms up on the background thread instead of on the first face frame."""
-        if state.live and state.transfer is None and self.resolve_composite() == "transfer":
-            state.transfer = EditTransfer(self.transfer_cfg, background=True)
+        if state.live and self.resolve_composite() == "transfer":
+            self._transfer(state)
+
+    def _transfer(self, state: StreamState) -> EditTransfer:
+        """The stream's EditTransfer, made on first use (live streams refresh its face mesh in the background)."""
+        if state.transfer is None:
+            state.transfer = EditTransfer(self.transfer_cfg, background=state.live)
+        return state.transfer
 
     def wants_landmarks(self) -> bool:
         """Whether the next frame needs tracking (not when the filter is off or the original is shown)."""
@@ -322,14 +328,13 @@ class FrameProcessor:
         if not editing and not recording:
             state.last_source = "pass"
             return self.layout(frame, frame.image)  # exactly the input: no edit, nothing to do
-        if state.transfer is None:
-            state.transfer = EditTransfer(self.transfer_cfg, background=state.live)
+        transfer = self._transfer(state)
         plan = self.transfer_plan() if editing else EditPlan(regions=())
         size = self.engine.crop_size
         to_frame = crop_affine(np.asarray(track.quad), size)
         recon = edited_face = None
         state.last_source = "held"  # the edit's motion from the last face-mesh run follows the tracked face
-        if recording or (editing and state.transfer.needs_renders(plan)):
+        if recording or (editing and transfer.needs_renders(plan)):
             with self.times.measure("align", timings):
                 crop = self.align(frame, track)
             with self.times.measure("encode", timings):
@@ -347,7 +352,7 @@ class FrameProcessor:
             return self.layout(frame, frame.image)
         with self.times.measure("transfer", timings):
             mask = face_mask(landmarks_to_crop(track.landmarks, to_frame), size)
-            image = state.transfer.apply(frame.image, to_frame, size, track.landmarks, recon, edited_face, mask,
+            image = transfer.apply(frame.image, to_frame, size, track.landmarks, recon, edited_face, mask,
                                          plan=plan)
         out = self.layout(frame, image, face=True)
         out.timings_ms = timings

@@ -503,8 +503,8 @@ class EditTransfer:
         self._dis: Any = None
         self._grid_cache: tuple[Any, np.ndarray, np.ndarray] = (None, np.zeros(0), np.zeros(0))
         self.reset()
-        if background and mesh is None and self.cfg.geometry == "landmarks":
-            _mesh_pool().submit(_warm_render_mesh)  # errors (no MediaPipe weights) surface on the frame path
+        if background and mesh is None and self.cfg.geometry == "landmarks" and _SHARED_MESH is None:
+            _mesh_pool().submit(_warm_render_mesh)  # once a process; errors (no MediaPipe weights) surface later
 
     def reset(self) -> None:
         """Forget the temporal state (a new face, a cut)."""
