@@ -127,7 +127,7 @@ def test_auto_picks_regenerate_for_random_identity_and_a_calibrated_generator():
 
 def test_a_live_transfer_stream_warms_its_render_mesh_before_the_first_frame(tiny_bundle):
     """The runner prepares a live stream: in transfer mode its EditTransfer exists before any frame and the shared
-    render mesh is built on the background thread (measured: the first face frame's transfer 65 → 26 ms); file
+    render mesh is built on the background thread (docs/live.md: the first face frame 29–33 ms vs 188–210 ms); file
     jobs and regenerate streams get nothing ahead."""
     eng = make_engine(tiny_bundle, EngineSpec("torch", "cpu"))
     proc = FrameProcessor(eng, PipelineConfig(composite="transfer"))
