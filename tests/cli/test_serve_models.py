@@ -99,3 +99,12 @@ def test_serve_models_flag_errors(tmp_path, capsys):
     assert cli.main(["serve-models", "--http-port", "70000"]) == 2
     assert "http-port" in capsys.readouterr().err.replace("_", "-")
 
+
+
+def test_serve_repository_refuses_the_flags_that_shape_a_written_one(tmp_path, capsys):
+    """--serve-repository serves its config.pbtxt files as they are: --max-batch and friends would be silently
+    ignored, so they are one clear line and exit 2 (before any server is looked for)."""
+    assert cli.main(["serve-models", "--serve-repository", str(tmp_path), "--max-batch", "4", "--threads", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--max-batch, --threads shape the repository" in " ".join(err.split()) and "Traceback" not in err
+    assert len(err.splitlines()) <= 2, err
