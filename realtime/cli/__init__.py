@@ -12,6 +12,8 @@ module, MediaPipe's stderr filter, the package metadata) is loaded after that, w
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import importlib
 import signal
 import sys
@@ -88,9 +90,20 @@ def main(argv: list[str] | None = None) -> int:
             return exc.exit_code
     except KeyboardInterrupt:
         print(f"stylestream{' ' + chosen if chosen in names else ''}: interrupted", file=sys.stderr)
+        _forget_unhandled_interrupt()
         return 130
     finally:
         restore()
+
+
+def _forget_unhandled_interrupt() -> None:
+    """The interrupt was handled: make sure the interpreter knows. CPython (3.11) sets a process-wide flag when a
+    KeyboardInterrupt leaves code run through ``exec(str)`` / ``PyRun_String`` (dataclasses, namedtuples and
+    torch build classes that way while the command loads), even when a caller catches it; under ``python -m`` the
+    interpreter then ends by killing itself with SIGINT (exit -2 instead of our 130). Clearing the flag keeps the
+    exit code the one this function's caller returns. Not a CPython build with the flag: nothing to clear."""
+    with contextlib.suppress(AttributeError, ValueError):
+        ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt").value = 0
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

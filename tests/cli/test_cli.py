@@ -100,3 +100,22 @@ def test_status_off_a_terminal_says_the_step_and_its_time_until_it_ends():
     assert all(re.fullmatch(r"preparing the engine … \d+ s", ln) for ln in lines[1:]), lines
     time.sleep(0.1)
     assert buf.getvalue().splitlines() == lines  # nothing after the step ended
+
+
+def test_an_interrupt_while_python_m_loads_the_command_exits_130_not_by_sigint(tmp_path):
+    """CI saw ``python -m realtime.cli run`` interrupted during start-up print its one line and then die by SIGINT
+    (exit -2): CPython remembers a KeyboardInterrupt that left ``exec(str)`` code (classes built while the command
+    loads) even though ``main`` caught it, and ``python -m`` then re-kills itself. The interrupt is raised there
+    deterministically here: a command whose module is interrupted inside ``exec``."""
+    pkg = tmp_path / "interrupting"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "command.py").write_text('exec("raise KeyboardInterrupt")\n')
+    (pkg / "__main__.py").write_text(
+        "import sys\nfrom realtime import cli\n"
+        "cli.SUBCOMMANDS.append(('stop', 'interrupting.command', 'a command interrupted while it loads'))\n"
+        "sys.exit(cli.main(['stop']))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    r = subprocess.run([sys.executable, "-m", "interrupting"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert (r.returncode, r.stderr) == (130, "stylestream stop: interrupted\n")
