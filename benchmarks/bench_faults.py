@@ -14,6 +14,7 @@ processing with the model again; and at the end whether any stream's threads out
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,15 @@ from realtime.engines.triton_server import TritonServer
 from realtime.server.client import clip_frames
 from realtime.server.worker import limit_op_threads
 from realtime.vision.tracking import FaceTracker, TrackerConfig
+
+
+def _stop_streams(streams: list[Stream], phases: dict[str, Any]) -> None:
+    """Stop every stream (how long that took, and how many runners are still alive, go into ``phases``)."""
+    t = time.monotonic()
+    for s in streams:
+        s.stop()
+    phases["stop_s"] = round(time.monotonic() - t, 2)
+    phases["hung_streams"] = sum(s.runner.alive() for s in streams)
 
 
 def _phase(streams: list[Stream], t0: float, t1: float, fps: float) -> dict[str, Any]:
@@ -61,49 +71,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bundle, desc = bundle_for(args.bundle)
     frames = clip_frames(640, 480, count=60)
     onnx_dir = ensure_onnx(bundle, None, "fp32", available_models(bundle))
-    with tempfile.TemporaryDirectory(prefix="stylestream-bench-faults-") as tmp:
+    phases: dict[str, Any] = {}
+    with contextlib.ExitStack() as resources:  # each released once it exists, whatever fails after it
+        tmp = resources.enter_context(tempfile.TemporaryDirectory(prefix="stylestream-bench-faults-"))
         write_python_repository(bundle, Path(tmp) / "repo", onnx_dir=onnx_dir, ensemble=False)
-        srv = TritonServer(Path(tmp) / "repo", grpc=False).start()
+        srv = resources.enter_context(TritonServer(Path(tmp) / "repo", grpc=False))
         eng = make_engine(bundle, EngineSpec("triton", "cpu", options=EngineOptions(triton_url=srv.http_url,
                                                                                       timeout_s=args.timeout)))
         shared = BatchingEngine(eng, BatchConfig())
+        resources.callback(shared.close)
         tracker = TrackerConfig(smoothing="one_euro", mesh_every=2)
         streams = [Stream(i, shared, bundle, lambda: FaceTracker(tracker), frames, args.fps)
                    for i in range(args.streams)]
-        phases: dict[str, Any] = {}
-        try:
-            for s in streams:
-                s.start()
-            time.sleep(args.warmup)
-            t = time.monotonic()
-            time.sleep(args.phase)
-            phases["healthy"] = _phase(streams, t, time.monotonic(), args.fps)
-            t = time.monotonic()
-            srv.kill()
-            time.sleep(args.phase)
-            phases["killed"] = _phase(streams, t, time.monotonic(), args.fps)
-            t = time.monotonic()
-            srv.start(keep_ports=True)
-            phases["restart_ready_s"] = round(time.monotonic() - t, 2)
-            phases["recovered_after_ready_s"] = _wait_recovered(streams, 1, 30)
-            phases["restarting"] = _phase(streams, t, time.monotonic(), args.fps)
-            time.sleep(2.0)
-            t = time.monotonic()
-            srv.pause()
-            time.sleep(args.phase)
-            phases["stalled"] = _phase(streams, t, time.monotonic(), args.fps)
-            srv.resume()
-            phases["recovered_after_resume_s"] = _wait_recovered(streams, 2, 30)
-            phases["faults"] = [s.runner.faults() for s in streams]
-            phases["last_error"] = streams[0].runner.error
-        finally:
-            t = time.monotonic()
-            for s in streams:
-                s.stop()
-            phases["stop_s"] = round(time.monotonic() - t, 2)
-            phases["hung_streams"] = sum(s.runner.alive() for s in streams)
-            shared.close()
-            srv.close()
+        resources.callback(_stop_streams, streams, phases)
+        for s in streams:
+            s.start()
+        time.sleep(args.warmup)
+        t = time.monotonic()
+        time.sleep(args.phase)
+        phases["healthy"] = _phase(streams, t, time.monotonic(), args.fps)
+        t = time.monotonic()
+        srv.kill()
+        time.sleep(args.phase)
+        phases["killed"] = _phase(streams, t, time.monotonic(), args.fps)
+        t = time.monotonic()
+        srv.start(keep_ports=True)
+        phases["restart_ready_s"] = round(time.monotonic() - t, 2)
+        phases["recovered_after_ready_s"] = _wait_recovered(streams, 1, 30)
+        phases["restarting"] = _phase(streams, t, time.monotonic(), args.fps)
+        time.sleep(2.0)
+        t = time.monotonic()
+        srv.pause()
+        time.sleep(args.phase)
+        phases["stalled"] = _phase(streams, t, time.monotonic(), args.fps)
+        srv.resume()
+        phases["recovered_after_resume_s"] = _wait_recovered(streams, 2, 30)
+        phases["faults"] = [s.runner.faults() for s in streams]
+        phases["last_error"] = streams[0].runner.error
     return {"command": command_line(), "provenance": provenance("cpu"), "bundle": desc, "streams": args.streams,
             "timeout_s": args.timeout, "phases": phases}
 

@@ -277,34 +277,30 @@ def run(args: argparse.Namespace) -> int:
         bundle, desc = bundle_for(name)
         bundles[name] = desc
         onnx_dir = ensure_onnx(bundle, None, "fp32", available_models(bundle))
-        ort = make_engine(bundle, EngineSpec("onnx", "cpu", "fp32", EngineOptions(model_dir=onnx_dir, threads=1)))
-        with tempfile.TemporaryDirectory(prefix="stylestream-bench-streams-") as tmp:
+        with contextlib.ExitStack() as resources:  # each closed once it exists, whatever fails after it
+            ort = make_engine(bundle, EngineSpec("onnx", "cpu", "fp32", EngineOptions(model_dir=onnx_dir, threads=1)))
+            resources.callback(ort.close)
             srv = tri = None
             if "triton" in modes:
+                tmp = resources.enter_context(tempfile.TemporaryDirectory(prefix="stylestream-bench-streams-"))
                 write_python_repository(bundle, Path(tmp) / "repo", onnx_dir=onnx_dir, max_batch=max(8, *counts),
                                         queue_delay_us=2000, ensemble=False)
-                srv = TritonServer(Path(tmp) / "repo", grpc=False).start()
+                srv = resources.enter_context(TritonServer(Path(tmp) / "repo", grpc=False))
                 tri = make_engine(bundle, EngineSpec("triton", "cpu", options=EngineOptions(triton_url=srv.http_url)))
-            try:
-                for rnd in range(args.rounds):
-                    for n in counts:
-                        for mode in modes:
-                            eng = tri if mode == "triton" else ort
-                            assert eng is not None
-                            r = run_one(mode, n, eng, bundle, make_tracker, frames, args, srv)
-                            r.update(bundle=name, round=rnd + 1)
-                            rows.append(r)
-                            print(f"{name:10s} {mode:8s} {n} streams: {r['aggregate_fps']:6.1f} fps "
-                                  f"(per stream {r['per_stream_fps']['mean']:.1f}), latency p50 "
-                                  f"{r['latency_ms']['p50']} / p99 {r['latency_ms']['p99']} ms, "
-                                  f"{r['stream_calls']} calls → {r['engine_executions']} executions, "
-                                  f"load {r['load_avg'][0]}", flush=True)
-            finally:
-                if tri is not None:
-                    tri.close()
-                if srv is not None:
-                    srv.close()
-        ort.close()
+                resources.callback(tri.close)
+            for rnd in range(args.rounds):
+                for n in counts:
+                    for mode in modes:
+                        eng = tri if mode == "triton" else ort
+                        assert eng is not None
+                        r = run_one(mode, n, eng, bundle, make_tracker, frames, args, srv)
+                        r.update(bundle=name, round=rnd + 1)
+                        rows.append(r)
+                        print(f"{name:10s} {mode:8s} {n} streams: {r['aggregate_fps']:6.1f} fps "
+                              f"(per stream {r['per_stream_fps']['mean']:.1f}), latency p50 "
+                              f"{r['latency_ms']['p50']} / p99 {r['latency_ms']['p99']} ms, "
+                              f"{r['stream_calls']} calls → {r['engine_executions']} executions, "
+                              f"load {r['load_avg'][0]}", flush=True)
     report = {"command": command_line(), "provenance": provenance("cpu"), "bundles": bundles, "size": args.size,
               "fps_per_stream": args.fps, "tracking": args.tracking, "composite": args.composite,
               "seconds": args.seconds, "rows": rows}
