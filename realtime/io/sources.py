@@ -34,7 +34,8 @@ Decisions (documented so the pipeline and the CLI can rely on them)
 - Frames come out upright: a display matrix (a phone's portrait recording is stored sideways with "rotate -90";
   front cameras may mirror) is applied when decoding, as players and FFmpeg's autorotate do, so the face
   tracker sees an upright face and sinks write the upright picture (with no matrix). ``width``/``height`` are
-  the upright size (files are peeked at open); ``rotation`` / ``mirrored`` say what was applied. Angles that are
+  the upright size (files and recordings behind a URL are peeked at open; a live stream's size follows its
+  first frame); ``rotation`` / ``mirrored`` say what was applied. Angles that are
   not a multiple of 90° are logged once and left as stored.
 - A resolution change mid-stream is not an error: frames simply change size; ``width``/``height`` follow
   the most recent frame and ``size_changes`` counts the changes. Sinks resize (see ``realtime.sinks``).
@@ -333,14 +334,15 @@ class AVSource(Source):
         self.fps = _fps_of(vs)
         self.time_base = Fraction(vs.time_base) if vs.time_base else None
         self.width, self.height = int(cc.width or 0), int(cc.height or 0)
-        if kind == "file":  # upright size before the first frame (sinks open with it)
-            first = self._peek_orientation()
-            self.width, self.height = first.size(self.width, self.height)
-            self.rotation, self.mirrored = first.rotation, first.mirrored
         self.audio = _audio_info(container)
         known_duration = container.duration is not None and container.duration > 0
         if live is None:
             live = kind in ("v4l2",) or (kind == "url" and not known_duration)
+        if kind == "file" or (kind == "url" and not live and known_duration):
+            # upright size before the first frame (sinks open with it); a recording behind a URL is peeked too
+            first = self._peek_orientation()
+            self.width, self.height = first.size(self.width, self.height)
+            self.rotation, self.mirrored = first.rotation, first.mirrored
         self.is_live = bool(live) or bool(realtime)
         self.realtime = bool(realtime) if realtime is not None else False
         self._reconnect = self.is_live and kind != "file" and not realtime
@@ -400,7 +402,8 @@ class AVSource(Source):
         return container
 
     def _peek_orientation(self) -> Orientation:
-        """The display matrix of a file's first frame (read through a second, short-lived container)."""
+        """The display matrix of a file's (or a recording URL's) first frame, read through a second, short-lived
+        container (PyAV has no getter for the stream's own matrix)."""
         try:
             with av.open(self._target, "r", format=self._fmt, options=self._options) as c:
                 for vf in c.decode(video=0):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import re
 import socket
 import threading
 import time
@@ -273,6 +274,49 @@ def _oriented_picture(width: int, height: int) -> np.ndarray:
     img[..., 1] = np.linspace(0, 255, height, dtype=np.float32)[:, None].astype(np.uint8)
     img[: height // 4, : width // 4, 2] = 255
     return img
+
+
+class _RangeServer(http.server.ThreadingHTTPServer):
+    """Serves one file with byte ranges, as a web server serves a recording (an mp4's index may be at its end)."""
+
+    def __init__(self, payload: bytes) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                start = 0
+                rng = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+                if rng:
+                    start = int(rng.group(1))
+                end = int(rng.group(2)) + 1 if rng and rng.group(2) else len(payload)
+                self.send_response(206 if rng else 200)
+                self.send_header("Content-Type", "video/mp4")
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("Content-Length", str(end - start))
+                if rng:
+                    self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(payload)}")
+                self.end_headers()
+                self.wfile.write(payload[start:end])
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+def test_a_phone_recording_behind_a_url_opens_with_its_upright_size(tmp_path: Path) -> None:
+    """A portrait phone video fetched over HTTP: frames were turned upright, but the size announced at open (what
+    sinks open with) was the stored, sideways one. A recording URL is peeked like a file."""
+    upright = _oriented_picture(96, 160)
+    path = write_rotated_clip(tmp_path / "phone.mp4", [upright] * 3, degrees=-90, hflip=False)
+    server = _RangeServer(path.read_bytes())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with open_source(f"http://127.0.0.1:{server.server_address[1]}/phone.mp4") as src:
+            assert not src.is_live and (src.width, src.height, src.rotation) == (96, 160, -90)
+            frames = list(src)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(frames) == 3 and all(f.image.shape == upright.shape for f in frames)
 
 
 @pytest.mark.parametrize("degrees,hflip", [(-90, False), (90, False), (180, False), (0, True), (90, True),
