@@ -28,13 +28,14 @@ from realtime.io.stills import (
     render,
     similarity,
     static_motion,
+    swing_motion,
     true_landmarks,
     true_quads,
 )
 
 __all__ = [
     "Clip", "OracleLandmarks", "alignment_error", "astronaut", "exit_motion", "jitter", "lag_frames", "make_clip",
-    "moving_motion", "render", "similarity", "static_motion", "true_landmarks", "true_quads",
+    "moving_motion", "render", "similarity", "static_motion", "swing_motion", "true_landmarks", "true_quads",
 ]
 
 

@@ -151,6 +151,18 @@ def moving_motion(n: int, size: tuple[int, int] = DEFAULT_SIZE, speed_px: float 
     return np.stack(out)
 
 
+def swing_motion(n: int, period: float = 40.0, amp_px: float = 170.0, size: tuple[int, int] = DEFAULT_SIZE,
+                 turn_deg: float = 8.0, scale: float = 1.0, centre: tuple[float, float] = ASTRONAUT_CENTRE
+                 ) -> np.ndarray:
+    """A fast head swing: left and right across the frame by ``amp_px`` (and 20 px up and down) with a
+    ``period``-frame sine, turning ±``turn_deg``°; peak speed amp·2π/period px/frame (27 at the defaults,
+    810 px/s at 30 fps). [n, 2, 3]."""
+    w, h = size
+    ph = 2.0 * np.pi * np.arange(n) / period
+    return np.stack([similarity(turn_deg * np.sin(a), scale, (w / 2.0 + amp_px * np.sin(a), h / 2.0 + 20.0 * np.cos(a)),
+                                centre, size) for a in ph])
+
+
 def exit_motion(n: int, size: tuple[int, int] = DEFAULT_SIZE, scale: float = 1.1, away_frames: int = 10,
                 centre: tuple[float, float] = ASTRONAUT_CENTRE) -> np.ndarray:
     """The face slides out of the frame to the right, stays away ``away_frames`` frames, and slides back. [n, 2, 3]."""
@@ -307,6 +319,9 @@ class OracleLandmarks:
         lm[:, :2] = c + (lm[:, :2] - c) * (1.0 + r.normal(0.0, self.scale_std))
         lm[:, :2] += r.normal(0.0, self.shift_px, 2) + r.normal(0.0, self.point_px, (lm.shape[0], 2))
         return [FaceObservation(lm.astype(np.float32), 0.9, 0, self.i == 1)]
+
+    def follow(self, moved: dict[int, np.ndarray]) -> None:
+        pass  # the oracle knows where the face is: nothing to move
 
     def close(self) -> None:
         pass

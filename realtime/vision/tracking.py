@@ -57,6 +57,8 @@ class TrackerConfig:
     lk_weight: float = opt(0.85, "weight of the flow prediction when it agrees with the detection", min=0.0, max=1.0)
     lk_tolerance: float = opt(0.04, "disagreement (fraction of quad side) where the flow weight falls by 1/e",
                               min=0.001)
+    lk_back_px: float = opt(1.0, "mesh_every > 1: a flow-carried point counts only if LK tracks it back to within "
+                                 "this many frame px of where it started", min=0.01)
     mesh_every: int = opt(1, "run the face mesh on every n-th frame only and carry the landmarks by LK flow in "
                              "between (needs lk; the mesh runs anyway when the flow loses the face)", min=1, max=8)
     smoothing: Literal["one_euro", "none"] = opt("one_euro", "causal quad filter (live); file jobs: 'none'")
@@ -84,6 +86,11 @@ class LandmarkSource(Protocol):
 
     def process(self, image: np.ndarray) -> list[FaceObservation]:
         """image [H, W, 3] uint8 RGB → the faces in it."""
+        ...
+
+    def follow(self, moved: dict[int, np.ndarray]) -> None:
+        """The tracker carried these faces (face_id → landmarks [468, 3] frame px) by optical flow through a frame
+        this source did not see (``mesh_every`` > 1): move whatever it searches in to where they are now."""
         ...
 
     def reset(self) -> None: ...
@@ -209,16 +216,32 @@ class MediaPipeLandmarks:
                 self._drop(face)
                 continue
             # follow the face: next ROI centred on these landmarks
-            lo, hi = lm[:, :2].min(axis=0), lm[:, :2].max(axis=0)
-            cx, cy, size = float((lo[0] + hi[0]) * 0.5), float((lo[1] + hi[1]) * 0.5), float(max(hi - lo))
+            cx, cy, side = self._roi_around(lm)
+            size = side / cfg.roi_scale  # the landmarks' box
             if any(abs(cx - f.cx) < 0.3 * size and abs(cy - f.cy) < 0.3 * size
                    for f in self._faces if f is not face and f.face_id in {o.face_id for o in out}):
                 self._drop(face)  # two tracks converged on one face: keep the older
                 continue
-            face.cx, face.cy, face.side = cx, cy, size * cfg.roi_scale
+            face.cx, face.cy, face.side = cx, cy, side
             out.append(FaceObservation(lm, face.score, face.face_id, ran_detector and face.fresh or mesh_detected))
             face.fresh = False
         return out
+
+    def _roi_around(self, lm: np.ndarray) -> tuple[float, float, float]:
+        """(centre x, centre y, side) of the square ROI around landmarks [468, 3] frame px."""
+        lo, hi = lm[:, :2].min(axis=0), lm[:, :2].max(axis=0)
+        return float((lo[0] + hi[0]) * 0.5), float((lo[1] + hi[1]) * 0.5), float(max(hi - lo)) * self.cfg.roi_scale
+
+    def follow(self, moved: dict[int, np.ndarray]) -> None:
+        """Re-centre each moved face's ROI on its flow-carried landmarks. The mesh graph tracks in ROI coordinates
+        (its previous landmarks seed its own crop), so an ROI left where the mesh last ran puts a fast-moving face
+        off its search region on the next mesh frame; one that follows keeps the face where the graph expects it.
+        With the flow's back-check this took a 27 px/frame head swing at ``mesh_every`` 2 from 36 to 2 px mean
+        alignment error (docs/tracking.md); either alone did not."""
+        for face in self._faces:
+            lm = moved.get(face.face_id)
+            if lm is not None:
+                face.cx, face.cy, face.side = self._roi_around(lm)
 
     def _mesh(self, face: _RoiFace, image: np.ndarray) -> tuple[np.ndarray | None, bool]:
         """Run the mesh graph on the face's ROI. Returns (landmarks [468, 3] in frame px or None, detected)."""
@@ -424,8 +447,9 @@ class FaceTracker:
         rgb = image if self.cfg.lk else None  # LK converts only its face regions to grey
         h, w = image.shape[:2]
         carried = self._carry(image) if self.cfg.mesh_every > 1 and self._index % self.cfg.mesh_every else None
-        if carried is not None:  # a flow-only frame: the mesh does not run
+        if carried is not None:  # a flow-only frame: the mesh does not run; its search regions follow the flow
             obs, flows = carried
+            self.source.follow({o.face_id: o.landmarks for o in obs})
         else:
             obs, flows = self.source.process(image), {}
         seen: set[int] = set()
@@ -486,7 +510,7 @@ class FaceTracker:
         for fid, st in self._stab.items():
             if st.prev_lm is None:
                 return None
-            flow = self._flow(st, image)
+            flow = self._flow(st, image, back_check=True)
             if flow is None or flow[1].sum() < NUM_LANDMARKS // 2:
                 st.cur_gray = None
                 return None
@@ -527,8 +551,11 @@ class FaceTracker:
                            interpolation=cv2.INTER_AREA)
         return g
 
-    def _flow(self, st: _Stabiliser, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """LK prediction of the previous landmarks in this frame: (points [468, 2], ok [468] bool)."""
+    def _flow(self, st: _Stabiliser, rgb: np.ndarray, back_check: bool = False
+              ) -> tuple[np.ndarray, np.ndarray] | None:
+        """LK prediction of the previous landmarks in this frame: (points [468, 2], ok [468] bool). ``back_check``:
+        a point is ok only if tracking it back from this frame lands within ``lk_back_px`` of where it started (the
+        flow's own check, for frames with no detection to agree with)."""
         if st.prev_gray is None or st.region is None or st.prev_lm is None:
             return None
         x0, y0, x1, y1, down = st.region
@@ -546,10 +573,18 @@ class FaceTracker:
             st.prev_gray, cur, p0, None, winSize=(win, win), maxLevel=self.cfg.lk_levels,
             criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03),
         )
+        ok = status.reshape(-1).astype(bool)
+        if back_check:
+            back, back_status, _err = cv2.calcOpticalFlowPyrLK(
+                cur, st.prev_gray, p1, None, winSize=(win, win), maxLevel=self.cfg.lk_levels,
+                criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03),
+            )
+            ok &= back_status.reshape(-1).astype(bool)
+            ok &= np.linalg.norm((back - p0).reshape(-1, 2), axis=1) * max(sx, sy) <= self.cfg.lk_back_px
         pts = np.empty((NUM_LANDMARKS, 2), np.float64)
         pts[:, 0] = (p1[:, 0, 0] + 0.5) * sx - 0.5 + x0
         pts[:, 1] = (p1[:, 0, 1] + 0.5) * sy - 0.5 + y0
-        return pts, status.reshape(-1).astype(bool)
+        return pts, ok
 
     def _stabilise(self, st: _Stabiliser, o: FaceObservation, rgb: np.ndarray | None, t: float,
                    flow: tuple[np.ndarray, np.ndarray] | None = None) -> Track | None:
