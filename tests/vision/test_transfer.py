@@ -350,43 +350,36 @@ def test_plan_from_edit_specs() -> None:
     assert plan_edits(specs, {"smile": 1.0, "eyes_open": 1.0}).gain == 1.3
 
 
-def test_the_edit_gain_scales_the_motion() -> None:
-    """A plan's gain multiplies the landmark motion the frame gets (what transfer_gain does for weak edits)."""
+def _lip_shifts(plans: list[EditPlan]) -> list[np.ndarray]:
+    """A mouth edit (the render mesh's mouth points moved by (0.6, -0.4) px) transferred with each plan: how far the
+    lips moved, measured by phase correlation in a window between them."""
     frame, lm, tf, mask = _scene(64)
     lm_r = _render_lm(lm, tf, 64, 64)
     lm1 = lm_r.copy()
     lm1[list(REGION_LANDMARKS["mouth"])] += np.array([0.6, -0.4])
     rec, ed = _renders(64)
     c = np.round(lm[[13, 14]].mean(0)[:2]).astype(int)  # between the lips
-    half = 14
+    window = np.s_[c[1] - 14:c[1] + 14, c[0] - 14:c[0] + 14]
     moved = []
-    for gain in (1.0, 2.0):
+    for plan in plans:
         mesh = FixedMesh(np.c_[lm_r, np.zeros(468)], np.c_[lm1, np.zeros(468)])
         tr = EditTransfer(TransferConfig(smoothing=0.0), mesh=mesh)
-        out = tr.apply(frame, tf, 64, lm, rec, ed, mask, plan=EditPlan(regions=("mouth",), gain=gain, key=gain))
-        moved.append(_shift(frame[c[1] - half:c[1] + half, c[0] - half:c[0] + half],
-                            out[c[1] - half:c[1] + half, c[0] - half:c[0] + half]))
+        out = tr.apply(frame, tf, 64, lm, rec, ed, mask, plan=plan)
+        moved.append(_shift(frame[window], out[window]))
+    return moved
+
+
+def test_the_edit_gain_scales_the_motion() -> None:
+    """A plan's gain multiplies the landmark motion the frame gets (what transfer_gain does for weak edits)."""
+    moved = _lip_shifts([EditPlan(regions=("mouth",), gain=gain, key=gain) for gain in (1.0, 2.0)])
     assert np.linalg.norm(moved[0]) > 1.0
     assert np.linalg.norm(moved[1] - 2 * moved[0]) < 0.2 * np.linalg.norm(2 * moved[0]), moved
 
 
 def test_keep_mouth_holds_the_lips_in_place() -> None:
     """keep_mouth=k: the lips keep k of their own place under a mouth edit (1: not moved at all)."""
-    frame, lm, tf, mask = _scene(64)
-    lm_r = _render_lm(lm, tf, 64, 64)
-    lm1 = lm_r.copy()
-    lm1[list(REGION_LANDMARKS["mouth"])] += np.array([0.6, -0.4])
-    rec, ed = _renders(64)
-    c = np.round(lm[[13, 14]].mean(0)[:2]).astype(int)
-    half = 14
-    moved = []
-    for keep in (0.0, 0.5, 1.0):
-        mesh = FixedMesh(np.c_[lm_r, np.zeros(468)], np.c_[lm1, np.zeros(468)])
-        tr = EditTransfer(TransferConfig(smoothing=0.0), mesh=mesh)
-        out = tr.apply(frame, tf, 64, lm, rec, ed, mask,
-                       plan=EditPlan(regions=("mouth",), keep_mouth=keep, key=keep))
-        moved.append(np.linalg.norm(_shift(frame[c[1] - half:c[1] + half, c[0] - half:c[0] + half],
-                                           out[c[1] - half:c[1] + half, c[0] - half:c[0] + half])))
+    moved = [float(np.linalg.norm(m)) for m in
+             _lip_shifts([EditPlan(regions=("mouth",), keep_mouth=keep, key=keep) for keep in (0.0, 0.5, 1.0)])]
     assert moved[0] > 1.0 and 0.3 * moved[0] < moved[1] < 0.7 * moved[0] and moved[2] < 0.15 * moved[0], moved
 
 
