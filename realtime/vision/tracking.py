@@ -569,16 +569,12 @@ class FaceTracker:
         p0[:, 0, 0] = (st.prev_lm[:, 0] - x0 + 0.5) / sx - 0.5
         p0[:, 0, 1] = (st.prev_lm[:, 1] - y0 + 0.5) / sy - 0.5
         win = self.cfg.lk_window
-        p1, status, _err = cv2.calcOpticalFlowPyrLK(
-            st.prev_gray, cur, p0, None, winSize=(win, win), maxLevel=self.cfg.lk_levels,
-            criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03),
-        )
+        lk = {"winSize": (win, win), "maxLevel": self.cfg.lk_levels,
+              "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03)}
+        p1, status, _err = cv2.calcOpticalFlowPyrLK(st.prev_gray, cur, p0, None, **lk)
         ok = status.reshape(-1).astype(bool)
         if back_check:
-            back, back_status, _err = cv2.calcOpticalFlowPyrLK(
-                cur, st.prev_gray, p1, None, winSize=(win, win), maxLevel=self.cfg.lk_levels,
-                criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03),
-            )
+            back, back_status, _err = cv2.calcOpticalFlowPyrLK(cur, st.prev_gray, p1, None, **lk)
             ok &= back_status.reshape(-1).astype(bool)
             ok &= np.linalg.norm((back - p0).reshape(-1, 2), axis=1) * max(sx, sy) <= self.cfg.lk_back_px
         pts = np.empty((NUM_LANDMARKS, 2), np.float64)
