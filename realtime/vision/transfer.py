@@ -439,6 +439,7 @@ def landmark_field(lm: np.ndarray, disp: np.ndarray, size: int, *, regions: tupl
 
 
 def _hull(img: np.ndarray, pts: np.ndarray, grow: float = 1.0) -> None:
+    """Fill the convex hull of pts [K, 2] (grown ``grow`` × about their mean) with 1.0, anti-aliased, in img."""
     c = pts.mean(0)
     hull = cv2.convexHull((c + (pts - c) * grow).astype(np.float32))
     cv2.fillConvexPoly(img, np.round(hull * 16).astype(np.int32), 1.0, lineType=cv2.LINE_AA, shift=4)
@@ -642,8 +643,7 @@ class EditTransfer:
                 f = f + (np.stack([gx, gy], -1) @ am.T + t).astype(np.float32)
             hull = np.zeros((r, r), np.float32)
             for g in plan.regions:
-                pts = cv2.convexHull(lm_r[list(REGION_LANDMARKS[g])].astype(np.float32))
-                cv2.fillConvexPoly(hull, np.round(pts * 16).astype(np.int32), 1.0, lineType=cv2.LINE_AA, shift=4)
+                _hull(hull, lm_r[list(REGION_LANDMARKS[g])])
             hull = cv2.GaussianBlur(cv2.dilate(hull, np.ones((3, 3), np.uint8)), (0, 0), 1.5)
             f = f * hull[..., None]
         elif not plan.regions:
